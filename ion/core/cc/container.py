@@ -1,0 +1,96 @@
+"""
+The capability container: one broker connection, the processes and the apps
+of this operating-system process (R1 §7.2).
+"""
+
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from ion.core import ioninit
+from ion.core.id import Id
+from ion.core.messaging.broker import connect
+from ion.core.messaging.exchange import ExchangeManager
+from ion.core.pack.app_manager import AppManager
+from ion.core.process.proc_manager import ProcessManager
+from ion.util.state_object import BasicLifecycleObject
+
+log = Logger()
+CONF = ioninit.config(__name__)
+
+
+class Container(BasicLifecycleObject):
+    """
+    initialize(address, args) installs the container args (sysname, contid)
+    and its id; activate connects to the broker and starts the ioncore app;
+    terminate stops apps (reverse order), processes, then the connection.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.id = None
+        self.args = {}
+        self.address = None
+        self.exchange_manager = None
+        self.proc_manager = ProcessManager(self)
+        self.app_manager = AppManager(self)
+
+    def on_initialize(self, address, args=None, *a, **kw):
+        ioninit.apply_container_args(args or {})
+        self.args = ioninit.cont_args
+        self.id = ioninit.container_id()
+        Id.default_container_id = self.id
+        self.address = address
+
+    @defer.inlineCallbacks
+    def on_activate(self, *args, **kwargs):
+        connection = yield connect(self.address)
+        self.exchange_manager = ExchangeManager(connection)
+        log.info(
+            "Container {id} (sysname {sysname}) connected to {broker}",
+            id=self.id,
+            sysname=ioninit.sys_name,
+            broker=connection.description,
+        )
+        yield self.proc_manager.create_supervisor()
+        ioncore_app = ioninit.config("ion.core.pack.app_manager").getValue("ioncore_app", "res/apps/ioncore.app")
+        yield self.app_manager.start_app(ioncore_app)
+
+    @defer.inlineCallbacks
+    def on_terminate(self, *args, **kwargs):
+        yield self.app_manager.stop_all()
+        yield self.proc_manager.terminate()
+        if self.exchange_manager is not None:
+            yield self.exchange_manager.close()
+
+    on_terminate_active = on_terminate
+
+    def on_error(self, cause=None, *args, **kwargs):
+        if cause is None:
+            raise RuntimeError("Illegal container state change")
+        log.error("Container {id} error: {cause!r}", id=self.id, cause=cause)
+
+    def spawn_process(self, desc, parent=None):
+        return self.proc_manager.spawn_process(desc, parent)
+
+    # Convenience used by apps, the shell and scripts.
+    def start_app(self, app_file=None, **kwargs):
+        return self.app_manager.start_app(app_file, **kwargs)
+
+    def start_rel(self, rel_file):
+        return self.app_manager.start_rel(rel_file)
+
+
+def create_new_container():
+    """The container of this OS process; a second one while one runs is an error."""
+    if ioninit.container_instance is not None:
+        raise RuntimeError("a container is already running: %s" % (ioninit.container_instance.id,))
+    container = Container()
+    ioninit.container_instance = container
+    return container
+
+
+def forget_container(container):
+    """Drop the process-wide reference once `container` has stopped."""
+    if ioninit.container_instance is container:
+        ioninit.container_instance = None
+        Id.default_container_id = "/"

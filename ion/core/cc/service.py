@@ -1,0 +1,210 @@
+"""
+`twistd cc`: the capability container as a Twisted service (R1 §7.1, §7.2).
+
+    twistd -n cc [options] [file.app|file.rel|script.py ...]
+
+With no broker named the container runs on the embedded in-memory broker;
+`-h HOST` (with -p/-v/--broker_* options) or `--broker URL` selects RabbitMQ.
+"""
+
+import fcntl
+import os
+import runpy
+import signal
+
+from twisted.application import service
+from twisted.internet import defer, reactor
+from twisted.logger import Logger
+from twisted.python import usage
+
+from ion.core import ioninit
+from ion.core.cc.container import create_new_container, forget_container
+from ion.core.exception import ConfigurationError
+from ion.core.messaging.broker.address import BrokerAddress
+from ion.util.state_object import BasicStates
+
+log = Logger()
+VERSION = "1.1.5.post3"
+
+
+def _port(value):
+    try:
+        port = int(value)
+    except ValueError:
+        raise ValueError("--broker_port must be a number, not %r" % (value,)) from None
+    if not 0 < port < 65536:
+        raise ValueError("--broker_port must be 1..65535, not %d" % (port,))
+    return port
+
+
+def _heartbeat(value):
+    try:
+        seconds = int(value)
+    except ValueError:
+        raise ValueError("--broker_heartbeat must be whole seconds, not %r" % (value,)) from None
+    if seconds < 0:
+        raise ValueError("--broker_heartbeat must not be negative, not %d" % (seconds,))
+    return seconds
+
+
+class Options(usage.Options):
+    synopsis = "[options] [file.app|file.rel|script.py ...]"
+    longdesc = "Starts an ION capability container with the given apps, releases and scripts."
+
+    optParameters = [
+        ["sysname", "s", None, "System (cluster) name; scopes exchanges and queues."],
+        ["broker", None, None, "Broker URL: amqp://user:pass@host:port/vhost, amqps://... for TLS, or memory."],
+        ["broker_host", "h", None, "AMQP broker host (default: the embedded in-memory broker)."],
+        ["broker_port", "p", 5672, "AMQP broker port.", _port],
+        ["broker_vhost", "v", "/", "AMQP virtual host."],
+        ["broker_heartbeat", None, 30, "AMQP heartbeat in seconds (0: off).", _heartbeat],
+        ["broker_username", None, "guest", "AMQP user name."],
+        ["broker_password", None, "guest", "AMQP password."],
+        ["broker_credfile", None, None, "File holding 'username password' for the broker."],
+        ["boot_script", "b", None, "Python file defining boot(); run before the scripts."],
+        ["lockfile", None, None, "File locked until startup is complete."],
+        ["args", "a", "", "Container args: \"{'k': 'v'}\" or k=v,k2=v2."],
+    ]
+    optFlags = [
+        ["no_shell", "n", "Do not start the interactive shell."],
+        ["no_history", "i", "Do not read or write ~/.cchistory."],
+        ["no_dbmanhole", None, "Do not start the telnet shell."],
+    ]
+
+    def opt_version(self):
+        """Print the version and exit."""
+        print("ION capability container %s" % VERSION)
+        raise SystemExit(0)
+
+    def parseArgs(self, *scripts):
+        self["scripts"] = list(scripts)
+
+    def postOptions(self):
+        try:
+            self["args"] = ioninit.merge_sysname(self["args"], self["sysname"])
+            self["container_args"] = ioninit.parse_container_args(self["args"])
+            self["broker_address"] = self.broker_address()
+        except ValueError as e:
+            raise usage.UsageError(str(e)) from e
+        for script in self["scripts"]:
+            if not script.endswith((".app", ".rel", ".py")):
+                raise usage.UsageError("%s: expected a .app, .rel or .py file" % (script,))
+
+    def broker_address(self):
+        if self["broker"]:
+            return BrokerAddress.from_url(self["broker"])
+        if not self["broker_host"] or self["broker_host"] == "memory":
+            return BrokerAddress.from_url("memory")
+        return BrokerAddress.from_options(
+            host=self["broker_host"],
+            port=self["broker_port"],
+            vhost=self["broker_vhost"],
+            username=self["broker_username"],
+            password=self["broker_password"],
+            credfile=self["broker_credfile"],
+            heartbeat=self["broker_heartbeat"],
+        )
+
+
+class CapabilityContainer(service.Service):
+    """Runs one Container for the life of the twistd process."""
+
+    # Filled by the events layer: callable(container, scripts) -> Deferred, run once started.
+    startup_hook = None
+
+    def __init__(self, options):
+        self.options = options
+        self.container = None
+        self.started = defer.Deferred()
+        self._starting = None
+        self._lock = _Lockfile(options["lockfile"]) if options.get("lockfile") else None
+
+    def startService(self):
+        service.Service.startService(self)
+        reactor.callWhenRunning(_stop_on_signals)
+        self._starting = self._start()
+        self._starting.addErrback(self._fatal)
+
+    @defer.inlineCallbacks
+    def _start(self):
+        address = self.options["broker_address"]
+        if address.kind == "memory":
+            log.info("No broker named: using the embedded in-memory broker (use -h HOST or --broker URL for RabbitMQ)")
+        self.container = create_new_container()
+        yield self.container.initialize(address, self.options["container_args"])
+        yield self.container.activate()
+        if self.options.get("boot_script"):
+            boot = runpy.run_path(self.options["boot_script"]).get("boot")
+            if not callable(boot):
+                raise ConfigurationError("boot script %s defines no boot()" % (self.options["boot_script"],))
+            yield defer.maybeDeferred(boot)
+        for script in self.options.get("scripts", []):
+            yield self._run_script(script)
+        if self._lock is not None:
+            self._lock.release()
+        if CapabilityContainer.startup_hook is not None:
+            yield CapabilityContainer.startup_hook(self.container, self.options.get("scripts", []))
+        log.info("Container {id} started", id=self.container.id)
+        self.started.callback(self.container)
+
+    def _run_script(self, script):
+        if not os.path.exists(script):
+            raise ConfigurationError("%s: no such file" % (script,))
+        if script.endswith(".app"):
+            return self.container.start_app(script, app_args=dict(self.options["container_args"]))
+        if script.endswith(".rel"):
+            return self.container.start_rel(script)
+        return defer.maybeDeferred(runpy.run_path, script, run_name="__ion_script__")
+
+    def _fatal(self, failure):
+        log.failure("Container startup failed", failure)
+        if not self.started.called:
+            self.started.errback(failure)
+            self.started.addErrback(lambda _: None)
+        reactor.addSystemEventTrigger("after", "shutdown", os._exit, 1)
+        if reactor.running:
+            reactor.stop()
+
+    @defer.inlineCallbacks
+    def stopService(self):
+        service.Service.stopService(self)
+        if self._starting is not None and not self._starting.called:
+            yield self.started.addErrback(lambda _: None)
+        container, self.container = self.container, None
+        if container is None:
+            return
+        try:
+            if container.state in (BasicStates.READY, BasicStates.ACTIVE):
+                yield container.terminate()
+            elif container.exchange_manager is not None:
+                yield container.exchange_manager.close()
+        finally:
+            forget_container(container)
+        log.info("Container {id} stopped", id=container.id)
+
+
+def _stop_on_signals():
+    """SIGINT/SIGTERM stop the reactor cleanly, so twistd exits 0 (it would re-raise the signal)."""
+
+    def handler(signum, frame):
+        log.info("Received {signal}: stopping the container", signal=signal.Signals(signum).name)
+        reactor.callFromThread(reactor.stop)
+
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
+
+
+class _Lockfile:
+    """An exclusive fcntl lock held from construction until startup completes."""
+
+    def __init__(self, path):
+        self.file = open(path, "a")
+        fcntl.lockf(self.file, fcntl.LOCK_EX)
+
+    def release(self):
+        fcntl.lockf(self.file, fcntl.LOCK_UN)
+        self.file.close()
+
+
+def makeService(options):
+    return CapabilityContainer(options)

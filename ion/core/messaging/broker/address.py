@@ -1,0 +1,278 @@
+"""
+Where the broker is, parsed once from a URL or the container's twistd options.
+
+A `BrokerAddress` is immutable and never reveals its password: str(), repr()
+and `description` are credential-free, and parse errors name the bad value
+with the password masked, so an address can be logged freely.
+"""
+
+import os
+import stat
+from dataclasses import dataclass, field
+from urllib.parse import parse_qsl, quote, unquote, urlsplit
+
+from twisted.logger import Logger
+
+log = Logger()
+
+DEFAULT_HEARTBEAT = 30
+_SCHEMES = {"amqp": 5672, "amqps": 5671}
+_TLS_KEYS = {"cafile", "certfile", "keyfile", "server_name"}
+
+
+@dataclass(frozen=True)
+class BrokerAddress:
+    """
+    kind is 'memory' (the embedded broker named `memory_name`) or 'amqp'.
+    For 'amqp', `tls` selects amqps; `endpoint_string`, when set, is a raw
+    Twisted client endpoint description used instead of host/port/TLS.
+    """
+
+    kind: str = "amqp"
+    memory_name: str = "default"
+    host: str = "localhost"
+    port: int = 5672
+    vhost: str = "/"
+    username: str = "guest"
+    password: str = field(default="guest", repr=False)
+    heartbeat: int = DEFAULT_HEARTBEAT
+    tls: bool = False
+    ca_file: str = None
+    cert_file: str = None
+    key_file: str = None
+    server_name: str = None
+    endpoint_string: str = None
+
+    def __post_init__(self):
+        if self.kind not in ("memory", "amqp"):
+            raise ValueError("unknown broker kind %r (expected 'memory' or 'amqp')" % (self.kind,))
+        object.__setattr__(self, "port", _port(self.port))
+        object.__setattr__(self, "heartbeat", _heartbeat(self.heartbeat))
+        if self.kind == "amqp" and not self.endpoint_string and not self.host:
+            raise ValueError("broker host is empty")
+
+    # -- constructors -------------------------------------------------------
+
+    @classmethod
+    def from_url(cls, url):
+        """
+        Accepted forms:
+
+          memory | memory://NAME              the embedded broker (NAME default 'default')
+          amqp://USER:PASS@HOST:PORT/VHOST?heartbeat=N
+          amqps://...?cafile=F&certfile=F&keyfile=F&server_name=NAME&heartbeat=N
+          endpoint:DESCRIPTION?vhost=V&username=U&password=P&heartbeat=N
+
+        The VHOST is URL-quoted ('%2F' is '/'); no path or a bare '/' means
+        '/'.  USER/PASS default to guest/guest, PORT to 5672 (amqps: 5671).
+        amqps verifies the server certificate against `cafile` (else the
+        platform's trust store) and its hostname against `server_name`
+        (default HOST).  `endpoint:` takes any Twisted client endpoint
+        description, e.g. 'endpoint:tcp:host=10.0.0.5:port=5672' or
+        'endpoint:tls:host=broker:port=5671:trustRoots=/etc/ca'.
+        """
+        if url == "memory":
+            return cls(kind="memory")
+        if url.startswith("memory://"):
+            return cls(kind="memory", memory_name=url[len("memory://"):] or "default")
+        if url.startswith("endpoint:"):
+            return cls._from_endpoint_url(url)
+        return cls._from_amqp_url(url)
+
+    @classmethod
+    def _from_amqp_url(cls, url):
+        shown = _redact(url)
+        try:
+            parts = urlsplit(url)
+        except ValueError as e:
+            raise ValueError("invalid broker URL %s: %s" % (shown, e)) from None
+        if parts.scheme not in _SCHEMES:
+            raise ValueError("invalid broker URL %s: scheme must be amqp, amqps, memory or endpoint" % shown)
+        tls = parts.scheme == "amqps"
+        try:
+            port = parts.port
+        except ValueError:
+            raise ValueError("invalid broker URL %s: bad port" % shown) from None
+        settings = _query(parts.query, shown, {"heartbeat"} | (_TLS_KEYS if tls else set()))
+        vhost = unquote(parts.path[1:]) if len(parts.path) > 1 else "/"
+        return cls(
+            kind="amqp",
+            host=parts.hostname or "localhost",
+            port=port or _SCHEMES[parts.scheme],
+            vhost=vhost,
+            username=unquote(parts.username) if parts.username is not None else "guest",
+            password=unquote(parts.password) if parts.password is not None else "guest",
+            heartbeat=settings.get("heartbeat", DEFAULT_HEARTBEAT),
+            tls=tls,
+            ca_file=settings.get("cafile"),
+            cert_file=settings.get("certfile"),
+            key_file=settings.get("keyfile"),
+            server_name=settings.get("server_name"),
+        )
+
+    @classmethod
+    def _from_endpoint_url(cls, url):
+        description, _, query = url[len("endpoint:"):].partition("?")
+        if not description:
+            raise ValueError("invalid broker URL %s: empty endpoint description" % _redact(url))
+        settings = _query(query, _redact(url), {"vhost", "username", "password", "heartbeat"})
+        return cls(
+            kind="amqp",
+            vhost=settings.get("vhost", "/"),
+            username=settings.get("username", "guest"),
+            password=settings.get("password", "guest"),
+            heartbeat=settings.get("heartbeat", DEFAULT_HEARTBEAT),
+            endpoint_string=description,
+        )
+
+    @classmethod
+    def from_options(cls, host="localhost", port=5672, vhost="/", username="guest", password="guest",
+                     credfile=None, heartbeat=DEFAULT_HEARTBEAT, url=None):
+        """
+        From the container's --broker_* options.  `url` wins when given;
+        otherwise `credfile` (a file holding 'username password') overrides
+        username/password.
+        """
+        if url:
+            return cls.from_url(url)
+        if credfile:
+            username, password = read_credfile(credfile)
+        return cls(kind="amqp", host=host, port=port, vhost=vhost, username=username, password=password, heartbeat=heartbeat)
+
+    # -- presentation -------------------------------------------------------
+
+    @property
+    def description(self):
+        """Credential-free, e.g. 'amqp://127.0.0.1:5672/%2F' or "embedded broker 'default'"."""
+        if self.kind == "memory":
+            return "embedded broker %r" % self.memory_name
+        if self.endpoint_string:
+            return "amqp via endpoint %s vhost %s" % (self.endpoint_string, self.vhost)
+        host = "[%s]" % self.host if ":" in self.host else self.host
+        return "%s://%s:%d/%s" % ("amqps" if self.tls else "amqp", host, self.port, quote(self.vhost, safe=""))
+
+    def __str__(self):
+        return self.description
+
+    # -- connecting ---------------------------------------------------------
+
+    def endpoint(self, reactor):
+        """
+        The Twisted client endpoint to reach the broker.  Plain AMQP uses
+        HostnameEndpoint (IPv4 and IPv6, non-blocking name lookup); amqps
+        wraps it in TLS that verifies the certificate chain and hostname.
+        """
+        from twisted.internet.endpoints import HostnameEndpoint, clientFromString, wrapClientTLS
+
+        if self.kind != "amqp":
+            raise ValueError("%s has no network endpoint" % self.description)
+        if self.endpoint_string:
+            return clientFromString(reactor, self.endpoint_string)
+        tcp = HostnameEndpoint(reactor, self.host, self.port, timeout=30)
+        if not self.tls:
+            return tcp
+        return wrapClientTLS(self.tls_options(), tcp)
+
+    def tls_options(self):
+        """IOpenSSLClientConnectionCreator for amqps; reads the CA/cert/key files now."""
+        from twisted.internet.ssl import Certificate, PrivateCertificate, optionsForClientTLS, trustRootFromCertificates
+
+        trust_root = None
+        if self.ca_file:
+            blocks = _pem_blocks(_read(self.ca_file, "CA file"), b"CERTIFICATE")
+            if not blocks:
+                raise ValueError("CA file %s holds no PEM certificate" % self.ca_file)
+            trust_root = trustRootFromCertificates([Certificate.loadPEM(b) for b in blocks])
+        client_certificate = None
+        if self.cert_file:
+            pem = _read(self.cert_file, "client certificate file")
+            if self.key_file:
+                pem += b"\n" + _read(self.key_file, "client key file")
+            try:
+                client_certificate = PrivateCertificate.loadPEM(pem)
+            except Exception as e:
+                raise ValueError("cannot load client certificate %s / key %s: %s" % (self.cert_file, self.key_file, e)) from None
+        return optionsForClientTLS(self.server_name or self.host, trustRoot=trust_root, clientCertificate=client_certificate)
+
+
+def read_credfile(path):
+    """(username, password) from a file holding 'username password'; warns when others may read it."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            mode = os.fstat(f.fileno()).st_mode
+            words = f.read().split()
+    except OSError as e:
+        raise ValueError("broker credential file %s: cannot read it (%s)" % (path, e.strerror)) from None
+    except UnicodeDecodeError:
+        raise ValueError("broker credential file %s: not UTF-8 text" % path) from None
+    if len(words) != 2:
+        raise ValueError("broker credential file %s: expected 'username password' separated by whitespace, found %d words"
+                         % (path, len(words)))
+    if mode & (stat.S_IRGRP | stat.S_IROTH):
+        log.warn("broker credential file {path} is readable by group/others (mode {mode:o}); chmod 600 it",
+                 path=path, mode=stat.S_IMODE(mode))
+    return words[0], words[1]
+
+
+def _port(value):
+    try:
+        port = int(value)
+    except (TypeError, ValueError):
+        raise ValueError("invalid broker port %r: not an integer" % (value,)) from None
+    if not 0 < port < 65536:
+        raise ValueError("invalid broker port %r: must be 1..65535" % (value,))
+    return port
+
+
+def _heartbeat(value):
+    try:
+        seconds = int(value)
+    except (TypeError, ValueError):
+        raise ValueError("invalid broker heartbeat %r: not an integer number of seconds" % (value,)) from None
+    if not 0 <= seconds < 65536:
+        raise ValueError("invalid broker heartbeat %r: must be 0 (off) .. 65535 seconds" % (value,))
+    return seconds
+
+
+def _query(query, shown_url, allowed):
+    settings = dict(parse_qsl(query, keep_blank_values=True))
+    unknown = sorted(set(settings) - allowed)
+    if unknown:
+        raise ValueError("invalid broker URL %s: unknown setting(s) %s (allowed: %s)"
+                         % (shown_url, ", ".join(unknown), ", ".join(sorted(allowed))))
+    return settings
+
+
+def _redact(url):
+    """The URL with any password replaced by '***'."""
+    scheme, sep, rest = url.partition("://")
+    if sep:
+        userinfo, at, hostpart = rest.rpartition("@")
+        if at and ":" in userinfo:
+            return "%s://%s:***@%s" % (scheme, userinfo.split(":", 1)[0], hostpart)
+    if "password=" in url:
+        head, _, tail = url.partition("password=")
+        return head + "password=***" + ("&" + tail.split("&", 1)[1] if "&" in tail else "")
+    return url
+
+
+def _read(path, what):
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as e:
+        raise ValueError("cannot read %s %s (%s)" % (what, path, e.strerror)) from None
+
+
+def _pem_blocks(data, label):
+    """Each '-----BEGIN <label>-----' block in `data`, for CA bundles holding several certificates."""
+    begin, end = b"-----BEGIN %s-----" % label, b"-----END %s-----" % label
+    blocks = []
+    start = data.find(begin)
+    while start != -1:
+        stop = data.find(end, start)
+        if stop == -1:
+            break
+        blocks.append(data[start:stop + len(end)])
+        start = data.find(begin, stop)
+    return blocks

@@ -1,0 +1,177 @@
+"""
+The contract every broker meets: the embedded in-memory broker and RabbitMQ
+through txamqp.
+
+A connection is channel-less on purpose.  Callers declare, bind, publish and
+consume on the connection; an implementation decides how to map that onto
+AMQP channels (one for declarations and publishing, one per consumer).  Keeping
+channels out of the interface is what lets an implementation re-declare its
+topology and resume consumers after a reconnect without the callers noticing.
+
+Every method that talks to the broker returns a Deferred.  Failures are
+instances of `BrokerError` (or a subclass), so callers never see txamqp or
+embedded-broker internals.
+"""
+
+from zope.interface import Attribute, Interface
+
+
+class BrokerError(Exception):
+    """Any failure reported by a broker."""
+
+
+class ChannelError(BrokerError):
+    """
+    The broker refused an operation (AMQP channel exception).
+
+    `code` is the AMQP reply code (404, 405, 406, ...), `text` the broker's
+    reply text.
+    """
+
+    code = None
+
+    def __init__(self, text, code=None):
+        if code is not None:
+            self.code = code
+        self.text = text
+        super().__init__("%s %s" % (self.code, text))
+
+
+class NotFound(ChannelError):
+    """A passive declare, bind or consume named a queue/exchange that does not exist."""
+
+    code = 404
+
+
+class ResourceLocked(ChannelError):
+    """An exclusive queue is owned by another connection."""
+
+    code = 405
+
+
+class PreconditionFailed(ChannelError):
+    """A re-declaration whose flags differ from the existing object's."""
+
+    code = 406
+
+
+class ConnectionLost(BrokerError):
+    """The connection to the broker is gone; the operation did not complete."""
+
+
+EXCHANGE_TYPES = ("topic", "direct", "fanout")
+
+# AMQP basic properties a Delivery carries (None when unset).
+PROPERTY_NAMES = (
+    "content_type",
+    "content_encoding",
+    "headers",
+    "delivery_mode",
+    "priority",
+    "correlation_id",
+    "reply_to",
+    "expiration",
+    "message_id",
+    "timestamp",
+    "type",
+    "user_id",
+    "app_id",
+    "cluster_id",
+)
+
+
+class IDelivery(Interface):
+    """One message handed to a consumer callback."""
+
+    body = Attribute("The message body, always `bytes`.")
+    properties = Attribute("dict of AMQP basic properties; keys from PROPERTY_NAMES, only those set.")
+    exchange = Attribute("Exchange the message was published to ('' for the default exchange).")
+    routing_key = Attribute("Routing key it was published with.")
+    redelivered = Attribute("True when the broker delivered it before without an ack.")
+    delivery_tag = Attribute("Broker-assigned tag, unique per consumer.")
+    consumer_tag = Attribute("Tag of the consumer it was delivered to.")
+
+    def ack():
+        """Acknowledge. Returns None; a no-op if the consumer is already cancelled."""
+
+    def reject(requeue=False):
+        """Reject; with requeue=True the broker redelivers it (redelivered=True)."""
+
+
+class IConsumer(Interface):
+    """A running basic.consume."""
+
+    queue = Attribute("Name of the queue consumed from (the broker's name for an anonymous queue).")
+    tag = Attribute("Consumer tag.")
+
+    def cancel():
+        """
+        Stop deliveries.  Messages delivered but not yet acked are returned to
+        the queue and redelivered to other consumers with redelivered=True.
+        Returns a Deferred that fires once the broker has confirmed.
+        Cancelling twice is harmless.
+        """
+
+
+class IBrokerConnection(Interface):
+    """One connection from a container to a broker."""
+
+    description = Attribute("Human-readable, credential-free description, e.g. 'amqp://127.0.0.1:5672/' or 'embedded broker'.")
+
+    def exchange_declare(exchange, type="topic", durable=False, auto_delete=True, passive=False):
+        """
+        Declare an exchange.  Re-declaring with other type/durable/auto_delete
+        fails with PreconditionFailed; passive on a missing one with NotFound.
+        An auto-delete exchange is deleted when its last binding is removed.
+        """
+
+    def exchange_delete(exchange, if_unused=False):
+        """Delete an exchange (no error if it does not exist)."""
+
+    def queue_declare(queue="", durable=False, exclusive=False, auto_delete=True, passive=False, arguments=None):
+        """
+        Declare a queue; queue='' asks the broker for a fresh name.
+        Fires with the queue's name.  An exclusive queue belongs to this
+        connection (ResourceLocked for others) and goes with it.  An
+        auto-delete queue is deleted when its last consumer is cancelled.
+        `arguments` is the AMQP x-arguments table (e.g. x-dead-letter-exchange).
+        """
+
+    def queue_delete(queue, if_unused=False, if_empty=False):
+        """Delete a queue; fires with the number of messages it held."""
+
+    def queue_purge(queue):
+        """Remove all ready messages; fires with their number."""
+
+    def queue_bind(queue, exchange, routing_key):
+        """Bind a queue to an exchange (NotFound when either is missing)."""
+
+    def queue_unbind(queue, exchange, routing_key):
+        """Remove a binding (unbinding a missing binding is not an error)."""
+
+    def publish(exchange, routing_key, body, properties=None, mandatory=False):
+        """
+        Publish `body` (bytes).  `properties` is a dict with keys from
+        PROPERTY_NAMES.  Fires once the message has been handed to the broker.
+        A mandatory message that no queue takes is handed to every return
+        listener; that is not a failure of the Deferred.
+        """
+
+    def consume(queue, callback, prefetch_count=1, no_ack=False, exclusive=False, consumer_tag=None):
+        """
+        Start consuming.  `callback(delivery)` is called with an IDelivery for
+        each message, at most `prefetch_count` unacked at a time (0 means
+        unlimited); its return value is ignored.  Fires with an IConsumer.
+        """
+
+    def add_return_listener(listener):
+        """listener(delivery, reply_code, reply_text) for each returned mandatory message."""
+
+    def remove_return_listener(listener):
+        """Undo add_return_listener."""
+
+    def close():
+        """
+        Close the connection cleanly; every consumer stops, exclusive queues
+        go away.  Fires when done.  Closing twice is harmless.
+        """

@@ -1,0 +1,99 @@
+"""
+The container's side of the broker: declarations made once, publishing, and
+the registry of messaging names the shell lists.
+"""
+
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from ion.core.messaging.broker.interface import NotFound
+from ion.core.messaging.serialization import message_properties, pack_body
+
+log = Logger()
+
+
+class ExchangeManager:
+    """
+    Owns the container's broker connection.
+
+    Exchanges are declared once per connection and flag set (R1 declared on
+    every publish).  If an auto-delete exchange vanished meanwhile, the next
+    publish to it declares it again and retries once.
+    """
+
+    def __init__(self, connection):
+        self.connection = connection
+        self.store = {}  # messaging name -> queue config, for the shell's ms()
+        self._exchanges = {}  # name -> (type, durable, auto_delete)
+        connection.add_return_listener(self._returned)
+
+    @property
+    def description(self):
+        return self.connection.description
+
+    @defer.inlineCallbacks
+    def declare_exchange(self, name, type="topic", durable=False, auto_delete=True):
+        flags = (type, bool(durable), bool(auto_delete))
+        if self._exchanges.get(name) == flags:
+            return
+        yield self.connection.exchange_declare(name, type=type, durable=durable, auto_delete=auto_delete)
+        self._exchanges[name] = flags
+
+    def _declare_from(self, config):
+        return self.declare_exchange(
+            config["exchange"],
+            type=config.get("exchange_type", "topic"),
+            durable=config.get("exchange_durable", False),
+            auto_delete=config.get("exchange_auto_delete", True),
+        )
+
+    @defer.inlineCallbacks
+    def declare_queue(self, config):
+        """Exchange, queue and binding for a consumer config; fires with the queue's name."""
+        yield self._declare_from(config)
+        queue = yield self.connection.queue_declare(
+            config.get("queue") or "",
+            durable=config.get("durable", False),
+            exclusive=config.get("exclusive", False),
+            auto_delete=config.get("auto_delete", True),
+            arguments=config.get("arguments"),
+        )
+        if config.get("routing_key") is not None:
+            yield self._bind(queue, config)
+        return queue
+
+    @defer.inlineCallbacks
+    def _bind(self, queue, config):
+        try:
+            yield self.connection.queue_bind(queue, config["exchange"], config["routing_key"])
+        except NotFound:
+            # The auto-delete exchange went away between declare and bind.
+            self._exchanges.pop(config["exchange"], None)
+            yield self._declare_from(config)
+            yield self.connection.queue_bind(queue, config["exchange"], config["routing_key"])
+
+    @defer.inlineCallbacks
+    def send(self, config, routing_key, message, mandatory=False, delivery_mode=1):
+        """Pack `message` (a header dict) and publish it per the exchange `config`."""
+        body = pack_body(message)
+        properties = message_properties(delivery_mode)
+        yield self._declare_from(config)
+        try:
+            yield self.connection.publish(config["exchange"], routing_key, body, properties, mandatory=mandatory)
+        except NotFound:
+            self._exchanges.pop(config["exchange"], None)
+            yield self._declare_from(config)
+            yield self.connection.publish(config["exchange"], routing_key, body, properties, mandatory=mandatory)
+
+    def _returned(self, delivery, reply_code, reply_text):
+        log.debug(
+            "No queue took message to {exchange}/{key}: {code} {text}",
+            exchange=delivery.exchange,
+            key=delivery.routing_key,
+            code=reply_code,
+            text=reply_text,
+        )
+
+    def close(self):
+        self.connection.remove_return_listener(self._returned)
+        return self.connection.close()

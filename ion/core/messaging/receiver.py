@@ -1,0 +1,248 @@
+"""
+Receivers: a named queue, its consumer and the send path of a process (R1 §5.5).
+
+A receiver is a lifecycle object.  initialize declares the exchange, the queue
+and its binding; activate starts consuming; deactivate stops consuming (the
+consumer really is cancelled at the broker, unlike R1) after the messages in
+progress are done; terminate does the same and lets the auto-delete queue go.
+"""
+
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from ion.core import ioninit
+from ion.core.messaging import messaging
+from ion.core.messaging.ionmessage import build_message
+from ion.core.messaging.messaging import Message
+from ion.core.messaging.serialization import WireFormatError
+from ion.core.object.codec import CodecError, decode_content, encode_content
+from ion.core.process.procutils import get_scoped_name
+from ion.util.state_object import BasicLifecycleObject
+
+log = Logger()
+
+
+class ReceiverError(Exception):
+    """The receiver cannot do what was asked (no container, no consumer config, ...)."""
+
+
+class Receiver(BasicLifecycleObject):
+    """
+    Base receiver.  Without a consumer config it only sends (publishers use
+    it that way); subclasses supply the R1 queue configuration.
+    """
+
+    queue_factory = None  # one of messaging.process / worker / fanout
+
+    def __init__(
+        self,
+        name,
+        scope="global",
+        label=None,
+        xspace=None,
+        process=None,
+        group=None,
+        handler=None,
+        error_handler=None,
+        raw=False,
+        consumer_config=None,
+        publisher_config=None,
+    ):
+        super().__init__()
+        self.name = name
+        self.scope = scope
+        self.xname = get_scoped_name(name, scope)
+        self.label = label or self.xname
+        self.process = process
+        self.group = group
+        self.raw = raw
+        self.handlers = [handler] if handler else []
+        self.error_handlers = [error_handler] if error_handler else []
+        self.consumer_config = consumer_config
+        self.publisher_config = publisher_config
+        self.consumer = None
+        self.queue = None
+        self.processing_messages = {}
+        self._draining = False
+        self._idle = None
+
+    # --- plumbing -------------------------------------------------------
+    @property
+    def container(self):
+        container = getattr(self.process, "container", None) or ioninit.container_instance
+        if container is None:
+            raise ReceiverError("receiver %s has no container to talk to the broker" % (self.xname,))
+        return container
+
+    @property
+    def exchange_manager(self):
+        return self.container.exchange_manager
+
+    def add_handler(self, callback):
+        self.handlers.append(callback)
+
+    handle = add_handler
+
+    def add_error_handler(self, callback):
+        self.error_handlers.append(callback)
+
+    def full_config(self):
+        """The queue config: the R1 factory's for this receiver kind, then consumer_config."""
+        config = self.queue_factory(self.xname) if self.queue_factory else dict(messaging.PROCESS_EXCHANGE)
+        if self.consumer_config:
+            config.update(self.consumer_config)
+        return config
+
+    # --- lifecycle ------------------------------------------------------
+    @defer.inlineCallbacks
+    def on_initialize(self, *args, **kwargs):
+        if self.queue_factory is None and not self.consumer_config:
+            return
+        config = self.full_config()
+        self.queue = yield self.exchange_manager.declare_queue(config)
+        self.exchange_manager.store[self.xname] = config
+
+    @defer.inlineCallbacks
+    def on_activate(self, *args, **kwargs):
+        if self.queue is None:
+            return
+        config = self.full_config()
+        self._draining = False
+        self.consumer = yield self.exchange_manager.connection.consume(
+            self.queue,
+            self._deliver,
+            prefetch_count=config.get("prefetch_count", 1),
+            no_ack=config.get("no_ack", False),
+        )
+
+    def on_deactivate(self, *args, **kwargs):
+        return self._stop_consuming(kwargs.get("exclude"))
+
+    def on_terminate(self, *args, **kwargs):
+        return self._stop_consuming(kwargs.get("exclude"))
+
+    def on_terminate_active(self, *args, **kwargs):
+        return self._stop_consuming(kwargs.get("exclude"))
+
+    def on_error(self, cause=None, *args, **kwargs):
+        if cause is None:
+            raise RuntimeError("Illegal receiver state change")
+        log.error("Receiver {name} error: {cause}", name=self.xname, cause=cause)
+
+    @defer.inlineCallbacks
+    def _stop_consuming(self, exclude=None):
+        """Let messages in progress finish (except `exclude`), then cancel the consumer."""
+        self._draining = True
+        yield self.wait_idle(exclude)
+        consumer, self.consumer = self.consumer, None
+        if consumer is not None:
+            yield consumer.cancel()
+        self.exchange_manager.store.pop(self.xname, None)
+
+    def wait_idle(self, exclude=None):
+        """A Deferred that fires when no message (other than `exclude`) is being handled."""
+        busy = [m for m in self.processing_messages.values() if m is not exclude]
+        if not busy:
+            return defer.succeed(None)
+        if self._idle is None:
+            self._idle = []
+        d = defer.Deferred()
+        self._idle.append((exclude, d))
+        return d
+
+    def attach(self):
+        """initialize + activate; fires with the messaging name."""
+        d = self.initialize()
+        d.addCallback(lambda _: self.activate())
+        d.addCallback(lambda _: self.xname)
+        return d
+
+    # --- receiving ------------------------------------------------------
+    def _deliver(self, delivery):
+        if self._draining:
+            return  # left unacked: cancelling the consumer hands it back to the queue
+        msg = Message(delivery)
+        self.processing_messages[id(msg)] = msg
+        self._handle(msg).addBoth(self._done, msg)
+
+    @defer.inlineCallbacks
+    def _handle(self, msg):
+        try:
+            data = msg.payload
+            if not self.raw:
+                data["content"] = decode_content(data.get("content"), data.get("encoding"))
+        except (WireFormatError, CodecError) as e:
+            log.warn("Receiver {name} rejected a message it cannot decode: {reason}", name=self.xname, reason=e)
+            msg.reject()
+            for error_handler in self.error_handlers:
+                yield defer.maybeDeferred(error_handler, None, msg, str(e))
+            return
+        try:
+            for handler in self.handlers:
+                yield defer.maybeDeferred(handler, data, msg)
+        except Exception:
+            log.failure("Receiver {name}: handler failed on op={op}", name=self.xname, op=data.get("op"))
+            if msg.state == Message.RECEIVED:
+                msg.reject()
+            return
+        if msg.state == Message.RECEIVED:
+            log.warn("Receiver {name}: message op={op} has not been acked", name=self.xname, op=data.get("op"))
+
+    def _done(self, result, msg):
+        self.processing_messages.pop(id(msg), None)
+        if self._idle:
+            busy = list(self.processing_messages.values())
+            still_waiting = []
+            for exclude, d in self._idle:
+                if any(m is not exclude for m in busy):
+                    still_waiting.append((exclude, d))
+                else:
+                    d.callback(None)
+            self._idle = still_waiting
+        if isinstance(result, defer.Failure):
+            log.failure("Receiver {name} failed handling a message", result, name=self.xname)
+
+    # --- sending --------------------------------------------------------
+    @defer.inlineCallbacks
+    def send(self, recipient, operation, content, headers=None, sender=None, mandatory=None, delivery_mode=1, **_):
+        """
+        Build the ION message, encode its content and publish it to
+        `recipient` (the routing key).  Fires with the message dict sent.
+        Unlike R1, a failure to send fails the Deferred.
+        """
+        value, encoding = encode_content(content)
+        message = build_message(sender or self.xname, recipient, operation, value, headers)
+        if encoding:
+            message["encoding"] = encoding
+        config = dict(messaging.PROCESS_EXCHANGE)
+        if self.publisher_config:
+            config.update(self.publisher_config)
+        if mandatory is None:
+            mandatory = config.get("mandatory", False)
+        yield self.exchange_manager.send(config, str(recipient), message, mandatory=mandatory, delivery_mode=delivery_mode)
+        return message
+
+
+class ProcessReceiver(Receiver):
+    """A process's own exclusive queue, named and bound by its id."""
+
+    queue_factory = staticmethod(messaging.process)
+
+
+class WorkerReceiver(Receiver):
+    """A shared queue; consumers take turns."""
+
+    queue_factory = staticmethod(messaging.worker)
+
+
+class ServiceWorkerReceiver(WorkerReceiver):
+    """A service's shared queue, `<sys_name>.<service>` by default."""
+
+    def __init__(self, name, scope="system", **kwargs):
+        super().__init__(name, scope=scope, **kwargs)
+
+
+class FanoutReceiver(Receiver):
+    """An anonymous exclusive queue bound with the name: every instance gets each message."""
+
+    queue_factory = staticmethod(messaging.fanout)

@@ -1,0 +1,144 @@
+"""
+The Structure codec: object graphs <-> the bytes of an 'ION R1 GPB' message content.
+
+A Structure carries the root object as `head` and everything it links to as `items`,
+each element keyed by sha1(sha1(value) + serialized GPBType). Content comes from
+the network, so unpacking trusts nothing: every key, type, link and isleaf flag is
+checked, and any inconsistency is a CodecError naming the problem.
+"""
+
+from google.protobuf.message import DecodeError, EncodeError
+
+from ion.core.messaging.message_client import ION_MESSAGE_TYPE, MessageInstance
+from ion.core.object import object_utils
+from ion.core.object.gpb.net.ooici.core.container.container_pb2 import Structure
+from ion.core.object.gpb_wrapper import Wrapper
+from ion.core.object.object_utils import ObjectUtilException, create_type_identifier, iter_links
+from ion.core.object.repository import Repository, content_key
+
+ION_R1_GPB = "ION R1 GPB"
+
+
+class CodecError(Exception):
+    """Content could not be packed, or received content is malformed or forged."""
+
+
+def encode_content(content):
+    """(Structure bytes, ION_R1_GPB) for a MessageInstance or object; anything else as (content, None)."""
+    if isinstance(content, MessageInstance):
+        return pack(content.Message), ION_R1_GPB
+    if isinstance(content, Wrapper):
+        return pack(content), ION_R1_GPB
+    return content, None
+
+
+def decode_content(content, encoding):
+    """The MessageInstance or object packed in 'ION R1 GPB' content; other content unchanged."""
+    if encoding == ION_R1_GPB:
+        return unpack(content)
+    return content
+
+
+def pack(root):
+    """Serialize `root` and every object it links to as a Structure."""
+    if not root.IsRoot:
+        raise CodecError("only a whole object can be sent, not a part of %r" % (root.Root,))
+    try:
+        head, elements = root.Repository.commit(root)
+        structure = Structure()
+        _fill(structure.head, head)
+        for key, element in elements.items():
+            if key != head.key:
+                _fill(structure.items.add(), element)
+        return structure.SerializeToString()
+    except EncodeError as e:
+        raise CodecError("cannot serialize %r: %s" % (root, e)) from e
+
+
+def _fill(target, element):
+    target.key = element.key
+    target.type.object_id = element.type.object_id
+    target.type.version = element.type.version
+    target.isleaf = element.isleaf
+    target.value = element.value
+
+
+def unpack(data):
+    """Check a Structure and rebuild its graph: a MessageInstance for an IonMsg head, else the head object."""
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise CodecError("'%s' content must be bytes, not %s" % (ION_R1_GPB, type(data).__name__))
+    try:
+        structure = Structure.FromString(data)
+    except DecodeError as e:
+        raise CodecError("content is not a valid Structure: %s" % e) from None
+    parsed = {}
+    for element in (structure.head, *structure.items):
+        parsed[element.key] = (element, _parse(element))
+    children = {key: _check_links(element, gpb, parsed) for key, (element, gpb) in parsed.items()}
+    _check_graph(structure.head.key, children)
+    repository = Repository()
+    objects = {key: repository.add_object(gpb, key) for key, (_element, gpb) in parsed.items()}
+    root = objects[structure.head.key]
+    if root.ObjectType == ION_MESSAGE_TYPE:
+        return MessageInstance.wrap(root)
+    return root
+
+
+def _parse(element):
+    """The element's object, after checking its type is known and its key matches its content."""
+    name = element.key.hex()
+    try:
+        message_class = object_utils.get_gpb_class_from_type_id(element.type.object_id)
+    except ObjectUtilException as e:
+        raise CodecError("element %s: %s" % (name, e)) from None
+    if element.type.version != 1:
+        raise CodecError("element %s has type version %d; only version 1 exists" % (name, element.type.version))
+    type_id = create_type_identifier(element.type.object_id)
+    if content_key(element.value, type_id) != element.key:
+        raise CodecError("element %s: key does not match its content" % name)
+    try:
+        return message_class.FromString(element.value)
+    except DecodeError as e:
+        raise CodecError("element %s is not a valid %s: %s" % (name, message_class.DESCRIPTOR.name, e)) from None
+
+
+def _check_links(element, gpb, parsed):
+    """Keys this element links to, after checking each target exists and agrees with the link."""
+    name = element.key.hex()
+    targets = []
+    for link in iter_links(gpb):
+        target = parsed.get(link.key)
+        if target is None:
+            raise CodecError("element %s links to %s, which is not in the content" % (name, link.key.hex()))
+        target_element = target[0]
+        if (link.type.object_id, link.type.version) != (target_element.type.object_id, target_element.type.version):
+            raise CodecError(
+                "element %s links to %s as type %d but it is type %d"
+                % (name, link.key.hex(), link.type.object_id, target_element.type.object_id)
+            )
+        if link.isleaf != target_element.isleaf:
+            raise CodecError("element %s: link to %s has the wrong isleaf flag" % (name, link.key.hex()))
+        targets.append(link.key)
+    if element.isleaf != (not targets):
+        raise CodecError("element %s: isleaf is %s but it has %d links" % (name, element.isleaf, len(targets)))
+    return targets
+
+
+def _check_graph(head, children):
+    """The links from the head must form a DAG that reaches every element."""
+    state = {head: "open"}
+    stack = [(head, iter(children[head]))]
+    while stack:
+        key, pending = stack[-1]
+        child = next(pending, None)
+        if child is None:
+            state[key] = "done"
+            stack.pop()
+        elif state.get(child) == "open":
+            raise CodecError("link cycle through element %s" % child.hex())
+        elif child not in state:
+            state[child] = "open"
+            stack.append((child, iter(children[child])))
+    unreached = children.keys() - state.keys()
+    if unreached:
+        raise CodecError("%d element(s) not reachable from the head, e.g. %s" % (len(unreached), min(unreached).hex()))

@@ -1,0 +1,135 @@
+"""
+A repository holds the objects of one message: a root and everything linked from it.
+
+Deliberately small: no workbench, branches or commit history, so nothing outlives
+the message unless whoever holds the message keeps it. Inside a repository every
+object has a stable id (MyId) and a link (CASRef) holds the id of its target; the
+content keys that travel on the wire are computed by `commit`.
+"""
+
+import hashlib
+import itertools
+import uuid
+from typing import NamedTuple
+
+from ion.core.object import object_utils
+from ion.core.object.gpb_wrapper import Wrapper, wrapper_class
+from ion.core.object.object_utils import TypeIdentifier, iter_links
+
+
+class RepositoryError(Exception):
+    """A link that cannot be made or followed."""
+
+
+class Element(NamedTuple):
+    """One object as content-addressed bytes: what a StructureElement carries."""
+
+    key: bytes
+    type: TypeIdentifier
+    isleaf: bool
+    value: bytes
+
+
+def content_key(value, type_id):
+    """R1's element key: sha1(sha1(value) + serialized GPBType), binary."""
+    return hashlib.sha1(hashlib.sha1(value).digest() + type_id.SerializeToString()).digest()
+
+
+class Repository:
+    """The objects of one message. `persistent` is kept for R1 callers; nothing here caches."""
+
+    def __init__(self):
+        self.key = str(uuid.uuid4()).upper()
+        self.persistent = False
+        self._objects = {}
+        self._local_ids = itertools.count(1)
+
+    def create_object(self, type_id):
+        """A new, unlinked object of the given type (an int, TypeIdentifier or GPBType)."""
+        message_class = object_utils.get_gpb_class_from_type_id(type_id)
+        return self.add_object(message_class(), str(next(self._local_ids)).encode())
+
+    def add_object(self, gpb, key):
+        """Wrap a protobuf message as an object of this repository, reachable by links holding `key`."""
+        obj = wrapper_class(type(gpb))(gpb, self, myid=key)
+        self._objects[key] = obj
+        return obj
+
+    def get_linked(self, link):
+        try:
+            return self._objects[link.key]
+        except KeyError:
+            raise RepositoryError("link to an object missing from the repository: %s" % link.key.hex()) from None
+
+    def set_link(self, parent, link, value):
+        """Point `link` (a CASRef inside `parent`) at `value`, copying it in from another repository."""
+        child = self._adopt(value)
+        if self._reaches(child, parent):
+            raise RepositoryError("linking %r into %r would create a cycle" % (child, parent))
+        link.key = child.MyId
+        link.type.object_id = child.ObjectType.object_id
+        link.type.version = child.ObjectType.version
+        link.isleaf = next(iter_links(child.GPBMessage), None) is None
+
+    def _adopt(self, value):
+        if not isinstance(value, Wrapper):
+            raise RepositoryError("only an object can be linked, not %r" % (value,))
+        if not value.IsRoot:
+            raise RepositoryError("only a whole object can be linked, not a part of %r" % (value.Root,))
+        if value.Repository is self:
+            return value
+        return self._copy(value, {})
+
+    def _copy(self, obj, copies):
+        """Deep-copy an object and what it links to from another repository into this one."""
+        done = copies.get(id(obj))
+        if done is not None:
+            return done
+        gpb = obj.ObjectClass()
+        gpb.CopyFrom(obj.GPBMessage)
+        for link in iter_links(gpb):
+            link.key = self._copy(obj.Repository.get_linked(link), copies).MyId
+        copy = self.add_object(gpb, str(next(self._local_ids)).encode())
+        copies[id(obj)] = copy
+        return copy
+
+    def _reaches(self, start, target):
+        stack, seen = [start], set()
+        while stack:
+            obj = stack.pop()
+            if obj is target:
+                return True
+            if id(obj) not in seen:
+                seen.add(id(obj))
+                stack.extend(self.get_linked(link) for link in iter_links(obj.GPBMessage))
+        return False
+
+    def commit(self, root):
+        """Elements of `root` and everything it links to, children before parents.
+
+        Returns (root element, {key: element}). Each link's isleaf is brought up to
+        date; the live links keep holding object ids, so objects stay distinct even
+        when their contents are equal.
+        """
+        elements = {}
+        return self._commit(root, elements, {}), elements
+
+    def _commit(self, obj, elements, done):
+        element = done.get(id(obj))
+        if element is not None:
+            return element
+        gpb = obj.GPBMessage
+        links = list(iter_links(gpb))
+        ids = []
+        for link in links:
+            child = self._commit(self.get_linked(link), elements, done)
+            ids.append(link.key)
+            link.key = child.key
+            link.isleaf = child.isleaf
+        value = gpb.SerializeToString()
+        for link, object_id in zip(links, ids):
+            link.key = object_id
+        element = Element(content_key(value, obj.ObjectType), obj.ObjectType, not links, value)
+        elements[element.key] = element
+        done[id(obj)] = element
+        return element

@@ -1,0 +1,541 @@
+"""
+Processes: the units that live in a container and talk by messages (R1 §4).
+
+A Process owns two exclusive queues: its main queue `<container>.<n>` for
+requests and its backend queue `<container>.<n>b` for the replies to its own
+requests, so an RPC made while handling a message never waits behind that
+message (prefetch is 1).  Operations are methods named `op_<name>`; RPCs are
+conversations with ids `<process id>#<n>`.
+"""
+
+import itertools
+
+from twisted.internet import defer, reactor
+from twisted.logger import Logger
+
+from ion.core import ioninit
+from ion.core.exception import (
+    ApplicationError,
+    ReceivedApplicationError,
+    ReceivedContainerError,
+    ReceivedError,
+)
+from ion.core.id import Id
+from ion.core.messaging.message_client import MessageClient, MessageInstance
+from ion.core.messaging.messaging import Message
+from ion.core.messaging.receiver import ProcessReceiver
+from ion.util.state_object import BasicLifecycleObject, BasicStates
+
+log = Logger()
+CONF = ioninit.config(__name__)
+
+# Response codes of IonMsg (net.ooici.core.message.ResponseCodes) used here.
+OK = 200
+BAD_REQUEST = 400
+INTERNAL_SERVER_ERROR = 500
+
+_process_counter = itertools.count(1)
+_conversation_counter = itertools.count(1)
+
+# Registered process classes by declared name (filled by ProcessFactory).
+processes = {}
+
+
+class ProcessError(Exception):
+    """A process was asked something it cannot do in its state."""
+
+
+def create_process_id():
+    """`<container id>.<n>` with a module-wide counter (TEST-CONTAINER-ID without a container)."""
+    container = ioninit.container_instance
+    container_id = container.id if container is not None else "TEST-CONTAINER-ID"
+    return Id(next(_process_counter), container_id)
+
+
+class Context:
+    """The security context carried from request to request."""
+
+    def __init__(self):
+        self.user_id = "ANONYMOUS"
+        self.expiry = "0"
+
+
+class Process(BasicLifecycleObject):
+    """The base process.  Subclasses implement `plc_*` hooks and `op_*` operations."""
+
+    # Set by the container to a callable(process) returning the lifecycle
+    # event publisher each process owns (§4.3); None publishes nothing.
+    lifecycle_publisher_factory = None
+
+    def __init__(self, receiver=None, spawnargs=None, **kwargs):
+        super().__init__()
+        self.spawn_args = dict(spawnargs or {})
+        self.proc_init_time = int(reactor.seconds() * 1000)
+        proc_id = self.spawn_args.get("proc-id")
+        self.id = Id.parse(proc_id) if isinstance(proc_id, str) else (proc_id or create_process_id())
+        self.proc_name = self.spawn_args.get("proc-name", __name__)
+        self.sys_name = self.spawn_args.get("sys-name") or ioninit.sys_name or Id.default_container_id
+        self.proc_supid = self.spawn_args.get("sup-id")
+        self.proc_group = self.spawn_args.get("proc-group", self.proc_name)
+        self.container = ioninit.container_instance
+
+        self.receiver = ProcessReceiver(
+            self.id.full, label=self.proc_name, process=self, handler=self.receive, error_handler=self.receive_error
+        )
+        self.backend_id = Id(self.id.local + "b", self.id.container)
+        self.backend_receiver = ProcessReceiver(
+            self.backend_id.full,
+            label=self.proc_name,
+            process=self,
+            handler=self.receive,
+            error_handler=self.receive_error,
+        )
+        self.receivers = {r.xname: r for r in (self.receiver, self.backend_receiver)}
+        self.child_procs = []
+        self.procRegistry = {}
+        self.context = Context()
+        self.message_client = MessageClient(proc=self)
+        self.op_cbs_before = []
+        self.op_cbs_after = []
+        self._registered_life_cycle_objects = []
+        self._pending_rpcs = {}  # conv-id -> (Deferred, timeout DelayedCall)
+        self._spawned = False
+
+        self._plcc_pub = None
+        if Process.lifecycle_publisher_factory is not None:
+            self._plcc_pub = Process.lifecycle_publisher_factory(self)
+            self.add_life_cycle_object(self._plcc_pub)
+
+    def __repr__(self):
+        return "<%s %s %s>" % (type(self).__name__, self.proc_name, self.id)
+
+    # --- spawning and lifecycle ------------------------------------------
+    @defer.inlineCallbacks
+    def spawn(self):
+        """initialize + activate, then register with the container; fires with the id."""
+        if self._spawned:
+            raise ProcessError("Process already initialized")
+        self._spawned = True
+        yield self.initialize()
+        yield self.activate()
+        if self.container is not None:
+            self.container.proc_manager.register_process(self)
+        return self.id
+
+    def is_spawned(self):
+        return self.receiver.consumer is not None
+
+    @defer.inlineCallbacks
+    def on_initialize(self, *args, **kwargs):
+        yield self.receiver.initialize()
+        yield self.backend_receiver.attach()
+        yield self._advance_life_cycle_objects(BasicStates.READY)
+        yield defer.maybeDeferred(self.plc_init)
+        yield self._advance_life_cycle_objects(BasicStates.READY)
+        yield self._publish_lifecycle_event("READY")
+
+    @defer.inlineCallbacks
+    def on_activate(self, *args, **kwargs):
+        yield self.receiver.activate()
+        yield self._advance_life_cycle_objects(BasicStates.ACTIVE)
+        yield defer.maybeDeferred(self.plc_activate)
+        yield self._advance_life_cycle_objects(BasicStates.ACTIVE)
+        yield self._publish_lifecycle_event("ACTIVE")
+
+    @defer.inlineCallbacks
+    def on_deactivate(self, *args, **kwargs):
+        yield self.receiver.deactivate()
+        yield defer.maybeDeferred(self.plc_deactivate)
+
+    @defer.inlineCallbacks
+    def on_terminate_active(self, msg=None, *args, **kwargs):
+        # Finish the messages in progress, except the terminate request itself.
+        yield self.receiver.deactivate(exclude=msg)
+        yield self.on_terminate(msg)
+
+    @defer.inlineCallbacks
+    def on_terminate(self, msg=None, *args, **kwargs):
+        yield self._publish_lifecycle_event("TERMINATED")
+        yield self._advance_life_cycle_objects(BasicStates.TERMINATED)
+        yield self.shutdown_children()
+        yield defer.maybeDeferred(self.plc_terminate)
+        yield self._close_receivers(exclude=msg)
+        self._fail_pending_rpcs(ProcessError("process %s terminated" % (self.id,)))
+        if self.container is not None:
+            self.container.proc_manager.unregister_process(self)
+
+    @defer.inlineCallbacks
+    def on_error(self, cause=None, *args, **kwargs):
+        yield self._publish_lifecycle_event("ERROR")
+        try:
+            yield self._advance_life_cycle_objects(BasicStates.TERMINATED)
+        except Exception:
+            log.failure("Process {id}: could not terminate its lifecycle objects", id=self.id)
+        if cause is None:
+            raise RuntimeError("Illegal process state change")
+        log.error("Process {name} {id} error: {cause!r}", name=self.proc_name, id=self.id, cause=cause)
+
+    shutdown = BasicLifecycleObject.terminate
+
+    @defer.inlineCallbacks
+    def _close_receivers(self, exclude=None):
+        for receiver in list(self.receivers.values()):
+            if receiver._get_state() in (BasicStates.READY, BasicStates.ACTIVE):
+                yield receiver.terminate(exclude=exclude)
+
+    def _publish_lifecycle_event(self, state):
+        if self._plcc_pub is None:
+            return defer.succeed(None)
+        d = self._plcc_pub.create_and_publish_event(state=state)
+        d.addErrback(lambda f: log.failure("Process {id}: lifecycle event {state} not published", f, id=self.id, state=state))
+        return d
+
+    # Hooks for subclasses.
+    def plc_init(self):
+        pass
+
+    def plc_activate(self):
+        pass
+
+    def plc_deactivate(self):
+        pass
+
+    def plc_terminate(self):
+        pass
+
+    # --- objects that follow the process (§3.4) ----------------------------
+    def add_life_cycle_object(self, lco):
+        if not isinstance(lco, BasicLifecycleObject):
+            raise ProcessError("%r is not a lifecycle object" % (lco,))
+        if self._get_state() != BasicStates.INIT:
+            raise ProcessError("add_life_cycle_object needs a process in INIT, not %s" % (self._get_state(),))
+        self._registered_life_cycle_objects.append(lco)
+
+    def register_life_cycle_object(self, lco):
+        """Add `lco` and bring it to the process's state; fires when it is there."""
+        if not isinstance(lco, BasicLifecycleObject):
+            return defer.fail(ProcessError("%r is not a lifecycle object" % (lco,)))
+        state = self._get_state()
+        if state == BasicStates.ERROR:
+            return defer.fail(ProcessError("process %s is in ERROR" % (self.id,)))
+        self._registered_life_cycle_objects.append(lco)
+        return _advance(lco, state)
+
+    def _advance_life_cycle_objects(self, target):
+        calls = [_advance(lco, target) for lco in self._registered_life_cycle_objects]
+        return defer.DeferredList(calls, consumeErrors=True)
+
+    # --- children --------------------------------------------------------
+    @defer.inlineCallbacks
+    def spawn_child(self, desc):
+        """Spawn a child from a ProcessDesc; fires with its id."""
+        yield desc.spawn(self)
+        child_id = desc.proc_id
+        self.child_procs.append(desc)
+        self.procRegistry[desc.name] = child_id
+        return child_id
+
+    @defer.inlineCallbacks
+    def shutdown_children(self):
+        children, self.child_procs = self.child_procs, []
+        for desc in reversed(children):
+            if desc._get_state() in (BasicStates.TERMINATED, BasicStates.ERROR):
+                continue
+            try:
+                yield desc.terminate()
+            except Exception:
+                log.failure("Process {id}: child {child} did not shut down", id=self.id, child=desc.name)
+
+    # --- receiving (§4.4) ------------------------------------------------
+    @defer.inlineCallbacks
+    def receive(self, payload, msg):
+        """Handler of the process's receivers: replies settle RPCs, requests dispatch ops."""
+        try:
+            self._take_context(payload)
+            conv_id = payload.get("conv-id")
+            if conv_id in self._pending_rpcs and payload.get("performative") in ("inform_result", "failure"):
+                self._settle_rpc(conv_id, payload, msg)
+                return
+            if (yield self._check_state(payload, msg)):
+                yield self._dispatch_message_op(payload, msg)
+        except Exception as e:
+            yield self._answer_failure(payload, msg, e)
+        finally:
+            if msg.state == Message.RECEIVED:
+                msg.ack()
+
+    def _take_context(self, payload):
+        if "user-id" in payload:
+            self.context.user_id = payload["user-id"]
+        if "expiry" in payload:
+            self.context.expiry = payload["expiry"]
+
+    @defer.inlineCallbacks
+    def _check_state(self, payload, msg):
+        """True when the op may be dispatched in the current state."""
+        state = self._get_state()
+        op = payload.get("op")
+        if state == BasicStates.ACTIVE:
+            return True
+        if state == BasicStates.TERMINATED:
+            if op == "terminate":
+                yield self.reply_ok(msg)
+                return False
+            raise ProcessError("Process %s is TERMINATED, cannot do op=%s" % (self.id, op))
+        if state == BasicStates.ERROR:
+            raise ProcessError("Process %s is in ERROR" % (self.id,))
+        if op == "terminate":
+            return True
+        if payload.get("performative", "request") == "request":
+            raise ProcessError("Process in invalid state %s for op=%s" % (state, op))
+        return True
+
+    @defer.inlineCallbacks
+    def _dispatch_message_op(self, payload, msg):
+        op = payload.get("op")
+        if op is None:
+            log.error("Process {id}: message without op from {sender}", id=self.id, sender=payload.get("sender"))
+            return
+        method = getattr(self, "op_" + str(op), None) or self.op_none
+        content = payload.get("content")
+        for cb in self.op_cbs_before:
+            yield defer.maybeDeferred(cb, content, payload, msg)
+        yield defer.maybeDeferred(method, content, payload, msg)
+        for cb in self.op_cbs_after:
+            yield defer.maybeDeferred(cb, content, payload, msg)
+
+    @defer.inlineCallbacks
+    def _answer_failure(self, payload, msg, error):
+        if isinstance(error, ApplicationError):
+            log.info("Process {id}: op={op} failed: {e}", id=self.id, op=payload.get("op"), e=error)
+        else:
+            log.failure("Process {id}: op={op} failed", id=self.id, op=payload.get("op"))
+        if payload.get("reply-to") and payload.get("performative") == "request" and msg.state == Message.RECEIVED:
+            try:
+                yield self.reply_err(msg, exception=error)
+            except Exception:
+                log.failure("Process {id}: could not send the error reply", id=self.id)
+
+    def receive_error(self, payload, msg, reason=None):
+        """A message the receiver could not decode; R1 answered requests with an error."""
+        log.warn("Process {id}: refused a message: {reason}", id=self.id, reason=reason)
+
+    # --- built-in operations -------------------------------------------
+    @defer.inlineCallbacks
+    def op_activate(self, content, headers, msg):
+        yield self.activate()
+        yield self.reply_ok(msg)
+
+    @defer.inlineCallbacks
+    def op_terminate(self, content, headers, msg):
+        yield self.terminate(msg=msg)
+        yield self.reply_ok(msg)
+
+    def op_ping(self, content, headers, msg):
+        return self.reply_ok(msg, {"pong": "pong"}, headers={"quiet": True})
+
+    def op_sys_procexit(self, content, headers, msg):
+        pass
+
+    def op_none(self, content, headers, msg):
+        log.info("Process {id} does not define op={op}", id=self.id, op=headers.get("op"))
+        raise ApplicationError("Process %s does not define op=%s" % (self.id, headers.get("op")), BAD_REQUEST)
+
+    # --- sending (§4.5) --------------------------------------------------
+    def new_conversation_id(self):
+        return "%s#%d" % (self.id.full, next(_conversation_counter))
+
+    @defer.inlineCallbacks
+    def send(self, recv, operation, content, headers=None, send_receiver=None, conv=None, quiet=False):
+        """Send one message; fires with the message dict that went out."""
+        message_headers = {"sender-name": self.proc_name}
+        if conv is not None:
+            message_headers["conv-id"] = getattr(conv, "conv_id", conv)
+        else:
+            message_headers["conv-id"] = self.new_conversation_id()
+            message_headers["protocol"] = "none"
+        message_headers["user-id"] = self.context.user_id
+        message_headers["expiry"] = self.context.expiry
+        if quiet:
+            message_headers["quiet"] = True
+        message_headers.update(headers or {})
+        if content is None:
+            content = yield self.message_client.create_instance(None)
+        if isinstance(content, MessageInstance) and not content.Message.IsFieldSet("response_code"):
+            content.MessageResponseCode = OK
+        receiver = send_receiver or self.backend_receiver
+        message = yield receiver.send(recv, operation, content, message_headers, sender=receiver.xname)
+        return message
+
+    @defer.inlineCallbacks
+    def rpc_send(self, recv, operation, content, headers=None, timeout=None, **kwargs):
+        """Request/response; fires with (content, headers, msg), fails on error reply or timeout."""
+        conv_id = self.new_conversation_id()
+        timeout = timeout if timeout is not None else CONF.getValue("rpc_timeout", 15)
+        reply = defer.Deferred()
+        timer = reactor.callLater(timeout, self._rpc_timeout, conv_id, recv, operation, timeout)
+        self._pending_rpcs[conv_id] = (reply, timer)
+        rpc_headers = {"protocol": "rpc", "performative": "request", "reply-to": self.backend_id.full}
+        rpc_headers.update(headers or {})
+        try:
+            yield self.send(recv, operation, content, rpc_headers, conv=conv_id)
+        except Exception:
+            self._forget_rpc(conv_id)
+            raise
+        result = yield reply
+        return result
+
+    def _forget_rpc(self, conv_id):
+        reply, timer = self._pending_rpcs.pop(conv_id, (None, None))
+        if timer is not None and timer.active():
+            timer.cancel()
+        return reply
+
+    def _rpc_timeout(self, conv_id, recv, operation, timeout):
+        reply, _ = self._pending_rpcs.pop(conv_id, (None, None))
+        if reply is not None:
+            reply.errback(defer.TimeoutError("rpc %s op=%s to %s: no reply within %ss" % (conv_id, operation, recv, timeout)))
+
+    def _fail_pending_rpcs(self, error):
+        for conv_id in list(self._pending_rpcs):
+            reply = self._forget_rpc(conv_id)
+            reply.errback(error)
+
+    def _settle_rpc(self, conv_id, payload, msg):
+        reply = self._forget_rpc(conv_id)
+        msg.ack()
+        content = payload.get("content")
+        if payload.get("status", "OK") == "OK":
+            result = (content, payload, msg)
+            reactor.callLater(0, reply.callback, result)
+            return
+        code = getattr(content, "MessageResponseCode", None)
+        reason = getattr(content, "MessageResponseBody", None) or (content if isinstance(content, str) else None)
+        if isinstance(code, int) and 400 <= code < 500:
+            kind = ReceivedApplicationError
+        elif isinstance(code, int) and 500 <= code < 600:
+            kind = ReceivedContainerError
+        else:
+            kind = ReceivedError
+        reactor.callLater(0, reply.errback, kind(payload, content, code, reason))
+
+    def reply(self, msg, operation="result", content=None, headers=None, performative="inform_result", quiet=False):
+        """Answer the request `msg` on its reply-to, through the main receiver."""
+        request = msg.payload
+        reply_headers = {
+            "protocol": request.get("protocol", ""),
+            "performative": performative,
+            "conv-seq": int(request.get("conv-seq", 1)) + 1,
+        }
+        reply_headers.update(headers or {})
+        return self.send(
+            request.get("reply-to"),
+            operation,
+            content,
+            reply_headers,
+            send_receiver=self.receiver,
+            conv=request.get("conv-id", ""),
+            quiet=quiet,
+        )
+
+    def reply_ok(self, msg, content=None, headers=None):
+        return self.reply(msg, content=content, headers=headers, quiet=content is None)
+
+    @defer.inlineCallbacks
+    def reply_err(self, msg, content=None, headers=None, exception=None, response_code=None):
+        """Error reply: status ERROR, with the response code and reason in the IonMsg."""
+        if content is None:
+            content = yield self.message_client.create_instance(None)
+        if isinstance(content, MessageInstance):
+            code = response_code or getattr(exception, "response_code", None) or INTERNAL_SERVER_ERROR
+            content.MessageResponseCode = code
+            content.MessageResponseBody = str(exception) if exception is not None else ""
+        reply_headers = {"status": "ERROR"}
+        reply_headers.update(headers or {})
+        result = yield self.reply(msg, content=content, headers=reply_headers, performative="failure")
+        return result
+
+
+def _advance(lco, target):
+    """Feed `lco` the inputs that take it to `target` (INIT -> READY -> ACTIVE -> TERMINATED)."""
+    order = [BasicStates.INIT, BasicStates.READY, BasicStates.ACTIVE, BasicStates.TERMINATED]
+    inputs = {BasicStates.READY: "initialize", BasicStates.ACTIVE: "activate", BasicStates.TERMINATED: "terminate"}
+
+    @defer.inlineCallbacks
+    def run():
+        state = lco._get_state()
+        if state not in order or target not in order:
+            log.warn("Cannot move {lco} from {state} to {target}", lco=lco, state=state, target=target)
+            return
+        for step in order[order.index(state) + 1 : order.index(target) + 1]:
+            if step == BasicStates.TERMINATED:
+                yield lco.terminate()
+                return
+            yield getattr(lco, inputs[step])()
+
+    d = run()
+    d.addErrback(lambda f: log.failure("Lifecycle object {lco} did not reach {target}", f, lco=lco, target=target))
+    return d
+
+
+class ProcessFactory:
+    """Records a process class so the container can spawn it by module (R1 `factory`)."""
+
+    def __init__(self, pcls, name=None, args=None):
+        self.process_class = pcls
+        declare = getattr(pcls, "declare", None) or {}
+        self.name = name or declare.get("name") or pcls.__name__
+        self.args = args or {}
+        if self.name in processes and processes[self.name]["class"] is not pcls:
+            raise RuntimeError("process name %r already declared by %r" % (self.name, processes[self.name]["class"]))
+        processes[self.name] = {"name": self.name, "class": pcls, "args": self.args}
+
+    def build(self, spawnargs=None):
+        spawnargs = dict(self.args, **(spawnargs or {}))
+        spawnargs.setdefault("proc-group", self.name)
+        return self.process_class(spawnargs=spawnargs)
+
+
+class ProcessDesc(BasicLifecycleObject):
+    """Describes a process to spawn: name, module, class and spawn args (R1 §4.8)."""
+
+    def __init__(self, name=None, module=None, procclass=None, node=None, spawnargs=None, **kwargs):
+        super().__init__()
+        self.name = name
+        self.module = module
+        self.procclass = procclass or kwargs.get("class")
+        if node is not None:
+            raise RuntimeError("remote nodes are not supported (node=%r)" % (node,))
+        self.spawnargs = dict(spawnargs or {})
+        self.proc_id = None
+        self.process = None
+
+    def spawn(self, parent=None):
+        return self.initialize(parent)
+
+    @defer.inlineCallbacks
+    def on_initialize(self, parent=None, *args, **kwargs):
+        container = ioninit.container_instance
+        if container is None:
+            raise ProcessError("cannot spawn %s: no container" % (self.name,))
+        self.process = yield container.spawn_process(self, parent)
+        self.proc_id = self.process.id
+
+    def on_activate(self, *args, **kwargs):
+        pass
+
+    @defer.inlineCallbacks
+    def on_terminate(self, *args, **kwargs):
+        if self.process is not None and self.process._get_state() not in (BasicStates.TERMINATED, BasicStates.ERROR):
+            yield self.process.terminate()
+
+    on_terminate_active = on_terminate
+
+    def on_error(self, cause=None, *args, **kwargs):
+        if cause is None:
+            raise RuntimeError("Illegal ProcessDesc state change")
+        log.error("ProcessDesc {name}: {cause!r}", name=self.name, cause=cause)
+
+
+# Processes defined in this module can be spawned by module name.
+factory = ProcessFactory(Process)

@@ -1,0 +1,39 @@
+"""ioncore-python 3: the ION R1 capability container and event notification, on Python 3."""
+
+import os
+
+from setuptools import find_packages, setup
+
+
+def resource_files():
+    """Everything under res/, installed to share/ioncore-python/res/... (found by ion.core.resources)."""
+    found = {}
+    for folder, _dirs, files in os.walk("res"):
+        names = [os.path.join(folder, f) for f in files if not f.endswith((".pyc", "local.config"))]
+        if names:
+            found[os.path.join("share", "ioncore-python", folder)] = names
+    return sorted(found.items())
+
+
+setup(
+    name="ioncore-python",
+    version="1.1.5.post3",
+    description="ION R1 capability container and event notification as a Twisted plugin",
+    long_description=open("README.txt").read(),
+    python_requires=">=3.11",
+    packages=find_packages(include=["ion", "ion.*"]) + ["twisted.plugins"],
+    package_data={"twisted.plugins": ["cc.py"]},
+    data_files=resource_files(),
+    install_requires=[
+        "twisted>=24.3",
+        "txamqp==0.8.2",
+        "protobuf>=5.27,<8",
+        "msgpack>=1.0",
+        "zope.interface",
+    ],
+    extras_require={
+        "test": ["hypothesis>=6", "pika>=1.3", "pyOpenSSL", "service_identity", "pamqp>=3.2", "grpcio-tools"],
+        "tls": ["pyOpenSSL", "service_identity"],
+    },
+    zip_safe=False,
+)

@@ -1,0 +1,186 @@
+"""Processes, services and RPC in a real container, on both brokers."""
+
+from twisted.internet import defer
+
+from ion.core import ioninit
+from ion.core.exception import ReceivedApplicationError, ReceivedContainerError
+from ion.core.messaging.broker.interface import NotFound
+from ion.core.process.process import Process, ProcessError
+from ion.core.process.service_process import ServiceClient
+from ion.services.examples.hello_service import HelloServiceClient
+from ion.test.iontest import IonTestCase
+from ion.util.state_object import BasicLifecycleObject
+from test.brokers import BrokerTestMixin, for_each_broker
+
+HELLO = {"name": "hello", "module": "ion.services.examples.hello_service", "class": "HelloService"}
+
+
+class Recorder(BasicLifecycleObject):
+    """A lifecycle object that records the actions it ran."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+
+    def on_initialize(self, *a, **kw):
+        self.calls.append("initialize")
+
+    def on_activate(self, *a, **kw):
+        self.calls.append("activate")
+
+    def on_terminate(self, *a, **kw):
+        self.calls.append("terminate")
+
+    def on_error(self, *a, **kw):
+        self.calls.append("error")
+
+
+class ProcessTests(BrokerTestMixin):
+    @defer.inlineCallbacks
+    def setUp(self):
+        yield self._start_container()
+        self.proc = Process(spawnargs={"proc-name": "tester"})
+        yield self.proc.spawn()
+
+    @defer.inlineCallbacks
+    def test_ids_and_names(self):
+        self.assertEqual(self.proc.id.container, self.container.id)
+        self.assertEqual(self.proc.backend_id.full, self.proc.id.full + "b")
+        self.assertEqual(ioninit.sys_name, self.container.id)
+        self.assertNotIn(".", self.container.id.replace(ioninit.default_container_id(), ""))
+        conv = self.proc.new_conversation_id()
+        self.assertTrue(conv.startswith(self.proc.id.full + "#"))
+        yield self._spawn_processes([HELLO])
+        self.assertIn("hello", self.test_sup.procRegistry)
+
+    @defer.inlineCallbacks
+    def test_ping_rpc(self):
+        yield self._spawn_processes([HELLO])
+        content, headers, msg = yield self.proc.rpc_send("%s.hello" % ioninit.sys_name, "ping", None)
+        self.assertEqual(content, {"pong": "pong"})
+        self.assertEqual(headers["status"], "OK")
+        self.assertEqual(headers["performative"], "inform_result")
+        self.assertTrue(headers["quiet"])
+
+    @defer.inlineCallbacks
+    def test_service_client_round_trip(self):
+        yield self._spawn_processes([HELLO])
+        client = HelloServiceClient(proc=self.proc)
+        content, headers, _ = yield client.hello("ion")
+        self.assertEqual(content["greeting"], "Hello, ion!")
+        self.assertEqual(headers["protocol"], "rpc")
+        self.assertEqual(headers["conv-seq"], 2)
+        self.assertTrue((yield client.does_service_exist("hello")))
+        self.assertFalse((yield client.does_service_exist("no_such_service")))
+
+    @defer.inlineCallbacks
+    def test_anonymous_client_process(self):
+        yield self._spawn_processes([HELLO])
+        client = HelloServiceClient()
+        content, _, _ = yield client.hello("anon")
+        self.assertEqual(content["greeting"], "Hello, anon!")
+        self.assertEqual(client.proc.proc_name, "HelloServiceClient_aproc")
+        yield client.proc.terminate()
+
+    @defer.inlineCallbacks
+    def test_application_error_reply(self):
+        yield self._spawn_processes([HELLO])
+        error = yield self.assertFailure(
+            self.proc.rpc_send("%s.hello" % ioninit.sys_name, "fail", {"x": 1}), ReceivedApplicationError
+        )
+        self.assertEqual(error.response_code, 400)
+        self.assertIn("hello cannot do that", error.reason)
+        self.assertEqual(error.headers["status"], "ERROR")
+
+    @defer.inlineCallbacks
+    def test_container_error_reply(self):
+        yield self._spawn_processes([HELLO])
+        error = yield self.assertFailure(
+            self.proc.rpc_send("%s.hello" % ioninit.sys_name, "crash", None), ReceivedContainerError
+        )
+        self.assertEqual(error.response_code, 500)
+        self.assertIn("crashed on purpose", error.reason)
+        self.flushLoggedErrors(RuntimeError)
+        # The service survives its failure.
+        content, _, _ = yield HelloServiceClient(proc=self.proc).hello("again")
+        self.assertEqual(content["greeting"], "Hello, again!")
+
+    @defer.inlineCallbacks
+    def test_unknown_op(self):
+        yield self._spawn_processes([HELLO])
+        error = yield self.assertFailure(
+            self.proc.rpc_send("%s.hello" % ioninit.sys_name, "no_such_op", None), ReceivedApplicationError
+        )
+        self.assertIn("does not define op=no_such_op", error.reason)
+
+    @defer.inlineCallbacks
+    def test_rpc_timeout(self):
+        # A service queue with no consumer: the request waits there, unanswered.
+        connection = self.container.exchange_manager.connection
+        queue = yield connection.queue_declare(self.unique_name("silent"), auto_delete=True)
+        yield connection.queue_bind(queue, "magnet.topic", queue)
+        self.addCleanup(connection.queue_delete, queue)
+        error = yield self.assertFailure(self.proc.rpc_send(queue, "ping", None, timeout=0.2), defer.TimeoutError)
+        self.assertIn("no reply within 0.2s", str(error))
+        self.assertEqual(self.proc._pending_rpcs, {})
+
+    @defer.inlineCallbacks
+    def test_terminate_removes_queues(self):
+        proc = Process(spawnargs={"proc-name": "short-lived"})
+        yield proc.spawn()
+        self.assertEqual(proc.state, "ACTIVE")
+        self.assertTrue(proc.is_spawned())
+        connection = self.container.exchange_manager.connection
+        yield proc.terminate()
+        self.assertEqual(proc.state, "TERMINATED")
+        for name in (proc.id.full, proc.backend_id.full):
+            yield self.assertFailure(connection.queue_declare(name, passive=True), NotFound)
+        self.assertNotIn(proc.id.full, self.container.proc_manager.process_registry)
+
+    @defer.inlineCallbacks
+    def test_terminate_by_rpc(self):
+        yield self._spawn_processes([HELLO])
+        hello_id = self._get_procid("hello")
+        hello = self._get_procinstance(hello_id)
+        yield self.proc.rpc_send(str(hello_id), "terminate", None)
+        self.assertEqual(hello.state, "TERMINATED")
+
+    @defer.inlineCallbacks
+    def test_lifecycle_objects_follow_process(self):
+        early = Recorder()
+        proc = Process()
+        proc.add_life_cycle_object(early)
+        yield proc.spawn()
+        self.assertEqual(early.calls, ["initialize", "activate"])
+        late = Recorder()
+        yield proc.register_life_cycle_object(late)
+        self.assertEqual(late.state, "ACTIVE")
+        self.assertRaises(ProcessError, proc.add_life_cycle_object, Recorder())
+        yield proc.terminate()
+        self.assertEqual(early.calls[-1], "terminate")
+        self.assertEqual(late.state, "TERMINATED")
+        after = Recorder()
+        yield proc.register_life_cycle_object(after)
+        self.assertEqual(after.calls, ["initialize", "activate", "terminate"])
+
+    def test_spawn_twice(self):
+        return self.assertFailure(self.proc.spawn(), ProcessError)
+
+    @defer.inlineCallbacks
+    def test_malformed_message_to_process(self):
+        yield self._spawn_processes([HELLO])
+        connection = self.container.exchange_manager.connection
+        target = "%s.hello" % ioninit.sys_name
+        for body in (b"\xc1garbage", b"\x93\x01\x02\x03", b""):
+            yield connection.publish("magnet.topic", target, body)
+        content, _, _ = yield HelloServiceClient(proc=self.proc).hello("after garbage")
+        self.assertEqual(content["greeting"], "Hello, after garbage!")
+
+    @defer.inlineCallbacks
+    def test_release_starts_service(self):
+        yield self.container.start_rel("res/deploy/hello.rel")
+        content, _, _ = yield ServiceClient(proc=self.proc, targetname="hello").rpc_send("ping", None)
+        self.assertEqual(content, {"pong": "pong"})
+
+
+for_each_broker(ProcessTests, globals(), base=IonTestCase)
