@@ -69,6 +69,7 @@ class IonTestCase(unittest.TestCase):
         apps = start_apps if start_apps is not None else CONF.getValue("start_app")
         for app in [apps] if isinstance(apps, str) else apps or []:
             yield container.start_app(app if app.endswith(".app") else "res/apps/%s.app" % app)
+        yield container.publish_startup_event(apps if isinstance(apps, list) else [apps] if apps else [])
         self.test_sup = container.proc_manager.supervisor
         return container
 

@@ -12,6 +12,8 @@ from ion.core.messaging.broker import connect
 from ion.core.messaging.exchange import ExchangeManager
 from ion.core.pack.app_manager import AppManager
 from ion.core.process.proc_manager import ProcessManager
+from ion.core.process.process import Process
+from ion.services.dm.distribution import events
 from ion.util.state_object import BasicLifecycleObject
 
 log = Logger()
@@ -33,6 +35,7 @@ class Container(BasicLifecycleObject):
         self.exchange_manager = None
         self.proc_manager = ProcessManager(self)
         self.app_manager = AppManager(self)
+        self.app_manager.app_started_hook = self._publish_app_started
 
     def on_initialize(self, address, args=None, *a, **kw):
         ioninit.apply_container_args(args or {})
@@ -69,6 +72,24 @@ class Container(BasicLifecycleObject):
             raise RuntimeError("Illegal container state change")
         log.error("Container {id} error: {cause!r}", id=self.id, cause=cause)
 
+    def _publish_app_started(self, app_name):
+        return publish_from_temporary_process(
+            "AppLoaderPublisherProcess",
+            events.AppLoaderEventPublisher,
+            origin=app_name,
+            app_name=app_name,
+            state="STARTED",
+        )
+
+    def publish_startup_event(self, scripts):
+        """The ContainerStartup event (1076) naming what was started, once startup is done."""
+        return publish_from_temporary_process(
+            "ContainerStartupPubProcess",
+            events.ContainerStartupEventPublisher,
+            origin=self.id,
+            startup_names=[str(s) for s in scripts],
+        )
+
     def spawn_process(self, desc, parent=None):
         return self.proc_manager.spawn_process(desc, parent)
 
@@ -78,6 +99,28 @@ class Container(BasicLifecycleObject):
 
     def start_rel(self, rel_file):
         return self.app_manager.start_rel(rel_file)
+
+
+def _process_lifecycle_publisher(process):
+    return events.ProcessLifecycleEventPublisher(origin=process.id.full, process=process)
+
+
+# Every process publishes its READY/ACTIVE/TERMINATED/ERROR events (1052).
+Process.lifecycle_publisher_factory = _process_lifecycle_publisher
+
+
+@defer.inlineCallbacks
+def publish_from_temporary_process(proc_name, publisher_class, origin, **fields):
+    """Publish one event from a short-lived process, as R1 did for container events."""
+    process = Process(spawnargs={"proc-name": proc_name})
+    yield process.initialize()
+    yield process.activate()
+    try:
+        publisher = publisher_class(process=process, origin=origin)
+        yield process.register_life_cycle_object(publisher)
+        yield publisher.create_and_publish_event(**fields)
+    finally:
+        yield process.terminate()
 
 
 def create_new_container():

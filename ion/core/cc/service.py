@@ -109,9 +109,6 @@ class Options(usage.Options):
 class CapabilityContainer(service.Service):
     """Runs one Container for the life of the twistd process."""
 
-    # Filled by the events layer: callable(container, scripts) -> Deferred, run once started.
-    startup_hook = None
-
     def __init__(self, options):
         self.options = options
         self.container = None
@@ -142,8 +139,7 @@ class CapabilityContainer(service.Service):
             yield self._run_script(script)
         if self._lock is not None:
             self._lock.release()
-        if CapabilityContainer.startup_hook is not None:
-            yield CapabilityContainer.startup_hook(self.container, self.options.get("scripts", []))
+        yield self.container.publish_startup_event(self.options.get("scripts", []))
         log.info("Container {id} started", id=self.container.id)
         self.started.callback(self.container)
 
@@ -162,8 +158,9 @@ class CapabilityContainer(service.Service):
             self.started.errback(failure)
             self.started.addErrback(lambda _: None)
         reactor.addSystemEventTrigger("after", "shutdown", os._exit, 1)
-        if reactor.running:
-            reactor.stop()
+        # twistd calls startService before reactor.run(), so an early failure
+        # (e.g. a bad release file on the embedded broker) must stop it once running.
+        reactor.callWhenRunning(reactor.stop)
 
     @defer.inlineCallbacks
     def stopService(self):

@@ -94,18 +94,27 @@ class Receiver(BasicLifecycleObject):
         return config
 
     # --- lifecycle ------------------------------------------------------
-    @defer.inlineCallbacks
+    @property
+    def consumes(self):
+        return self.queue_factory is not None or bool(self.consumer_config)
+
     def on_initialize(self, *args, **kwargs):
-        if self.queue_factory is None and not self.consumer_config:
-            return
+        if self.consumes:
+            return self._declare()
+
+    @defer.inlineCallbacks
+    def _declare(self):
         config = self.full_config()
         self.queue = yield self.exchange_manager.declare_queue(config)
         self.exchange_manager.store[self.xname] = config
 
     @defer.inlineCallbacks
     def on_activate(self, *args, **kwargs):
-        if self.queue is None:
+        if not self.consumes:
             return
+        if self.queue is None:
+            # Deactivated earlier: the auto-delete queue may have gone with its consumer.
+            yield self._declare()
         config = self.full_config()
         self._draining = False
         self.consumer = yield self.exchange_manager.connection.consume(
@@ -137,6 +146,7 @@ class Receiver(BasicLifecycleObject):
         consumer, self.consumer = self.consumer, None
         if consumer is not None:
             yield consumer.cancel()
+            self.queue = None
         self.exchange_manager.store.pop(self.xname, None)
 
     def wait_idle(self, exclude=None):

@@ -127,7 +127,7 @@ class Repository:
             link.key = child.key
             link.isleaf = child.isleaf
         value = gpb.SerializeToString()
-        for link, object_id in zip(links, ids):
+        for link, object_id in zip(links, ids, strict=True):
             link.key = object_id
         element = Element(content_key(value, obj.ObjectType), obj.ObjectType, not links, value)
         elements[element.key] = element

@@ -95,7 +95,10 @@ def load_rel_file(path):
         if "processapp" in entry:
             entry["definition"] = _processapp_definition(entry, path)
         else:
-            entry["definition"] = load_app_file(os.path.join(app_dir, entry["name"] + ".app"))
+            try:
+                entry["definition"] = load_app_file(os.path.join(app_dir, entry["name"] + ".app"))
+            except ConfigurationError as e:
+                raise ConfigurationError("%s: app %r: %s" % (path, entry["name"], e)) from e
     return rel
 
 
@@ -129,13 +132,18 @@ class AppManager:
         kwargs.update(_app_arg(name))
         try:
             module = importlib.import_module(module_name)
+        except Exception as e:
+            raise FatalError("application %s: cannot import module %s: %s: %s" % (name, module_name, type(e).__name__, e)) from e
+        try:
             result = yield defer.maybeDeferred(module.start, self.container, "permanent", app, *args, **kwargs)
         except ConfigurationError:
             raise
         except Exception as e:
             raise FatalError("application %s failed to start: %s" % (name, e)) from e
         if not (isinstance(result, tuple) and len(result) == 2):
-            raise ConfigurationError("application %s: start() must give (supervisor_id, state), not %r" % (name, result))
+            raise ConfigurationError(
+                "application %s: %s.start() must give (supervisor_id, state), not %r" % (name, module_name, result)
+            )
         self.applications.append((name, module, result[1]))
         log.info("Application {name} started", name=name)
         if self.app_started_hook is not None:

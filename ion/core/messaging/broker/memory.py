@@ -258,7 +258,9 @@ class _Queue:
 
 @implementer(IDelivery)
 class _Delivery:
-    __slots__ = ("body", "properties", "exchange", "routing_key", "redelivered", "delivery_tag", "consumer_tag", "_consumer")
+    __slots__ = (
+        "body", "properties", "exchange", "routing_key", "redelivered", "delivery_tag", "consumer_tag", "_consumer"
+    )
 
     def __init__(self, message, delivery_tag=None, consumer=None):
         self.body = message.body
@@ -464,21 +466,24 @@ class EmbeddedBroker:
     def queue_declare(self, conn, name, durable, exclusive, auto_delete, passive, arguments):
         if passive:
             return self._usable_queue(conn, name).name
+        if name.startswith("amq."):
+            # Even a broker-named queue may only be re-declared passively.
+            raise _access_refused("queue name %r contains reserved prefix 'amq.*'" % name)
         arguments = dict(arguments or {})
         owner = conn if exclusive else None
         queue = self.queues.get(name) if name else None
         if queue is None:
-            if not name:
-                name = _generated_name("amq.gen-")
-            elif name.startswith("amq."):
-                raise _access_refused("queue name %r contains reserved prefix 'amq.*'" % name)
+            name = name or _generated_name("amq.gen-")
             queue = self.queues[name] = _Queue(name, durable, owner, auto_delete, arguments)
             if owner is not None:
                 conn.exclusive_queues.add(queue)
             return name
         if queue.owner is not owner:
             raise _resource_locked(name)
-        for arg, received, current in (("durable", durable, queue.durable), ("auto_delete", auto_delete, queue.auto_delete)):
+        for arg, received, current in (
+            ("durable", durable, queue.durable),
+            ("auto_delete", auto_delete, queue.auto_delete),
+        ):
             if received != current:
                 raise _inequivalent(arg, "queue", name, received, current)
         for arg in _EQUIVALENT_ARGUMENTS:

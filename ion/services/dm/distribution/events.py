@@ -1,0 +1,476 @@
+"""
+ION events: typed messages published to `<sys_name>.events.topic` under the
+routing key `<event_id>.<origin>` (R1 §1).
+
+A publisher class fixes the event id and the payload type; a subscriber class
+fixes the event id and binds `<event_id|*>.<origin|#>`.  Every event is an
+IonMsg whose content is an EventMessage (2322) linking, through
+`additional_data`, to the payload of the publisher's `msg_type`.
+
+Fixed from R1 (§10.1): a kwarg named like a wrapper member is "unused", not a
+KeyError; errors name the offending value; named subscriber queues get the
+`<sys_name>.` prefix exactly once and work without a sysname.
+"""
+
+import time
+
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from ion.core import ioninit
+from ion.core.messaging.message_client import MessageClient
+from ion.core.object.object_utils import create_type_identifier
+from ion.services.dm.distribution.publisher_subscriber import Publisher, Subscriber
+
+log = Logger()
+
+
+def get_events_exchange_point():
+    """`<sys_name>.events.topic`, read when a publisher or subscriber is made."""
+    return "%s.events.topic" % (ioninit.sys_name,)
+
+
+EVENT_MESSAGE_TYPE = create_type_identifier(object_id=2322, version=1)
+RESOURCE_LIFECYCLE_EVENT_MESSAGE_TYPE = create_type_identifier(object_id=2323, version=1)
+TRIGGER_EVENT_MESSAGE_TYPE = create_type_identifier(object_id=2324, version=1)
+RESOURCE_MODIFICATION_EVENT_MESSAGE_TYPE = create_type_identifier(object_id=2325, version=1)
+LOGGING_EVENT_MESSAGE_TYPE = create_type_identifier(object_id=2326, version=1)
+NEW_SUBSCRIPTION_EVENT_MESSAGE_TYPE = create_type_identifier(object_id=2327, version=1)
+DEL_SUBSCRIPTION_EVENT_MESSAGE_TYPE = create_type_identifier(object_id=2328, version=1)
+DATA_EVENT_MESSAGE_TYPE = create_type_identifier(object_id=2329, version=1)
+DATASOURCE_UNAVAILABLE_EVENT_MESSAGE_TYPE = create_type_identifier(object_id=2330, version=1)
+DATASET_SUPPLEMENT_ADDED_EVENT_MESSAGE_TYPE = create_type_identifier(object_id=2331, version=1)
+APP_LOADER_EVENT_MESSAGE_TYPE = create_type_identifier(object_id=2332, version=1)
+CONTAINER_STARTUP_EVENT_MESSAGE_TYPE = create_type_identifier(object_id=2333, version=1)
+DATASET_CHANGE_EVENT_MESSAGE_TYPE = create_type_identifier(object_id=2341, version=1)
+DATASOURCE_CHANGE_EVENT_MESSAGE_TYPE = create_type_identifier(object_id=2342, version=1)
+INGESTION_PROCESSING_EVENT_MESSAGE_TYPE = create_type_identifier(object_id=2343, version=1)
+INSTRUMENT_SAMPLE_DATA_EVENT_MESSAGE_TYPE = create_type_identifier(object_id=4303, version=1)
+
+# Event ids ("CIAD DM SV Notifications and Events").
+RESOURCE_LIFECYCLE_EVENT_ID = 1001
+CONTAINER_LIFECYCLE_EVENT_ID = 1051
+PROCESS_LIFECYCLE_EVENT_ID = 1052
+APP_LOADER_EVENT_ID = 1075
+CONTAINER_STARTUP_EVENT_ID = 1076
+DATASOURCE_UPDATE_EVENT_ID = 1101
+DATASOURCE_UNAVAILABLE_EVENT_ID = 1102
+DATASET_SUPPLEMENT_ADDED_EVENT_ID = 1111
+BUSINESS_STATE_MODIFICATION_EVENT_ID = 1112
+DATASET_CHANGE_EVENT_ID = 1113
+DATASOURCE_CHANGE_EVENT_ID = 1114
+INGESTION_PROCESSING_EVENT_ID = 1115
+DATASET_STREAMING_EVENT_ID = 1116
+NEW_SUBSCRIPTION_EVENT_ID = 1201
+DEL_SUBSCRIPTION_EVENT_ID = 1202
+SCHEDULE_EVENT_ID = 2001
+LOGGING_CRITICAL_EVENT_ID = 3001
+LOGGING_ERROR_EVENT_ID = 3002
+LOGGING_INFO_EVENT_ID = 3003
+DATABLOCK_EVENT_ID = 4001
+
+
+class EventPublisher(Publisher):
+    """Creates and publishes events of one kind; subclasses set `event_id` and `msg_type`."""
+
+    msg_type = None
+    event_id = None
+
+    class Status:
+        """Names of EventMessage.Status, usable as `status=` values."""
+
+        IN_PROGRESS = "IN_PROGRESS"
+        CACHED = "CACHED"
+        ERROR = "ERROR"
+        NO_CACHE = "NO_CACHE"
+
+    def __init__(self, xp_name=None, routing_key=None, process=None, origin="unknown", *args, **kwargs):
+        self._origin = origin
+        self._mc = MessageClient(proc=process)
+        super().__init__(
+            xp_name=xp_name or get_events_exchange_point(),
+            routing_key=routing_key or "unknown",
+            process=process,
+            *args,
+            **kwargs
+        )
+
+    def topic(self, origin):
+        """The routing key `<event_id>.<origin>`."""
+        if not self.event_id:
+            raise AssertionError("%s has no event_id: it cannot publish" % (type(self).__name__,))
+        if not origin:
+            raise AssertionError("%s: no origin for the topic" % (type(self).__name__,))
+        return "%s.%s" % (self.event_id, origin)
+
+    @staticmethod
+    def _set_msg_fields(msg, msgargs):
+        """Set the fields of `msg` named in `msgargs`, removing them from it; enum names become numbers."""
+        properties = msg._Properties
+        for key, value in list(msgargs.items()):
+            field = properties.get(key)
+            if field is None:
+                continue
+            if field.field_type == "TYPE_ENUM" and isinstance(value, str):
+                if not hasattr(field.field_enum, value):
+                    raise AssertionError(
+                        "%s=%r is not a name of %s (known: %s)"
+                        % (key, value, key, ", ".join(sorted(field.field_enum.lookup.values())))
+                    )
+                value = getattr(field.field_enum, value)
+            if isinstance(value, (list, tuple)):
+                getattr(msg, key).extend(value)  # repeated fields are filled, not assigned
+            else:
+                setattr(msg, key, value)
+            del msgargs[key]
+
+    @defer.inlineCallbacks
+    def create_event(self, **kwargs):
+        """
+        A new event instance: fields of the EventMessage first, the rest on a
+        payload of `msg_type` linked as `additional_data`.  `datetime`
+        defaults to now; a kwarg neither message has is an error.
+        """
+        if not self.msg_type:
+            raise AssertionError("%s has no msg_type: it cannot create events" % (type(self).__name__,))
+        kwargs.setdefault("datetime", time.time())
+        remaining = dict(kwargs)
+        event_msg = yield self._mc.create_instance(EVENT_MESSAGE_TYPE)
+        self._set_msg_fields(event_msg, remaining)
+        payload = event_msg.CreateObject(self.msg_type)
+        self._set_msg_fields(payload, remaining)
+        if remaining:
+            raise Exception(
+                "create_event: unused kwargs remaining (%s), unused by base event message and msg type id %s"
+                % (remaining, self.msg_type.object_id)
+            )
+        event_msg.additional_data = payload
+        return event_msg
+
+    def publish_event(self, event_msg, origin=None, **kwargs):
+        """Publish a created event under `<event_id>.<origin>` (the constructor's origin by default)."""
+        origin = origin or self._origin
+        if not origin or origin == "unknown":
+            return defer.fail(AssertionError("Error - No origin publishing event message: %s" % (event_msg,)))
+        try:
+            routing_key = self.topic(origin)
+        except AssertionError:
+            return defer.fail()
+        return self.publish(event_msg, routing_key=routing_key)
+
+    @defer.inlineCallbacks
+    def create_and_publish_event(self, **kwargs):
+        """create_event then publish_event; an `origin` kwarg is both a field and the routing origin."""
+        event_msg = yield self.create_event(**kwargs)
+        yield self.publish_event(event_msg, origin=kwargs.get("origin"))
+        return event_msg
+
+
+class ResourceLifecycleEventPublisher(EventPublisher):
+    """Resource lifecycle changes; origin: the resource id."""
+
+    event_id = RESOURCE_LIFECYCLE_EVENT_ID
+    msg_type = RESOURCE_LIFECYCLE_EVENT_MESSAGE_TYPE
+
+    class State:
+        NEW = "NEW"
+        READY = "READY"
+        ACTIVE = "ACTIVE"
+        TERMINATED = "TERMINATED"
+        ERROR = "ERROR"
+
+
+class ContainerLifecycleEventPublisher(ResourceLifecycleEventPublisher):
+    """Container lifecycle changes; origin: the container name."""
+
+    event_id = CONTAINER_LIFECYCLE_EVENT_ID
+
+
+class ProcessLifecycleEventPublisher(ResourceLifecycleEventPublisher):
+    """Process lifecycle changes; origin: the process id."""
+
+    event_id = PROCESS_LIFECYCLE_EVENT_ID
+
+
+class InfrastructureEventPublisher(EventPublisher):
+    """Abstract base of container infrastructure events."""
+
+
+class AppLoaderEventPublisher(InfrastructureEventPublisher):
+    """An application started or stopped; origin: the application name."""
+
+    event_id = APP_LOADER_EVENT_ID
+    msg_type = APP_LOADER_EVENT_MESSAGE_TYPE
+
+    class State:
+        STARTED = "STARTED"
+        STOPPED = "STOPPED"
+
+
+class ContainerStartupEventPublisher(InfrastructureEventPublisher):
+    """A container finished starting; origin: the container id."""
+
+    event_id = CONTAINER_STARTUP_EVENT_ID
+    msg_type = CONTAINER_STARTUP_EVENT_MESSAGE_TYPE
+
+
+class TriggerEventPublisher(EventPublisher):
+    """Base of trigger events."""
+
+    msg_type = TRIGGER_EVENT_MESSAGE_TYPE
+
+
+class DatasourceUpdateEventPublisher(TriggerEventPublisher):
+    """A datasource has new data; origin: the datasource id."""
+
+    event_id = DATASOURCE_UPDATE_EVENT_ID
+
+
+class ResourceModifiedEventPublisher(EventPublisher):
+    """Base of resource modification events."""
+
+    msg_type = RESOURCE_MODIFICATION_EVENT_MESSAGE_TYPE
+
+
+class DatasourceUnavailableEventPublisher(ResourceModifiedEventPublisher):
+    """A datasource could not be reached."""
+
+    event_id = DATASOURCE_UNAVAILABLE_EVENT_ID
+    msg_type = DATASOURCE_UNAVAILABLE_EVENT_MESSAGE_TYPE
+
+
+class DatasetSupplementAddedEventPublisher(ResourceModifiedEventPublisher):
+    """A supplement was added to a dataset; origin: the dataset id."""
+
+    event_id = DATASET_SUPPLEMENT_ADDED_EVENT_ID
+    msg_type = DATASET_SUPPLEMENT_ADDED_EVENT_MESSAGE_TYPE
+
+
+class BusinessStateModificationEventPublisher(ResourceModifiedEventPublisher):
+    """A resource's business state changed; origin: the process exchange name."""
+
+    event_id = BUSINESS_STATE_MODIFICATION_EVENT_ID
+
+
+class DatasetChangeEventPublisher(ResourceModifiedEventPublisher):
+    """A dataset changed; origin: the dataset id."""
+
+    event_id = DATASET_CHANGE_EVENT_ID
+    msg_type = DATASET_CHANGE_EVENT_MESSAGE_TYPE
+
+
+class DatasourceChangeEventPublisher(ResourceModifiedEventPublisher):
+    """A datasource changed; origin: the datasource id."""
+
+    event_id = DATASOURCE_CHANGE_EVENT_ID
+    msg_type = DATASOURCE_CHANGE_EVENT_MESSAGE_TYPE
+
+
+class IngestionProcessingEventPublisher(ResourceModifiedEventPublisher):
+    """Ingestion progress of a dataset; origin: the dataset id."""
+
+    event_id = INGESTION_PROCESSING_EVENT_ID
+    msg_type = INGESTION_PROCESSING_EVENT_MESSAGE_TYPE
+
+
+class NewSubscriptionEventPublisher(EventPublisher):
+    """A notification subscription was created; origin: the dispatcher id."""
+
+    event_id = NEW_SUBSCRIPTION_EVENT_ID
+    msg_type = NEW_SUBSCRIPTION_EVENT_MESSAGE_TYPE
+
+
+class DelSubscriptionEventPublisher(EventPublisher):
+    """A notification subscription was removed; origin: the dispatcher id."""
+
+    event_id = DEL_SUBSCRIPTION_EVENT_ID
+    msg_type = DEL_SUBSCRIPTION_EVENT_MESSAGE_TYPE
+
+
+class ScheduleEventPublisher(TriggerEventPublisher):
+    """A scheduled trigger fired."""
+
+    event_id = SCHEDULE_EVENT_ID
+
+
+class LoggingEventPublisher(EventPublisher):
+    """Base of log events; origin: the process name."""
+
+    msg_type = LOGGING_EVENT_MESSAGE_TYPE
+
+
+class CriticalLoggingEventPublisher(LoggingEventPublisher):
+    event_id = LOGGING_CRITICAL_EVENT_ID
+
+
+class ErrorLoggingEventPublisher(LoggingEventPublisher):
+    event_id = LOGGING_ERROR_EVENT_ID
+
+
+class InfoLoggingEventPublisher(LoggingEventPublisher):
+    event_id = LOGGING_INFO_EVENT_ID
+
+
+class DataEventPublisher(EventPublisher):
+    """Base of data events."""
+
+    msg_type = DATA_EVENT_MESSAGE_TYPE
+
+
+class DataBlockEventPublisher(DataEventPublisher):
+    """A block of data."""
+
+    event_id = DATABLOCK_EVENT_ID
+
+
+class InstrumentSampleDataEventPublisher(DataBlockEventPublisher):
+    """One instrument sample (conductivity, pressure, temperature, ...)."""
+
+    msg_type = INSTRUMENT_SAMPLE_DATA_EVENT_MESSAGE_TYPE
+
+
+class EventSubscriber(Subscriber):
+    """
+    Receives events of `event_id` (any when None) from `origin` (any when
+    None; wildcards allowed).  A named queue is shared by every subscriber
+    using the same name: they compete for the events.
+    """
+
+    event_id = None
+
+    def __init__(self, xp_name=None, binding_key=None, event_id=None, origin=None, queue_name=None, *args, **kwargs):
+        self._event_id = event_id or self.event_id
+        if queue_name is not None:
+            queue_name = _system_scoped(queue_name)
+        super().__init__(
+            xp_name=xp_name or get_events_exchange_point(),
+            binding_key=binding_key or self.topic(origin),
+            queue_name=queue_name,
+            *args,
+            **kwargs
+        )
+
+    def topic(self, origin):
+        """The binding key `<event_id|*>.<origin|#>`."""
+        return "%s.%s" % (self._event_id or "*", origin or "#")
+
+    @defer.inlineCallbacks
+    def on_activate(self, *args, **kwargs):
+        log.debug("EventSubscriber consuming {key}", key=self._binding_key)
+        yield super().on_activate(*args, **kwargs)
+
+
+def _system_scoped(queue_name):
+    """`<sys_name>.<queue_name>`, prefixed once; unchanged without a sysname."""
+    sys_name = ioninit.sys_name
+    if not sys_name or queue_name.startswith(sys_name + "."):
+        return queue_name
+    return "%s.%s" % (sys_name, queue_name)
+
+
+class ResourceLifecycleEventSubscriber(EventSubscriber):
+    event_id = RESOURCE_LIFECYCLE_EVENT_ID
+
+
+class ContainerLifecycleEventSubscriber(ResourceLifecycleEventSubscriber):
+    event_id = CONTAINER_LIFECYCLE_EVENT_ID
+
+
+class ProcessLifecycleEventSubscriber(ResourceLifecycleEventSubscriber):
+    event_id = PROCESS_LIFECYCLE_EVENT_ID
+
+
+class InfrastructureEventSubscriber(EventSubscriber):
+    """Abstract: binds `*.<origin>`."""
+
+
+class AppLoaderEventSubscriber(InfrastructureEventSubscriber):
+    event_id = APP_LOADER_EVENT_ID
+
+
+class ContainerStartupEventSubscriber(InfrastructureEventSubscriber):
+    event_id = CONTAINER_STARTUP_EVENT_ID
+
+
+class TriggerEventSubscriber(EventSubscriber):
+    pass
+
+
+class DatasourceUpdateEventSubscriber(TriggerEventSubscriber):
+    event_id = DATASOURCE_UPDATE_EVENT_ID
+
+
+class ResourceModifiedEventSubscriber(EventSubscriber):
+    pass
+
+
+class DatasourceUnavailableEventSubscriber(ResourceModifiedEventSubscriber):
+    event_id = DATASOURCE_UNAVAILABLE_EVENT_ID
+
+
+class DatasetSupplementAddedEventSubscriber(ResourceModifiedEventSubscriber):
+    event_id = DATASET_SUPPLEMENT_ADDED_EVENT_ID
+
+
+class BusinessStateChangeSubscriber(ResourceModifiedEventSubscriber):
+    """R1's name (not ...EventSubscriber) is kept for compatibility."""
+
+    event_id = BUSINESS_STATE_MODIFICATION_EVENT_ID
+
+
+class DatasetChangeEventSubscriber(ResourceModifiedEventSubscriber):
+    event_id = DATASET_CHANGE_EVENT_ID
+
+
+class DatasourceChangeEventSubscriber(ResourceModifiedEventSubscriber):
+    event_id = DATASOURCE_CHANGE_EVENT_ID
+
+
+class IngestionProcessingEventSubscriber(ResourceModifiedEventSubscriber):
+    event_id = INGESTION_PROCESSING_EVENT_ID
+
+
+class DatasetStreamingEventSubscriber(ResourceModifiedEventSubscriber):
+    event_id = DATASET_STREAMING_EVENT_ID
+
+
+class NewSubscriptionEventSubscriber(EventSubscriber):
+    event_id = NEW_SUBSCRIPTION_EVENT_ID
+
+
+class DelSubscriptionEventSubscriber(EventSubscriber):
+    event_id = DEL_SUBSCRIPTION_EVENT_ID
+
+
+class ScheduleEventSubscriber(TriggerEventSubscriber):
+    event_id = SCHEDULE_EVENT_ID
+
+
+class LoggingEventSubscriber(EventSubscriber):
+    pass
+
+
+class CriticalLoggingEventSubscriber(LoggingEventSubscriber):
+    event_id = LOGGING_CRITICAL_EVENT_ID
+
+
+class ErrorLoggingEventSubscriber(LoggingEventSubscriber):
+    event_id = LOGGING_ERROR_EVENT_ID
+
+
+class InfoLoggingEventSubscriber(LoggingEventSubscriber):
+    event_id = LOGGING_INFO_EVENT_ID
+
+
+class DataEventSubscriber(EventSubscriber):
+    pass
+
+
+class DataBlockEventSubscriber(DataEventSubscriber):
+    event_id = DATABLOCK_EVENT_ID
+
+
+class InstrumentSampleDataEventSubscriber(DataBlockEventSubscriber):
+    """Subscribers never use msg_type; it is kept because R1 defined it."""
+
+    msg_type = INSTRUMENT_SAMPLE_DATA_EVENT_MESSAGE_TYPE

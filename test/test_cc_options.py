@@ -1,0 +1,211 @@
+"""`twistd cc` command-line parsing: ion.core.cc.service.Options (R1 §7.1)."""
+
+import io
+import os
+from contextlib import redirect_stdout
+
+from twisted.python import usage
+from twisted.trial import unittest
+
+from ion.core.cc.service import VERSION, Options
+
+
+def parse(*argv):
+    options = Options()
+    options.parseOptions(list(argv))
+    return options
+
+
+class DefaultsTest(unittest.TestCase):
+    def test_no_options_means_embedded_broker(self):
+        options = parse()
+        address = options["broker_address"]
+        self.assertEqual(address.kind, "memory")
+        self.assertEqual(address.memory_name, "default")
+        self.assertEqual(options["scripts"], [])
+        self.assertEqual(options["args"], "")
+        self.assertEqual(options["container_args"], {"_args": ""})
+        self.assertIsNone(options["sysname"])
+        self.assertIsNone(options["boot_script"])
+        self.assertIsNone(options["lockfile"])
+        for flag in ("no_shell", "no_history", "no_dbmanhole"):
+            self.assertFalse(options[flag], flag)
+
+    def test_broker_host_memory_is_embedded(self):
+        self.assertEqual(parse("-h", "memory")["broker_address"].kind, "memory")
+
+    def test_defaults_apply_once_a_host_is_given(self):
+        address = parse("-h", "broker.example.org")["broker_address"]
+        self.assertEqual(address.kind, "amqp")
+        self.assertEqual((address.host, address.port, address.vhost), ("broker.example.org", 5672, "/"))
+        self.assertEqual((address.username, address.password), ("guest", "guest"))
+        self.assertEqual(address.heartbeat, 30)
+
+
+class BrokerOptionsTest(unittest.TestCase):
+    def test_short_options(self):
+        address = parse("-h", "127.0.0.1", "-p", "5673", "-v", "/ion")["broker_address"]
+        self.assertEqual(address.kind, "amqp")
+        self.assertEqual((address.host, address.port, address.vhost), ("127.0.0.1", 5673, "/ion"))
+        self.assertEqual(address.description, "amqp://127.0.0.1:5673/%2Fion")
+
+    def test_long_options(self):
+        options = parse(
+            "--broker_host=rabbit", "--broker_port=5000", "--broker_vhost=v",
+            "--broker_heartbeat=7", "--broker_username=alice", "--broker_password=s3cret",
+        )
+        address = options["broker_address"]
+        self.assertEqual((address.host, address.port, address.vhost), ("rabbit", 5000, "v"))
+        self.assertEqual(address.heartbeat, 7)
+        self.assertEqual((address.username, address.password), ("alice", "s3cret"))
+        self.assertNotIn("s3cret", repr(address))
+        self.assertNotIn("s3cret", str(address))
+
+    def test_heartbeat_zero_turns_it_off(self):
+        self.assertEqual(parse("-h", "rabbit", "--broker_heartbeat", "0")["broker_address"].heartbeat, 0)
+
+    def test_credfile_overrides_username_and_password(self):
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write("bob  hunter2\n")
+        os.chmod(path, 0o600)
+        address = parse("-h", "rabbit", "--broker_username", "ignored", "--broker_credfile", path)["broker_address"]
+        self.assertEqual((address.username, address.password), ("bob", "hunter2"))
+
+    def test_broker_url(self):
+        address = parse("--broker", "amqp://u:p@rabbit:5999/ion%2Fdev?heartbeat=5")["broker_address"]
+        self.assertEqual(address.kind, "amqp")
+        self.assertEqual((address.host, address.port, address.vhost), ("rabbit", 5999, "ion/dev"))
+        self.assertEqual((address.username, address.password, address.heartbeat), ("u", "p", 5))
+
+    def test_broker_url_wins_over_host(self):
+        address = parse("--broker", "amqp://rabbit/", "-h", "other")["broker_address"]
+        self.assertEqual(address.host, "rabbit")
+
+    def test_broker_url_memory(self):
+        self.assertEqual(parse("--broker", "memory")["broker_address"].kind, "memory")
+        self.assertEqual(parse("--broker", "memory://side")["broker_address"].memory_name, "side")
+
+
+class ContainerArgsTest(unittest.TestCase):
+    def test_key_value_pairs(self):
+        options = parse("-a", " a = 1 , b=two ")
+        self.assertEqual(options["container_args"], {"a": "1", "b": "two", "_args": " a = 1 , b=two "})
+
+    def test_dict_literal(self):
+        options = parse("--args", "{'a': 1, 'apparg_hello': {'x': 2}}")
+        self.assertEqual(options["container_args"]["a"], 1)
+        self.assertEqual(options["container_args"]["apparg_hello"], {"x": 2})
+
+    def test_other_text_is_stored_under_args(self):
+        self.assertEqual(parse("-a", "just words")["container_args"]["args"], "just words")
+
+    def test_sysname_alone(self):
+        options = parse("--sysname", "mycluster")
+        self.assertEqual(options["args"], "sysname=mycluster")
+        self.assertEqual(options["container_args"]["sysname"], "mycluster")
+
+    def test_sysname_is_prepended_to_pairs(self):
+        options = parse("-s", "mycluster", "-a", "k=v")
+        self.assertEqual(options["container_args"], {"sysname": "mycluster", "k": "v", "_args": options["args"]})
+
+    def test_sysname_replaces_the_one_in_pairs(self):
+        options = parse("-s", "new", "-a", "k=v, sysname=old.name, z=1")
+        self.assertEqual(options["container_args"]["sysname"], "new")
+        self.assertEqual(options["container_args"]["k"], "v")
+        self.assertEqual(options["container_args"]["z"], "1")
+        self.assertNotIn("old", options["args"])
+
+    def test_sysname_merges_into_dict_literal(self):
+        options = parse("--sysname", "new", "-a", "{'sysname': 'old', 'k': [1, 2]}")
+        args = options["container_args"]
+        self.assertEqual((args["sysname"], args["k"]), ("new", [1, 2]))
+
+    def test_sysname_with_free_text(self):
+        args = parse("-s", "new", "-a", "free")["container_args"]
+        self.assertEqual((args["sysname"], args["args"]), ("new", "free"))
+
+    def test_sysname_from_args_only(self):
+        self.assertEqual(parse("-a", "sysname=fromargs")["container_args"]["sysname"], "fromargs")
+
+
+class ScriptsAndFlagsTest(unittest.TestCase):
+    def test_positional_scripts_in_order(self):
+        options = parse("res/deploy/hello.rel", "/abs/x.app", "boot.py")
+        self.assertEqual(options["scripts"], ["res/deploy/hello.rel", "/abs/x.app", "boot.py"])
+
+    def test_short_flags(self):
+        options = parse("-n", "-i")
+        self.assertTrue(options["no_shell"])
+        self.assertTrue(options["no_history"])
+        self.assertFalse(options["no_dbmanhole"])
+
+    def test_long_flags(self):
+        options = parse("--no_shell", "--no_history", "--no_dbmanhole")
+        self.assertTrue(options["no_shell"])
+        self.assertTrue(options["no_history"])
+        self.assertTrue(options["no_dbmanhole"])
+
+    def test_boot_script_and_lockfile(self):
+        options = parse("-b", "boot.py", "--lockfile", "cc.lock")
+        self.assertEqual((options["boot_script"], options["lockfile"]), ("boot.py", "cc.lock"))
+
+    def test_version(self):
+        out = io.StringIO()
+        with redirect_stdout(out):
+            error = self.assertRaises(SystemExit, parse, "--version")
+        self.assertEqual(error.code, 0)
+        self.assertIn(VERSION, out.getvalue())
+
+
+class UsageErrorsTest(unittest.TestCase):
+    def assertUsageError(self, argv, *fragments):
+        error = self.assertRaises(usage.UsageError, parse, *argv)
+        for fragment in fragments:
+            self.assertIn(fragment, str(error))
+        return error
+
+    def test_bad_port(self):
+        self.assertUsageError(["-p", "abc"], "--broker_port", "'abc'")
+        self.assertUsageError(["-h", "rabbit", "--broker_port", "0"], "--broker_port", "1..65535")
+        self.assertUsageError(["-p", "70000"], "--broker_port", "70000")
+
+    def test_bad_heartbeat(self):
+        self.assertUsageError(["--broker_heartbeat", "soon"], "--broker_heartbeat", "'soon'")
+        self.assertUsageError(["--broker_heartbeat", "-1"], "--broker_heartbeat", "negative")
+
+    def test_bad_args_text(self):
+        self.assertUsageError(["-a", "k=v, junk"], "container args", "'junk' is not key=value")
+        self.assertUsageError(["-a", "=v"], "container args", "not key=value")
+        self.assertUsageError(["-a", "{'k': "], "container args", "not a valid dict literal")
+        self.assertUsageError(["-a", "{1, 2}"], "container args", "not a dict")
+
+    def test_args_never_evaluated(self):
+        self.assertUsageError(["-a", "{'k': __import__('os').getcwd()}"], "not a valid dict literal")
+
+    def test_bad_sysname(self):
+        self.assertUsageError(["--sysname", "two words"], "sysname 'two words'")
+
+    def test_unknown_script_extension(self):
+        self.assertUsageError(["hello.rel", "notes.txt"], "notes.txt", "expected a .app, .rel or .py file")
+
+    def test_bad_broker_url(self):
+        self.assertUsageError(["--broker", "http://rabbit/"], "http://rabbit/", "scheme must be amqp")
+        self.assertUsageError(["--broker", "amqp://rabbit:99999/"], "bad port")
+        self.assertUsageError(["--broker", "amqp://rabbit/?colour=red"], "unknown setting(s) colour")
+
+    def test_bad_broker_url_hides_password(self):
+        error = self.assertUsageError(["--broker", "ftp://me:topsecret@rabbit/"], "ftp://me:***@rabbit/")
+        self.assertNotIn("topsecret", str(error))
+
+    def test_bad_credfile(self):
+        missing = os.path.join(self.mktemp(), "none")
+        self.assertUsageError(["-h", "rabbit", "--broker_credfile", missing], "broker credential file", missing)
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write("only-a-user\n")
+        os.chmod(path, 0o600)
+        self.assertUsageError(["-h", "rabbit", "--broker_credfile", path], path, "expected 'username password'")
+
+    def test_unknown_option(self):
+        self.assertUsageError(["--no_such_option"], "no_such_option")
