@@ -111,14 +111,14 @@ Process.lifecycle_publisher_factory = _process_lifecycle_publisher
 
 @defer.inlineCallbacks
 def publish_from_temporary_process(proc_name, publisher_class, origin, **fields):
-    """Publish one event from a short-lived process, as R1 did for container events."""
+    """Publish one event from a short-lived process, as R1 did; `origin` is also the event's field."""
     process = Process(spawnargs={"proc-name": proc_name})
     yield process.initialize()
     yield process.activate()
     try:
         publisher = publisher_class(process=process, origin=origin)
         yield process.register_life_cycle_object(publisher)
-        yield publisher.create_and_publish_event(**fields)
+        yield publisher.create_and_publish_event(origin=origin, **fields)
     finally:
         yield process.terminate()
 

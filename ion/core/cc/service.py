@@ -118,7 +118,12 @@ class CapabilityContainer(service.Service):
 
     def startService(self):
         service.Service.startService(self)
-        reactor.callWhenRunning(_stop_on_signals)
+        # twistd calls this before reactor.run(): start once the reactor runs, so our
+        # signal handlers are in place before "Container ... started" is logged.
+        reactor.callWhenRunning(self._start_when_running)
+
+    def _start_when_running(self):
+        _stop_on_signals()
         self._starting = self._start()
         self._starting.addErrback(self._fatal)
 

@@ -706,7 +706,10 @@ class AMQPConnection:
     def _connect(self):
         address = self._address
         delegate = _Delegate(self)
-        factory = Factory.forProtocol(_Client, delegate, address.vhost, self._spec, address.heartbeat, self._reactor)
+        # forProtocol's extra args go to the Factory, not the protocol: bind them with partial.
+        factory = Factory.forProtocol(
+            functools.partial(_Client, delegate, address.vhost, self._spec, address.heartbeat, self._reactor)
+        )
         try:
             self._client = yield address.endpoint(self._reactor).connect(factory)
         except Exception as e:

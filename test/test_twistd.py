@@ -1,0 +1,232 @@
+"""
+End to end: a real `twistd -n cc` subprocess (R1 §7.1, §7.2) on the embedded
+broker and on RabbitMQ, stopped by signals, and refusing a bad release.
+"""
+
+import os
+import re
+import shutil
+import sys
+import uuid
+
+from twisted.internet import defer, error, protocol, reactor, utils
+from twisted.trial import unittest
+
+from ion.core.process.process import Process
+from ion.core.process.service_process import ServiceClient
+from ion.core.resources import resource_path
+from ion.test.iontest import IonTestCase
+from test.brokers import RABBIT_URL
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+HELLO_REL = resource_path("res/deploy/hello.rel")
+# The venv's twistd, run by this interpreter; argv[0] only names it in usage messages.
+TWISTD = [sys.executable, "-c", "import sys; sys.argv[0] = 'twistd'; from twisted.scripts.twistd import run; run()"]
+STARTED = re.compile(r"Container (\S+) started")
+
+
+class TwistdProtocol(protocol.ProcessProtocol):
+    """Collects a subprocess's output lines; Deferreds for a line showing up and for the exit."""
+
+    def __init__(self):
+        self.lines = []
+        self.ended = defer.Deferred()  # fires with the exit code (None if killed by a signal)
+        self.exit_code = None
+        self.running = False
+        self._partial = {1: b"", 2: b""}
+        self._waiters = []  # (regex, Deferred)
+
+    def connectionMade(self):
+        self.running = True
+
+    def childDataReceived(self, fd, data):
+        *complete, self._partial[fd] = (self._partial.get(fd, b"") + data).split(b"\n")
+        for raw in complete:
+            self._line(raw.decode("utf-8", "replace"))
+
+    def _line(self, line):
+        self.lines.append(line)
+        for waiter in list(self._waiters):
+            pattern, d = waiter
+            match = pattern.search(line)
+            if match:
+                self._waiters.remove(waiter)
+                d.callback(match)
+
+    def wait_for(self, pattern, timeout=30):
+        """Fires with the re.Match of the first output line matching `pattern` (a regex)."""
+        pattern = re.compile(pattern)
+        for line in self.lines:
+            match = pattern.search(line)
+            if match:
+                return defer.succeed(match)
+        if not self.running and self.ended.called:
+            return defer.fail(AssertionError(self._report("exited before logging %r" % pattern.pattern)))
+        d = defer.Deferred()
+        self._waiters.append((pattern, d))
+        return d.addTimeout(timeout, reactor).addErrback(self._timed_out, pattern, d)
+
+    def _timed_out(self, failure, pattern, d):
+        failure.trap(defer.TimeoutError)
+        if (pattern, d) in self._waiters:
+            self._waiters.remove((pattern, d))
+        raise AssertionError(self._report("no line matching %r" % pattern.pattern))
+
+    def output(self):
+        return "\n".join(self.lines)
+
+    def _report(self, problem):
+        return "twistd: %s; its output:\n%s" % (problem, self.output())
+
+    def processEnded(self, reason):
+        self.running = False
+        for fd, rest in self._partial.items():
+            if rest:
+                self._line(rest.decode("utf-8", "replace"))
+        self.exit_code = reason.value.exitCode
+        waiters, self._waiters = self._waiters, []
+        for pattern, d in waiters:
+            d.errback(AssertionError(self._report("exited before logging %r" % pattern.pattern)))
+        self.ended.callback(self.exit_code)
+
+
+class TwistdMixin:
+    """Runs `twistd -n cc ...` in a temporary directory with this checkout on PYTHONPATH."""
+
+    timeout = 60
+
+    def spawn_twistd(self, *cc_args):
+        cwd = os.path.abspath(self.mktemp())
+        os.makedirs(cwd)
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join([REPO] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+        args = TWISTD + ["-n", "--pidfile=", "--logfile=-", "cc"] + list(cc_args)
+        proto = TwistdProtocol()
+        reactor.spawnProcess(proto, sys.executable, args, env=env, path=cwd)
+        self.addCleanup(self._kill, proto)
+        return proto
+
+    def _kill(self, proto):
+        if not proto.running:
+            return None
+        try:
+            proto.transport.signalProcess("KILL")
+        except error.ProcessExitedAlready:
+            pass
+        return proto.ended
+
+    @defer.inlineCallbacks
+    def stop_with(self, proto, signal_name):
+        """Send the signal; the container logs that it stopped and twistd exits 0."""
+        container_id = (yield proto.wait_for(STARTED)).group(1)
+        proto.transport.signalProcess(signal_name)
+        code = yield proto.ended.addTimeout(30, reactor)
+        self.assertEqual(code, 0, proto.output())
+        self.assertIn("Received SIG%s: stopping the container" % signal_name, proto.output())
+        self.assertIn("Container %s stopped" % container_id, proto.output())
+        return container_id
+
+
+class PluginTest(unittest.TestCase):
+    timeout = 60
+
+    @defer.inlineCallbacks
+    def test_cc_is_a_twistd_plugin(self):
+        """Found through the checkout's twisted/plugins once the checkout is on sys.path."""
+        cwd = os.path.abspath(self.mktemp())
+        os.makedirs(cwd)
+        env = dict(os.environ, PYTHONPATH=REPO)
+        out = yield utils.getProcessOutput(sys.executable, TWISTD[1:] + ["--help"], env=env, path=cwd)
+        self.assertRegex(out.decode(), r"\n\s+cc\s+ION Capability Container")
+
+
+class EmbeddedBrokerTest(TwistdMixin, unittest.TestCase):
+    @defer.inlineCallbacks
+    def test_sigterm(self):
+        proto = self.spawn_twistd("--no_shell", HELLO_REL)
+        yield proto.wait_for("using the embedded in-memory broker")
+        yield proto.wait_for(r"Application hello started")
+        yield proto.wait_for(STARTED)
+        yield self.stop_with(proto, "TERM")
+        self.assertIn("Application hello stopped", proto.output())
+
+    @defer.inlineCallbacks
+    def test_sigint(self):
+        proto = self.spawn_twistd("-n", HELLO_REL)
+        yield self.stop_with(proto, "INT")
+
+    @defer.inlineCallbacks
+    def test_bad_release(self):
+        rel = os.path.abspath(self.mktemp() + ".rel")
+        with open(rel, "w") as f:
+            f.write("{'type': 'release',\n 'name': 'Bad',\n 'apps': [{'name': 'hello'}\n}\n")
+        proto = self.spawn_twistd("--no_shell", rel)
+        code = yield proto.ended.addTimeout(30, reactor)
+        self.assertNotEqual(code, 0, proto.output())
+        self.assertIn("Container startup failed", proto.output())
+        failure = yield proto.wait_for(r"ConfigurationError: release file (\S+) \(line (\d+)\)")
+        self.assertEqual(failure.group(1), rel)
+        self.assertNotRegex(proto.output(), STARTED)
+
+    @defer.inlineCallbacks
+    def test_missing_release(self):
+        rel = os.path.abspath(self.mktemp() + ".rel")
+        proto = self.spawn_twistd("--no_shell", rel)
+        code = yield proto.ended.addTimeout(30, reactor)
+        self.assertNotEqual(code, 0, proto.output())
+        self.assertIn("ConfigurationError: %s: no such file" % rel, proto.output())
+
+    @defer.inlineCallbacks
+    def test_bad_option(self):
+        proto = self.spawn_twistd("-p", "abc")
+        code = yield proto.ended.addTimeout(30, reactor)
+        self.assertEqual(code, 1, proto.output())
+        self.assertIn("--broker_port must be a number, not 'abc'", proto.output())
+
+
+class RabbitTest(TwistdMixin, IonTestCase):
+    """A twistd container and this test's own container share a sysname on RabbitMQ."""
+
+    broker_url = RABBIT_URL
+
+    def setUp(self):
+        self.rabbitmqctl = shutil.which("rabbitmqctl")
+        if self.rabbitmqctl is None:
+            raise unittest.SkipTest("rabbitmqctl is not on PATH")
+
+    @defer.inlineCallbacks
+    def rabbit_names(self, what):
+        args = ["-q", "--no-table-headers", what, "name"]
+        out = yield utils.getProcessOutput(self.rabbitmqctl, args, env=os.environ)
+        return [line.strip() for line in out.decode().splitlines() if line.strip()]
+
+    @defer.inlineCallbacks
+    def test_rpc_to_a_twistd_container(self):
+        sysname = "cctest-%s" % uuid.uuid4().hex[:12]
+        proto = self.spawn_twistd("--no_shell", "-h", "127.0.0.1", "-a", "sysname=%s" % sysname, HELLO_REL)
+        connected = yield proto.wait_for(r"Container (\S+) \(sysname (\S+)\) connected to amqp://127\.0\.0\.1:5672/")
+        twistd_id = connected.group(1)
+        self.assertEqual(connected.group(2), sysname)
+        yield proto.wait_for(STARTED)
+
+        container = yield self._start_container(sysname=sysname)
+        own_id = container.id
+        self.assertNotEqual(own_id, twistd_id)
+        proc = Process(spawnargs={"proc-name": "twistd-tester"})
+        yield proc.spawn()
+        hello = ServiceClient(proc=proc, targetname="hello")
+        self.assertEqual(hello.target, "%s.hello" % sysname)
+        content, headers, _ = yield hello.rpc_send("ping", None)
+        self.assertEqual(content, {"pong": "pong"})
+        content, _, _ = yield hello.rpc_send("hello", {"name": "twistd"})
+        self.assertEqual(content["greeting"], "Hello, twistd!")
+        self.assertTrue(content["by"].startswith(twistd_id + "."), content)
+
+        yield self.stop_with(proto, "TERM")
+        yield self._stop_container()
+
+        queues = yield self.rabbit_names("list_queues")
+        exchanges = yield self.rabbit_names("list_exchanges")
+        for token in (sysname, twistd_id, own_id):
+            self.assertEqual([q for q in queues if token in q], [], "queues left for %s" % token)
+            self.assertEqual([x for x in exchanges if token in x], [], "exchanges left for %s" % token)
