@@ -72,10 +72,18 @@ class AppFileTest(FileHelpers, unittest.TestCase):
         self.assertEqual(app["mod"], ("ion.core.pack.processapp", list(HELLO_PROCESSAPP), {}))
 
     def test_valid_app_keeps_every_key(self):
-        path = self.write("x.app", app_text(
-            version="1.0", description="d", modules=["m"], registered=["r"], applications=["a"],
-            config={"some.module": {"k": 1}}, args={"a": 1},
-        ))
+        path = self.write(
+            "x.app",
+            app_text(
+                version="1.0",
+                description="d",
+                modules=["m"],
+                registered=["r"],
+                applications=["a"],
+                config={"some.module": {"k": 1}},
+                args={"a": 1},
+            ),
+        )
         app = load_app_file(path)
         self.assertEqual(app["config"], {"some.module": {"k": 1}})
         self.assertEqual(app["applications"], ["a"])
@@ -97,8 +105,9 @@ class AppFileTest(FileHelpers, unittest.TestCase):
         self.assertConfigError(load_app_file, path, "must hold a dict, not a list")
 
     def test_wrong_type(self):
-        self.assertConfigError(load_app_file, self.write("x.app", app_text(type="release")),
-                               "'type' must be 'application', not 'release'")
+        self.assertConfigError(
+            load_app_file, self.write("x.app", app_text(type="release")), "'type' must be 'application', not 'release'"
+        )
         text = repr({"name": "x", "mod": ("m", [])})
         self.assertConfigError(load_app_file, self.write("y.app", text), "'type' must be 'application', not None")
 
@@ -107,14 +116,20 @@ class AppFileTest(FileHelpers, unittest.TestCase):
             app = {"type": "application", "mod": ("m", [])}
             if name is not None:
                 app["name"] = name
-            self.assertConfigError(load_app_file, self.write("x%d.app" % i, repr(app)), "'name' (a non-empty string) is required")
+            self.assertConfigError(
+                load_app_file, self.write("x%d.app" % i, repr(app)), "'name' (a non-empty string) is required"
+            )
 
     def test_bad_mod(self):
         for i, mod in enumerate([None, "ion.core.pack.processapp", ("m",), (1, []), ("m", [], {}, 4)]):
             path = self.write("m%d.app" % i, app_text(mod=mod))
             self.assertConfigError(load_app_file, path, "'mod' must be (module_name, args_list[, kwargs_dict])")
-        self.assertConfigError(load_app_file, self.write("args.app", app_text(mod=("m", "a"))), "'mod' args must be a list")
-        self.assertConfigError(load_app_file, self.write("kw.app", app_text(mod=("m", [], []))), "'mod' kwargs must be a dict")
+        self.assertConfigError(
+            load_app_file, self.write("args.app", app_text(mod=("m", "a"))), "'mod' args must be a list"
+        )
+        self.assertConfigError(
+            load_app_file, self.write("kw.app", app_text(mod=("m", [], []))), "'mod' kwargs must be a dict"
+        )
 
     def test_bad_config(self):
         self.assertConfigError(load_app_file, self.write("x.app", app_text(config=[1])), "'config' must be a dict")
@@ -146,17 +161,25 @@ class RelFileTest(FileHelpers, unittest.TestCase):
         self.assertEqual(entry["definition"]["mod"][0], "ion.core.pack.processapp")
 
     def test_processapp_entry(self):
-        path = self.write("x.rel", rel_text([
-            {"name": "greeter", "version": "2", "processapp": HELLO_PROCESSAPP, "args": {"a": 1}, "mult": True},
-        ]))
+        path = self.write(
+            "x.rel",
+            rel_text(
+                [
+                    {"name": "greeter", "version": "2", "processapp": HELLO_PROCESSAPP, "args": {"a": 1}, "mult": True},
+                ]
+            ),
+        )
         [entry] = load_rel_file(path)["apps"]
-        self.assertEqual(entry["definition"], {
-            "type": "application",
-            "name": "greeter",
-            "version": "2",
-            "mod": ("ion.core.pack.processapp", list(HELLO_PROCESSAPP), {}),
-            "config": {},
-        })
+        self.assertEqual(
+            entry["definition"],
+            {
+                "type": "application",
+                "name": "greeter",
+                "version": "2",
+                "mod": ("ion.core.pack.processapp", list(HELLO_PROCESSAPP), {}),
+                "config": {},
+            },
+        )
 
     def test_app_names_resolve_in_the_configured_app_dir(self):
         apps = self.tmpdir()
@@ -189,7 +212,9 @@ class RelFileTest(FileHelpers, unittest.TestCase):
 
     def test_bad_apps(self):
         self.assertConfigError(load_rel_file, self.write("a.rel", rel_text("hello")), "'apps' must be a list")
-        self.assertConfigError(load_rel_file, self.write("b.rel", rel_text(["hello"])), "app entry 'hello' needs a 'name'")
+        self.assertConfigError(
+            load_rel_file, self.write("b.rel", rel_text(["hello"])), "app entry 'hello' needs a 'name'"
+        )
         self.assertConfigError(load_rel_file, self.write("c.rel", rel_text([{"version": "1"}])), "needs a 'name'")
         bad_config = rel_text([{"name": "hello", "config": "x"}])
         self.assertConfigError(load_rel_file, self.write("d.rel", bad_config), "app 'hello': 'config' must be a dict")
@@ -205,7 +230,9 @@ class RelFileTest(FileHelpers, unittest.TestCase):
         apps = self.tmpdir()
         self.use_app_dir(apps)
         path = self.write("x.rel", rel_text([{"name": "nosuchapp"}]))
-        self.assertConfigError(load_rel_file, path, "app 'nosuchapp'", os.path.join(apps, "nosuchapp.app"), "cannot read it")
+        self.assertConfigError(
+            load_rel_file, path, "app 'nosuchapp'", os.path.join(apps, "nosuchapp.app"), "cannot read it"
+        )
 
     def test_invalid_app_file_of_an_entry(self):
         apps = self.tmpdir()
@@ -287,7 +314,7 @@ class AppLoadingTests(FileHelpers, BrokerTestMixin):
         self.assertEqual(self.started_apps(), ["ioncore", "hello"])
         [supervisor] = state
         self.assertEqual(supervisor.name, "app-supervisor-hello")
-        content, headers, _ = yield self.ping()
+        content, _, _ = yield self.ping()
         self.assertEqual(content, {"pong": "pong"})
         content, _, _ = yield ServiceClient(proc=self.proc, targetname="hello").rpc_send("hello", {"name": "app"})
         self.assertEqual(content["greeting"], "Hello, app!")
@@ -302,9 +329,14 @@ class AppLoadingTests(FileHelpers, BrokerTestMixin):
 
     @defer.inlineCallbacks
     def test_processapp_entry(self):
-        path = self.write("x.rel", rel_text([
-            {"name": "greeter", "processapp": HELLO_PROCESSAPP, "args": {"servicename": "greeter_svc"}},
-        ]))
+        path = self.write(
+            "x.rel",
+            rel_text(
+                [
+                    {"name": "greeter", "processapp": HELLO_PROCESSAPP, "args": {"servicename": "greeter_svc"}},
+                ]
+            ),
+        )
         yield self.container.start_rel(path)
         self.assertEqual(self.started_apps(), ["ioncore", "greeter"])
         names = sorted(p.proc_name for p in self.container.proc_manager.process_registry.values())
@@ -438,7 +470,9 @@ class AppLoadingTests(FileHelpers, BrokerTestMixin):
 
     @defer.inlineCallbacks
     def test_processapp_with_unknown_process_module(self):
-        path = self.write("x.rel", rel_text([{"name": "ghost", "processapp": ("ghost", "ion.no_such_service", "Ghost")}]))
+        path = self.write(
+            "x.rel", rel_text([{"name": "ghost", "processapp": ("ghost", "ion.no_such_service", "Ghost")}])
+        )
         error = yield self.assertFailure(self.container.start_rel(path), ConfigurationError)
         self.assertIn("ion.no_such_service", str(error))
 
@@ -459,7 +493,8 @@ class AppLoadingTests(FileHelpers, BrokerTestMixin):
         """Every entry is checked before the first app starts."""
         apps = self.tmpdir()
         self.use_app_dir(apps)
-        self.write("hello.app", open(HELLO_APP).read(), apps)
+        with open(HELLO_APP, encoding="utf-8") as f:
+            self.write("hello.app", f.read(), apps)
         path = self.write("x.rel", rel_text([{"name": "hello"}, {"name": "nosuchapp"}]))
         error = yield self.assertFailure(self.container.start_rel(path), ConfigurationError)
         self.assertIn(path, str(error))

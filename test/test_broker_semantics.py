@@ -366,10 +366,18 @@ class BrokerSemanticsTests(BrokerTestMixin):
     # -- publishing
 
     @inlineCallbacks
-    def test_publish_to_missing_exchange_fails(self):
+    def test_publish_to_missing_exchange(self):
+        """
+        The embedded broker fails the Deferred.  RabbitMQ reports the 404 only
+        afterwards, by closing the channel, so there a quiet success is allowed;
+        either way the connection must go on working.
+        """
         conn = yield self.connect_broker()
-        yield self.assertFailure(conn.publish(self.unique_name("x"), "k", b"m"), NotFound)
-        # The connection is still usable afterwards.
+        published = conn.publish(self.unique_name("x"), "k", b"m")
+        if self.on_rabbit:
+            yield published.addErrback(lambda failure: failure.trap(NotFound))
+        else:
+            yield self.assertFailure(published, NotFound)
         q = yield self.queue(conn, exclusive=True)
         inbox, _ = yield self.inbox(conn, q)
         yield conn.publish("", q, b"m")

@@ -51,8 +51,12 @@ class BrokerOptionsTest(unittest.TestCase):
 
     def test_long_options(self):
         options = parse(
-            "--broker_host=rabbit", "--broker_port=5000", "--broker_vhost=v",
-            "--broker_heartbeat=7", "--broker_username=alice", "--broker_password=s3cret",
+            "--broker_host=rabbit",
+            "--broker_port=5000",
+            "--broker_vhost=v",
+            "--broker_heartbeat=7",
+            "--broker_username=alice",
+            "--broker_password=s3cret",
         )
         address = options["broker_address"]
         self.assertEqual((address.host, address.port, address.vhost), ("rabbit", 5000, "v"))

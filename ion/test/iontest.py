@@ -61,6 +61,10 @@ class IonTestCase(unittest.TestCase):
         args = {"contid": "%s_t%d" % (ioninit.default_container_id(), next(_containers))}
         if sysname:
             args["sysname"] = sysname
+        stale = ioninit.container_instance
+        if stale is not None:
+            # An earlier test's cleanup never finished; do not let it fail this one too.
+            forget_container(stale)
         container = create_new_container()
         self.container = container
         self.addCleanup(self._cleanup_container, container)

@@ -98,7 +98,7 @@ class BrokerAddress:
         return cls(
             kind="amqp",
             host=parts.hostname or "localhost",
-            port=port or _SCHEMES[parts.scheme],
+            port=_SCHEMES[parts.scheme] if port is None else port,
             vhost=vhost,
             username=unquote(parts.username) if parts.username is not None else "guest",
             password=unquote(parts.password) if parts.password is not None else "guest",

@@ -523,8 +523,8 @@ class _Delegate(TwistedDelegate):
 
     def channel_close(self, ch, msg):
         ch.channel_close_ok()
-        self.client.forget_channel(ch, msg)
         self.connection._channel_closed(ch, msg)
+        self.client.forget_channel(ch, msg)
 
     def basic_deliver(self, ch, msg):
         self.connection._deliver(ch, msg)
@@ -543,6 +543,14 @@ class _Delegate(TwistedDelegate):
 
 
 # -- errors --------------------------------------------------------------------
+
+
+def _culprit(close):
+    """The spec method a channel.close/connection.close blames, or None."""
+    try:
+        return close.method.klass.spec.classes.byid[close.class_id].methods.byid[close.method_id]
+    except KeyError:
+        return None
 
 
 def _reason_text(reason):
@@ -723,7 +731,9 @@ class AMQPConnection:
             self._client.transport.abortConnection()
             if isinstance(e, defer.TimeoutError):
                 raise ConnectionLost("no AMQP handshake from %s within %d s" % (self.description, HANDSHAKE_TIMEOUT)) from None
-            raise BrokerError("cannot open %s as %r: %s" % (self.description, address.username, _reason_text(e))) from None
+            if isinstance(e, Closed) and e.args and isinstance(e.args[0], Message):  # the broker said no
+                raise BrokerError("%s refused to open as %r: %s" % (self.description, address.username, _reason_text(e))) from None
+            raise ConnectionLost("cannot connect to %s: %s" % (self.description, _reason_text(e))) from None
         log.info("connected to {conn}", conn=self.description)
 
     # -- plumbing
@@ -753,17 +763,25 @@ class AMQPConnection:
         finally:
             self._client.forget_channel(channel)
 
-    @defer.inlineCallbacks
     def _call(self, name, **kwargs):
         """One synchronous method on the shared channel; calls queue up so an error belongs to one call."""
+        return self._locked_call(name, kwargs).addErrback(_broker_error)
+
+    @defer.inlineCallbacks
+    def _locked_call(self, name, kwargs):
         yield self._ops_lock.acquire()
         try:
-            if self._ops is None:
-                self._ops = yield self._open_channel()
-            reply = yield self._invoke(self._ops, name, **kwargs)
+            for retry in (True, False):
+                if self._ops is None or self._ops.closed:
+                    self._ops = yield self._open_channel()
+                try:
+                    return (yield getattr(self._ops, name)(**kwargs))
+                except ChannelClosed as e:
+                    # A publish sent just before us failed and took the channel down: not our error.
+                    if not (retry and _culprit(e.args[0]) == self._basic["publish"]):
+                        raise
         finally:
             self._ops_lock.release()
-        return reply
 
     # -- IBrokerConnection
 
@@ -815,7 +833,7 @@ class AMQPConnection:
 
     @defer.inlineCallbacks
     def _publish_queued(self, exchange, routing_key, body, properties, mandatory):
-        if self._ops is None:
+        if self._ops is None or self._ops.closed:
             self._ops = yield self._open_channel()
         self._check_open()
         self._send(self._ops, exchange, routing_key, body, properties, mandatory)
@@ -900,13 +918,13 @@ class AMQPConnection:
                   tag=delivery_tag, id=channel.id)
 
     def _channel_closed(self, channel, msg):
-        """The broker closed a channel: a call failed (and reports it) or something went wrong unasked (log it)."""
+        """The broker closed a channel: a call failed (and reports it) or something failed unasked (log it)."""
         if channel is self._ops:
             self._ops = None
         consumer = self._consumers.get(channel.id)
         if consumer is not None:
             consumer._stop()
-        if not channel.responses.waiting:
+        if not channel.responses.waiting or _culprit(msg) == self._basic["publish"]:
             what = "consumer %s on %r" % (consumer.tag, consumer.queue) if consumer else "channel %d" % channel.id
             log.error("{conn}: broker closed {what}: {code} {text}", conn=self.description, what=what,
                       code=msg.reply_code, text=msg.reply_text)
