@@ -21,7 +21,6 @@ publish is one transport write.
 import datetime
 import decimal
 import functools
-import socket
 import struct
 
 from twisted.internet import defer, error
@@ -291,6 +290,8 @@ class _Client(AMQClient):
         self.frame_max = CLIENT_FRAME_MAX
         self.channel_max = 2047
         self._methods = {(m.klass.id, m.id): m for c in spec.classes for m in c.methods}
+        # Content properties per class id as (python name, type), in header order.
+        self._properties = {c.id: [(txspec.pythonize(f.name), f.type) for f in c.fields] for c in spec.classes}
         self._chunks, self._buffered, self._needed = [], 0, 0
         self._heard = self._spoke = False
         self._silent_ticks = 0
@@ -307,6 +308,13 @@ class _Client(AMQClient):
         if self._heartbeat_loop is not None and self._heartbeat_loop.running:
             self._heartbeat_loop.stop()
         super().connectionLost(reason)
+
+    def do_close(self, reason):
+        """The connection is over: tell the owner first, so calls made from failing ones fail too, then close channels."""
+        self.delegate.connection._connection_lost(reason)
+        for channel in list(self.channels.values()):
+            channel.close(reason)
+        self.delegate.close(reason)
 
     # -- reading
 
@@ -365,7 +373,7 @@ class _Client(AMQClient):
             present.extend(bool(flags >> bit & 1) for bit in range(15, 0, -1))
             if not flags & 1:
                 break
-        properties = {txspec.pythonize(f.name): _GET[f.type](reader) for f, on in zip(klass.fields, present) if on}
+        properties = {name: _GET[kind](reader) for (name, kind), on in zip(self._properties[klass.id], present) if on}
         return Header(klass, weight, size, **properties)
 
     def _protocol_error(self, why):
@@ -413,14 +421,14 @@ class _Client(AMQClient):
         header = bytearray(struct.pack("!HHQ", klass.id, 0, len(body)))
         values = bytearray()
         word, bit = 0, 15
-        for field in klass.fields:
+        for name, kind in self._properties[klass.id]:
             if bit == 0:
                 header += struct.pack("!H", word | 1)
                 word, bit = 0, 15
-            value = properties.get(txspec.pythonize(field.name))
+            value = properties.get(name)
             if value is not None:
                 word |= 1 << bit
-                _PUT[field.type](values, value)
+                _PUT[kind](values, value)
             bit -= 1
         header += struct.pack("!H", word) + values
         parts = [self.method_frame(channel, method, args), _frame(FRAME_HEADER, channel, bytes(header))]
@@ -509,11 +517,6 @@ class _Delegate(TwistedDelegate):
         client.start_heartbeat(client.heartbeat)
         client.started.fire()
 
-    def connection_close(self, ch, msg):
-        log.warn("{conn} closed by the broker: {code} {text}", conn=self.connection.description,
-                 code=msg.reply_code, text=msg.reply_text)
-        super().connection_close(ch, msg)
-
     def connection_blocked(self, ch, msg):
         log.warn("{conn} blocked by the broker ({reason}); publishes will stall", conn=self.connection.description,
                  reason=msg.reason)
@@ -561,7 +564,7 @@ def _reason_text(reason):
         return "%s %s" % (reason.reply_code, reason.reply_text)
     if isinstance(reason, Failure):
         reason = reason.value
-    if type(reason).__module__.startswith("OpenSSL"):
+    if type(reason).__module__.startswith(("OpenSSL", "service_identity")):
         return "TLS failure: %s" % (reason,)
     return str(reason) or type(reason).__name__
 
@@ -706,6 +709,7 @@ class AMQPConnection:
         self._lost = None  # why the connection is gone, once it is
         self._closing = False
         self._abort_later = None
+        self._open = False  # logged in; only then is losing the connection news
 
     def __repr__(self):
         return "<AMQPConnection %s>" % self.description
@@ -718,11 +722,11 @@ class AMQPConnection:
         factory = Factory.forProtocol(
             functools.partial(_Client, delegate, address.vhost, self._spec, address.heartbeat, self._reactor)
         )
+        factory.noisy = False
         try:
             self._client = yield address.endpoint(self._reactor).connect(factory)
         except Exception as e:
             raise ConnectionLost("cannot connect to %s: %s" % (self.description, _reason_text(e))) from None
-        self._client.disconnected.wait().addCallback(self._connection_lost)
         login = self._client.authenticate(address.username, address.password, mechanism="PLAIN")
         login.addTimeout(HANDSHAKE_TIMEOUT, self._reactor)
         try:
@@ -734,6 +738,7 @@ class AMQPConnection:
             if isinstance(e, Closed) and e.args and isinstance(e.args[0], Message):  # the broker said no
                 raise BrokerError("%s refused to open as %r: %s" % (self.description, address.username, _reason_text(e))) from None
             raise ConnectionLost("cannot connect to %s: %s" % (self.description, _reason_text(e))) from None
+        self._open = True
         log.info("connected to {conn}", conn=self.description)
 
     # -- plumbing
@@ -818,18 +823,18 @@ class AMQPConnection:
         """Written at once when the shared channel is idle, else queued behind the pending calls."""
         try:
             self._check_open()
-            if not isinstance(body, (bytes, bytearray, memoryview)):
+            if not isinstance(body, bytes):
                 raise TypeError("message body must be bytes, not %s" % type(body).__name__)
             properties = properties or {}
             unknown = set(properties) - set(PROPERTY_NAMES)
             if unknown:
                 raise ValueError("unknown AMQP properties: %s" % ", ".join(sorted(unknown)))
             if self._ops is not None and not self._ops_lock.locked:
-                self._send(self._ops, exchange, routing_key, bytes(body), properties, mandatory)
+                self._send(self._ops, exchange, routing_key, body, properties, mandatory)
                 return defer.succeed(None)
         except Exception:
             return defer.fail()
-        return self._ops_lock.run(self._publish_queued, exchange, routing_key, bytes(body), properties, mandatory)
+        return self._ops_lock.run(self._publish_queued, exchange, routing_key, body, properties, mandatory)
 
     @defer.inlineCallbacks
     def _publish_queued(self, exchange, routing_key, body, properties, mandatory):
@@ -929,12 +934,14 @@ class AMQPConnection:
             log.error("{conn}: broker closed {what}: {code} {text}", conn=self.description, what=what,
                       code=msg.reply_code, text=msg.reply_text)
 
-    def _connection_lost(self, _):
-        self._lost = "closed" if self._closing else "lost"
+    def _connection_lost(self, reason):
+        if self._lost is not None:
+            return
+        self._lost = "closed" if self._closing else "lost (%s)" % _reason_text(reason)
         if self._abort_later is not None and self._abort_later.active():
             self._abort_later.cancel()
-        if not self._closing:
-            log.warn("connection to {conn} lost", conn=self.description)
+        if self._open and not self._closing:
+            log.warn("connection to {conn} {lost}", conn=self.description, lost=self._lost)
         self._ops = None
         for consumer in list(self._consumers.values()):
             consumer._stop()
