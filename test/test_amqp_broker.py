@@ -402,6 +402,26 @@ class RabbitConnectionTest(unittest.TestCase):
         return "%s://%s:%s@127.0.0.1:%d/%s%s" % (scheme, a.username, a.password, port, a.vhost.replace("/", "%2F"), query)
 
     @defer.inlineCallbacks
+    def test_publisher_confirms(self):
+        conn = yield self.open()
+        queue = yield conn.queue_declare(self.unique_name(), exclusive=True)
+        confirms = [conn.publish("", queue, b"%d" % i) for i in range(500)]
+        self.assertFalse(all(d.called for d in confirms))  # they wait for the broker's acks
+        yield defer.gatherResults(confirms)
+        self.assertEqual(conn._pending.waiting, {})
+        self.assertEqual((yield conn.queue_purge(queue)), 500)
+
+    @defer.inlineCallbacks
+    def test_confirms_off(self):
+        conn = yield self.open(BrokerAddress.from_url(self.url("amqp", 5672, "?confirms=0")))
+        queue = yield conn.queue_declare(self.unique_name(), exclusive=True)
+        yield conn.publish("", queue, b"first")  # opens the channel
+        published = conn.publish("", queue, b"second")
+        self.assertTrue(published.called)
+        self.assertIsNone(conn._pending)
+        yield published
+
+    @defer.inlineCallbacks
     def test_tcp_nodelay_and_heartbeat(self):
         conn = yield self.open()
         self.assertTrue(conn._client.transport.getTcpNoDelay())
@@ -425,7 +445,8 @@ class RabbitConnectionTest(unittest.TestCase):
     def test_publish_to_missing_exchange_does_not_break_later_calls(self):
         conn = yield self.open()
         queue = yield conn.queue_declare(self.unique_name(), exclusive=True)
-        yield conn.publish(self.unique_name("nonexistent"), "k", b"lost")
+        # With publisher confirms (the default) the publish itself reports the refusal.
+        yield self.assertFailure(conn.publish(self.unique_name("nonexistent"), "k", b"lost"), NotFound)
         self.assertEqual((yield conn.queue_declare(queue, passive=True)), queue)
         yield conn.queue_purge(queue)
         collector = Collector()

@@ -263,8 +263,3 @@ class RabbitTest(TwistdMixin, IonTestCase):
     def test_no_exchanges_left(self):
         tokens = yield self.rpc_to_a_twistd_container()
         self.assertNoneContain((yield self.rabbit_names("list_exchanges")), tokens, "exchanges")
-
-    test_no_exchanges_left.todo = (
-        "<sysname>.events.topic is auto-delete but never bound, and RabbitMQ only auto-deletes an "
-        "exchange when its last binding goes: it stays after every container of the sysname stopped"
-    )

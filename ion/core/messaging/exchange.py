@@ -6,7 +6,7 @@ the registry of messaging names the shell lists.
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from ion.core.messaging.broker.interface import NotFound
+from ion.core.messaging.broker.interface import BrokerError, NotFound, PreconditionFailed
 from ion.core.messaging.serialization import message_properties, pack_body
 
 log = Logger()
@@ -94,6 +94,24 @@ class ExchangeManager:
             text=reply_text,
         )
 
+    @defer.inlineCallbacks
     def close(self):
+        """
+        Delete the auto-delete exchanges declared here that nothing is bound
+        to any more, then close the connection.  RabbitMQ auto-deletes an
+        exchange only when its last binding goes, so one that was published to
+        but never bound (a sysname's events exchange, say) would stay forever.
+        Exchanges others still use are left alone; one deleted under another
+        container's feet is declared again by it on next use.
+        """
         self.connection.remove_return_listener(self._returned)
-        return self.connection.close()
+        declared, self._exchanges = self._exchanges, {}
+        for name, (_type, _durable, auto_delete) in declared.items():
+            if auto_delete:
+                try:
+                    yield self.connection.exchange_delete(name, if_unused=True)
+                except (NotFound, PreconditionFailed):
+                    pass  # gone already, or still bound
+                except BrokerError as e:
+                    log.info("Exchange {name} not deleted: {error}", name=name, error=e)
+        yield self.connection.close()

@@ -42,6 +42,7 @@ class BrokerAddress:
     key_file: str = None
     server_name: str = None
     endpoint_string: str = None
+    confirms: bool = True  # wait for RabbitMQ's publisher confirm on every publish
 
     def __post_init__(self):
         if self.kind not in ("memory", "amqp"):
@@ -59,7 +60,7 @@ class BrokerAddress:
         Accepted forms:
 
           memory | memory://NAME              the embedded broker (NAME default 'default')
-          amqp://USER:PASS@HOST:PORT/VHOST?heartbeat=N
+          amqp://USER:PASS@HOST:PORT/VHOST?heartbeat=N&confirms=0
           amqps://...?cafile=F&certfile=F&keyfile=F&server_name=NAME&heartbeat=N
           endpoint:DESCRIPTION?vhost=V&username=U&password=P&heartbeat=N
 
@@ -93,7 +94,7 @@ class BrokerAddress:
             port = parts.port
         except ValueError:
             raise ValueError("invalid broker URL %s: bad port" % shown) from None
-        settings = _query(parts.query, shown, {"heartbeat"} | (_TLS_KEYS if tls else set()))
+        settings = _query(parts.query, shown, {"heartbeat", "confirms"} | (_TLS_KEYS if tls else set()))
         vhost = unquote(parts.path[1:]) if len(parts.path) > 1 else "/"
         return cls(
             kind="amqp",
@@ -108,6 +109,7 @@ class BrokerAddress:
             cert_file=settings.get("certfile"),
             key_file=settings.get("keyfile"),
             server_name=settings.get("server_name"),
+            confirms=_flag(settings.get("confirms", "1"), "confirms", shown),
         )
 
     @classmethod
@@ -115,7 +117,7 @@ class BrokerAddress:
         description, _, query = url[len("endpoint:"):].partition("?")
         if not description:
             raise ValueError("invalid broker URL %s: empty endpoint description" % _redact(url))
-        settings = _query(query, _redact(url), {"vhost", "username", "password", "heartbeat"})
+        settings = _query(query, _redact(url), {"vhost", "username", "password", "heartbeat", "confirms"})
         return cls(
             kind="amqp",
             vhost=settings.get("vhost", "/"),
@@ -123,11 +125,12 @@ class BrokerAddress:
             password=settings.get("password", "guest"),
             heartbeat=settings.get("heartbeat", DEFAULT_HEARTBEAT),
             endpoint_string=description,
+            confirms=_flag(settings.get("confirms", "1"), "confirms", _redact(url)),
         )
 
     @classmethod
     def from_options(cls, host="localhost", port=5672, vhost="/", username="guest", password="guest",
-                     credfile=None, heartbeat=DEFAULT_HEARTBEAT, url=None):
+                     credfile=None, heartbeat=DEFAULT_HEARTBEAT, url=None, confirms=True):
         """
         From the container's --broker_* options.  `url` wins when given;
         otherwise `credfile` (a file holding 'username password') overrides
@@ -137,7 +140,8 @@ class BrokerAddress:
             return cls.from_url(url)
         if credfile:
             username, password = read_credfile(credfile)
-        return cls(kind="amqp", host=host, port=port, vhost=vhost, username=username, password=password, heartbeat=heartbeat)
+        return cls(kind="amqp", host=host, port=port, vhost=vhost, username=username, password=password,
+                   heartbeat=heartbeat, confirms=confirms)
 
     # -- presentation -------------------------------------------------------
 
@@ -232,6 +236,16 @@ def _heartbeat(value):
     if not 0 <= seconds < 65536:
         raise ValueError("invalid broker heartbeat %r: must be 0 (off) .. 65535 seconds" % (value,))
     return seconds
+
+
+def _flag(value, name, shown_url):
+    """A yes/no URL setting: 1/0, true/false, yes/no, on/off."""
+    text = str(value).lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("invalid broker URL %s: %s=%r is not a yes/no value" % (shown_url, name, value))
 
 
 def _query(query, shown_url, allowed):

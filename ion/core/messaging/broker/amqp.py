@@ -21,6 +21,7 @@ publish is one transport write.
 import datetime
 import decimal
 import functools
+import itertools
 import struct
 
 from twisted.internet import defer, error
@@ -689,6 +690,37 @@ class Consumer:
         client.write(data)
 
 
+class _PendingConfirms:
+    """Publishes on one confirm-mode channel that wait for the broker's basic.ack."""
+
+    def __init__(self, channel):
+        self.channel = channel
+        self.next_tag = 1
+        self.waiting = {}  # delivery tag -> Deferred, in publish order
+
+    def add(self):
+        d = defer.Deferred()
+        self.waiting[self.next_tag] = d
+        self.next_tag += 1
+        return d
+
+    def settle(self, tag, multiple, ack):
+        tags = [t for t in itertools.takewhile(lambda t: t <= tag, self.waiting)] if multiple else [tag]
+        for t in tags:
+            d = self.waiting.pop(t, None)
+            if d is None:
+                continue
+            if ack:
+                d.callback(None)
+            else:
+                d.errback(BrokerError("the broker refused the message (basic.nack)"))
+
+    def fail_all(self, error):
+        waiting, self.waiting = self.waiting, {}
+        for d in waiting.values():
+            d.errback(error)
+
+
 @implementer(IBrokerConnection)
 class AMQPConnection:
     """IBrokerConnection over one txamqp connection; make it with `connect(address)`."""
@@ -703,6 +735,7 @@ class AMQPConnection:
         self._basic = self._spec.classes.byname["basic"].methods.byname
         self._client = None
         self._ops = None  # channel for declarations, binds and publishes
+        self._pending = None  # _PendingConfirms of the ops channel, with confirms on
         self._ops_lock = defer.DeferredLock()
         self._consumers = {}  # channel id -> Consumer
         self._return_listeners = []
@@ -762,6 +795,17 @@ class AMQPConnection:
         return channel
 
     @defer.inlineCallbacks
+    def _ops_channel(self):
+        """The shared channel, opened (in confirm mode when asked) if it is not open."""
+        if self._ops is None or self._ops.closed:
+            channel = yield self._open_channel()
+            if self._address.confirms:
+                yield self._invoke(channel, "confirm_select", nowait=False)
+                self._pending = _PendingConfirms(channel)
+            self._ops = channel
+        return self._ops
+
+    @defer.inlineCallbacks
     def _close_channel(self, channel):
         try:
             yield self._invoke(channel, "channel_close", reply_code=200, reply_text="done", class_id=0, method_id=0)
@@ -777,10 +821,9 @@ class AMQPConnection:
         yield self._ops_lock.acquire()
         try:
             for retry in (True, False):
-                if self._ops is None or self._ops.closed:
-                    self._ops = yield self._open_channel()
+                channel = yield self._ops_channel()
                 try:
-                    return (yield getattr(self._ops, name)(**kwargs))
+                    return (yield getattr(channel, name)(**kwargs))
                 except ChannelClosed as e:
                     # A publish sent just before us failed and took the channel down: not our error.
                     if not (retry and _culprit(e.args[0]) == self._basic["publish"]):
@@ -829,23 +872,26 @@ class AMQPConnection:
             unknown = set(properties) - set(PROPERTY_NAMES)
             if unknown:
                 raise ValueError("unknown AMQP properties: %s" % ", ".join(sorted(unknown)))
-            if self._ops is not None and not self._ops_lock.locked:
-                self._send(self._ops, exchange, routing_key, body, properties, mandatory)
-                return defer.succeed(None)
+            if self._ops is not None and not self._ops.closed and not self._ops_lock.locked:
+                return self._send(exchange, routing_key, body, properties, mandatory)
         except Exception:
             return defer.fail()
-        return self._ops_lock.run(self._publish_queued, exchange, routing_key, body, properties, mandatory)
+        # The confirm is handed out in a list so the lock is not held while waiting for it.
+        queued = self._ops_lock.run(self._publish_queued, exchange, routing_key, body, properties, mandatory)
+        return queued.addCallback(lambda confirmed: confirmed[0])
 
     @defer.inlineCallbacks
     def _publish_queued(self, exchange, routing_key, body, properties, mandatory):
-        if self._ops is None or self._ops.closed:
-            self._ops = yield self._open_channel()
+        yield self._ops_channel()
         self._check_open()
-        self._send(self._ops, exchange, routing_key, body, properties, mandatory)
+        return [self._send(exchange, routing_key, body, properties, mandatory)]
 
-    def _send(self, channel, exchange, routing_key, body, properties, mandatory):
+    def _send(self, exchange, routing_key, body, properties, mandatory):
+        """Write one publish on the ops channel; a Deferred for its confirm (or already fired)."""
         args = (0, exchange, routing_key, mandatory, False)
-        self._client.write(self._client.content_frames(channel.id, self._basic["publish"], args, body, properties))
+        confirmed = self._pending.add() if self._address.confirms else defer.succeed(None)
+        self._client.write(self._client.content_frames(self._ops.id, self._basic["publish"], args, body, properties))
+        return confirmed.addErrback(_broker_error)
 
     @defer.inlineCallbacks
     def consume(self, queue, callback, prefetch_count=1, no_ack=False, exclusive=False, consumer_tag=None):
@@ -918,18 +964,26 @@ class AMQPConnection:
             consumer.cancel()
 
     def _confirmed(self, channel, delivery_tag, multiple, ack):
-        # Publisher confirms are not switched on yet; this is where they will land.
-        log.debug("publisher {what} for tag {tag} on channel {id} ignored", what="ack" if ack else "nack",
-                  tag=delivery_tag, id=channel.id)
+        if self._pending is not None and self._pending.channel is channel:
+            self._pending.settle(delivery_tag, multiple, ack)
 
     def _channel_closed(self, channel, msg):
         """The broker closed a channel: a call failed (and reports it) or something failed unasked (log it)."""
         if channel is self._ops:
             self._ops = None
+        reported = False
+        if self._pending is not None and self._pending.channel is channel:
+            # Every unconfirmed publish on it is lost: their Deferreds carry the broker's reason.
+            reported = bool(self._pending.waiting)
+            self._pending.fail_all(_ERRORS.get(msg.reply_code, ChannelError)(msg.reply_text, msg.reply_code))
+            self._pending = None
         consumer = self._consumers.get(channel.id)
         if consumer is not None:
             consumer._stop()
-        if not channel.responses.waiting or _culprit(msg) == self._basic["publish"]:
+        if reported:
+            log.debug("{conn}: broker closed channel {id}: {code} {text}", conn=self.description, id=channel.id,
+                      code=msg.reply_code, text=msg.reply_text)
+        elif not channel.responses.waiting or _culprit(msg) == self._basic["publish"]:
             what = "consumer %s on %r" % (consumer.tag, consumer.queue) if consumer else "channel %d" % channel.id
             log.error("{conn}: broker closed {what}: {code} {text}", conn=self.description, what=what,
                       code=msg.reply_code, text=msg.reply_text)
@@ -943,6 +997,9 @@ class AMQPConnection:
         if self._open and not self._closing:
             log.warn("connection to {conn} {lost}", conn=self.description, lost=self._lost)
         self._ops = None
+        if self._pending is not None:
+            self._pending.fail_all(ConnectionLost("connection to %s %s" % (self.description, self._lost)))
+            self._pending = None
         for consumer in list(self._consumers.values()):
             consumer._stop()
 
