@@ -16,6 +16,9 @@ class ExchangeManager:
     """
     Owns the container's broker connection.
 
+    Mandatory messages no queue takes come back from the broker and are
+    dropped quietly: an event nobody subscribes to is normal.
+
     Exchanges are declared once per connection and flag set (R1 declared on
     every publish).  If an auto-delete exchange vanished meanwhile, the next
     publish to it declares it again and retries once.
@@ -25,7 +28,6 @@ class ExchangeManager:
         self.connection = connection
         self.store = {}  # messaging name -> queue config, for the shell's ms()
         self._exchanges = {}  # name -> (type, durable, auto_delete)
-        connection.add_return_listener(self._returned)
 
     @property
     def description(self):
@@ -85,15 +87,6 @@ class ExchangeManager:
             yield self._declare_from(config)
             yield self.connection.publish(config["exchange"], routing_key, body, properties, mandatory=mandatory)
 
-    def _returned(self, delivery, reply_code, reply_text):
-        log.debug(
-            "No queue took message to {exchange}/{key}: {code} {text}",
-            exchange=delivery.exchange,
-            key=delivery.routing_key,
-            code=reply_code,
-            text=reply_text,
-        )
-
     @defer.inlineCallbacks
     def close(self):
         """
@@ -104,7 +97,6 @@ class ExchangeManager:
         Exchanges others still use are left alone; one deleted under another
         container's feet is declared again by it on next use.
         """
-        self.connection.remove_return_listener(self._returned)
         declared, self._exchanges = self._exchanges, {}
         for name, (_type, _durable, auto_delete) in declared.items():
             if auto_delete:

@@ -61,7 +61,7 @@ class Receiver(BasicLifecycleObject):
         self.consumer_config = consumer_config
         self.publisher_config = publisher_config
         self.consumer = None
-        self.queue = None
+        self._queue = None
         self.processing_messages = {}
         self._draining = False
         self._idle = None
@@ -95,6 +95,11 @@ class Receiver(BasicLifecycleObject):
 
     # --- lifecycle ------------------------------------------------------
     @property
+    def queue(self):
+        """The queue's name on the broker; a broker-named queue's name can change after a reconnect."""
+        return self.consumer.queue if self.consumer is not None else self._queue
+
+    @property
     def consumes(self):
         return self.queue_factory is not None or bool(self.consumer_config)
 
@@ -105,20 +110,20 @@ class Receiver(BasicLifecycleObject):
     @defer.inlineCallbacks
     def _declare(self):
         config = self.full_config()
-        self.queue = yield self.exchange_manager.declare_queue(config)
+        self._queue = yield self.exchange_manager.declare_queue(config)
         self.exchange_manager.store[self.xname] = config
 
     @defer.inlineCallbacks
     def on_activate(self, *args, **kwargs):
         if not self.consumes:
             return
-        if self.queue is None:
+        if self._queue is None:
             # Deactivated earlier: the auto-delete queue may have gone with its consumer.
             yield self._declare()
         config = self.full_config()
         self._draining = False
         self.consumer = yield self.exchange_manager.connection.consume(
-            self.queue,
+            self._queue,
             self._deliver,
             prefetch_count=config.get("prefetch_count", 1),
             no_ack=config.get("no_ack", False),
@@ -146,7 +151,7 @@ class Receiver(BasicLifecycleObject):
         consumer, self.consumer = self.consumer, None
         if consumer is not None:
             yield consumer.cancel()
-            self.queue = None
+            self._queue = None
         self.exchange_manager.store.pop(self.xname, None)
 
     def wait_idle(self, exclude=None):
