@@ -3,6 +3,7 @@ End to end: a real `twistd -n cc` subprocess (R1 §7.1, §7.2) on the embedded
 broker and on RabbitMQ, stopped by signals, and refusing a bad release.
 """
 
+import fcntl
 import os
 import re
 import shutil
@@ -164,6 +165,24 @@ class EmbeddedBrokerTest(TwistdMixin, unittest.TestCase):
     def test_sigint(self):
         proto = self.spawn_twistd("-n", HELLO_REL)
         yield self.stop_with(proto, "INT")
+
+    @defer.inlineCallbacks
+    def test_boot_script_scripts_and_lockfile(self):
+        work = os.path.abspath(self.mktemp())
+        os.makedirs(work)
+        boot, script, lock = (os.path.join(work, name) for name in ("boot.py", "script.py", "cc.lock"))
+        with open(boot, "w") as f:
+            f.write("def boot():\n    open(%r, 'w').write('booted')\n" % os.path.join(work, "booted"))
+        with open(script, "w") as f:
+            f.write("open(%r, 'w').write('ran')\n" % os.path.join(work, "ran"))
+        proto = self.spawn_twistd("--no_shell", "-b", boot, "--lockfile", lock, script, HELLO_REL)
+        yield proto.wait_for(STARTED)
+        self.assertEqual(open(os.path.join(work, "booted")).read(), "booted")
+        self.assertEqual(open(os.path.join(work, "ran")).read(), "ran")
+        with open(lock, "a") as f:  # released once startup is complete
+            fcntl.lockf(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.lockf(f, fcntl.LOCK_UN)
+        yield self.stop_with(proto, "TERM")
 
     @defer.inlineCallbacks
     def test_bad_release(self):
