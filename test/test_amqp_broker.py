@@ -456,7 +456,8 @@ class RabbitConnectionTest(unittest.TestCase):
 
     @defer.inlineCallbacks
     def test_connection_loss_fails_pending_calls(self):
-        conn = yield self.open()
+        # reconnect_timeout=0: calls do not wait for the reconnect (test_reconnect covers waiting).
+        conn = yield self.open(BrokerAddress.from_url(self.url("amqp", self.address.port, "?reconnect_timeout=0")))
         pending = conn.queue_declare(self.unique_name(), exclusive=True)
         conn._client.transport.abortConnection()
         yield self.assertFailure(pending, ConnectionLost)
@@ -466,7 +467,7 @@ class RabbitConnectionTest(unittest.TestCase):
     @defer.inlineCallbacks
     def test_dead_peer_noticed_by_heartbeat(self):
         proxy = self.proxy()
-        conn = yield self.open(BrokerAddress.from_url(self.url("amqp", proxy.port, "?heartbeat=1")))
+        conn = yield self.open(BrokerAddress.from_url(self.url("amqp", proxy.port, "?heartbeat=1&reconnect_timeout=0")))
         started = reactor.seconds()
         proxy.silent = True
         pending = conn.queue_declare(self.unique_name(), exclusive=True)

@@ -20,7 +20,7 @@ from twisted.python import usage
 from ion.core import ioninit
 from ion.core.cc.container import create_new_container, forget_container
 from ion.core.exception import ConfigurationError
-from ion.core.messaging.broker.address import BrokerAddress
+from ion.core.messaging.broker.address import DEFAULT_RECONNECT_TIMEOUT, BrokerAddress, parse_reconnect_timeout
 from ion.util.state_object import BasicStates
 
 log = Logger()
@@ -47,6 +47,13 @@ def _heartbeat(value):
     return seconds
 
 
+def _reconnect_timeout(value):
+    try:
+        return parse_reconnect_timeout(value)
+    except ValueError:
+        raise ValueError("--broker_reconnect_timeout must be 0 or more seconds, not %r" % (value,)) from None
+
+
 class Options(usage.Options):
     synopsis = "[options] [file.app|file.rel|script.py ...]"
     longdesc = "Starts an ION capability container with the given apps, releases and scripts."
@@ -58,6 +65,10 @@ class Options(usage.Options):
         ["broker_port", "p", 5672, "AMQP broker port.", _port],
         ["broker_vhost", "v", "/", "AMQP virtual host."],
         ["broker_heartbeat", None, 30, "AMQP heartbeat in seconds (0: off).", _heartbeat],
+        ["broker_reconnect_timeout", None, DEFAULT_RECONNECT_TIMEOUT,
+         "Seconds a broker call waits for a lost connection to come back before failing (0: fails at once;"
+         " a --broker URL takes ?reconnect_timeout=S instead).",
+         _reconnect_timeout],
         ["broker_username", None, "guest", "AMQP user name."],
         ["broker_password", None, "guest", "AMQP password."],
         ["broker_credfile", None, None, "File holding 'username password' for the broker."],
@@ -103,6 +114,7 @@ class Options(usage.Options):
             password=self["broker_password"],
             credfile=self["broker_credfile"],
             heartbeat=self["broker_heartbeat"],
+            reconnect_timeout=self["broker_reconnect_timeout"],
         )
 
 

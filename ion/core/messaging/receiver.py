@@ -5,7 +5,17 @@ A receiver is a lifecycle object.  initialize declares the exchange, the queue
 and its binding; activate starts consuming; deactivate stops consuming (the
 consumer really is cancelled at the broker, unlike R1) after the messages in
 progress are done; terminate does the same and lets the auto-delete queue go.
+
+Bad input never stalls a receiver: a message that cannot be decoded (not
+msgpack, not a map, broken GPB content, or anything else that makes decoding
+raise) goes to the error handlers, which may settle it themselves (a
+subscriber dead-letters it), and is otherwise rejected.  Those warnings are
+rate-limited (a flood of garbage must not become a flood of log lines); the
+counts are in `Receiver.stats`.
 """
+
+import time
+from collections import Counter
 
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -20,6 +30,45 @@ from ion.core.process.procutils import get_scoped_name
 from ion.util.state_object import BasicLifecycleObject
 
 log = Logger()
+
+# AMQP routing keys are short strings: at most 255 bytes.
+MAX_ROUTING_KEY_BYTES = 255
+
+
+def check_routing_key(key):
+    """`key` if it can be an AMQP routing key; TypeError or ValueError (with the reason) if not."""
+    if not isinstance(key, str):
+        raise TypeError("routing key must be a str, not %s" % (type(key).__name__,))
+    size = len(key.encode("utf-8"))
+    if size > MAX_ROUTING_KEY_BYTES:
+        raise ValueError(
+            "routing key is %d bytes long in UTF-8; AMQP allows at most %d: %r..."
+            % (size, MAX_ROUTING_KEY_BYTES, key[:40])
+        )
+    return key
+
+
+class Throttle:
+    """
+    Says whether to log now: at most once per `interval` seconds.  `allow()`
+    returns None when the line should be left out, else how many were left
+    out since the last one (so that line can say so).
+    """
+
+    def __init__(self, interval=1.0, clock=time.monotonic):
+        self.interval = interval
+        self._clock = clock
+        self._last = None
+        self._skipped = 0
+
+    def allow(self):
+        now = self._clock()
+        if self._last is not None and now - self._last < self.interval:
+            self._skipped += 1
+            return None
+        self._last = now
+        skipped, self._skipped = self._skipped, 0
+        return skipped
 
 
 class ReceiverError(Exception):
@@ -65,6 +114,8 @@ class Receiver(BasicLifecycleObject):
         self.processing_messages = {}
         self._draining = False
         self._idle = None
+        self.stats = Counter()  # 'undecodable', 'handler_failed'
+        self._decode_warnings = Throttle()
 
     # --- plumbing -------------------------------------------------------
     @property
@@ -186,22 +237,41 @@ class Receiver(BasicLifecycleObject):
             data = msg.payload
             if not self.raw:
                 data["content"] = decode_content(data.get("content"), data.get("encoding"))
-        except (WireFormatError, CodecError) as e:
-            log.warn("Receiver {name} rejected a message it cannot decode: {reason}", name=self.xname, reason=e)
-            msg.reject()
-            for error_handler in self.error_handlers:
-                yield defer.maybeDeferred(error_handler, None, msg, str(e))
+        except Exception as e:  # whatever the input makes the decoder raise, it is the input's fault
+            reason = str(e) if isinstance(e, (WireFormatError, CodecError)) else "%s: %s" % (type(e).__name__, e)
+            yield self._undecodable(msg, reason)
             return
         try:
             for handler in self.handlers:
                 yield defer.maybeDeferred(handler, data, msg)
         except Exception:
+            self.stats["handler_failed"] += 1
             log.failure("Receiver {name}: handler failed on op={op}", name=self.xname, op=data.get("op"))
             if msg.state == Message.RECEIVED:
                 msg.reject()
             return
         if msg.state == Message.RECEIVED:
             log.warn("Receiver {name}: message op={op} has not been acked", name=self.xname, op=data.get("op"))
+
+    @defer.inlineCallbacks
+    def _undecodable(self, msg, reason):
+        """Error handlers first (they may settle the message), then reject it if they did not."""
+        self.stats["undecodable"] += 1
+        skipped = self._decode_warnings.allow()
+        if skipped is not None:
+            log.warn(
+                "Receiver {name} cannot decode a message ({skipped} more since the last such warning): {reason}",
+                name=self.xname,
+                skipped=skipped,
+                reason=reason,
+            )
+        for error_handler in self.error_handlers:
+            try:
+                yield defer.maybeDeferred(error_handler, None, msg, reason)
+            except Exception:
+                log.failure("Receiver {name}: error handler failed", name=self.xname)
+        if msg.state == Message.RECEIVED:
+            msg.reject()
 
     def _done(self, result, msg):
         self.processing_messages.pop(id(msg), None)
@@ -223,8 +293,10 @@ class Receiver(BasicLifecycleObject):
         """
         Build the ION message, encode its content and publish it to
         `recipient` (the routing key).  Fires with the message dict sent.
-        Unlike R1, a failure to send fails the Deferred.
+        Unlike R1, a failure to send fails the Deferred; a recipient that
+        cannot be a routing key fails it before anything is sent.
         """
+        recipient = check_routing_key(str(recipient))
         value, encoding = encode_content(content)
         message = build_message(sender or self.xname, recipient, operation, value, headers)
         if encoding:
@@ -234,7 +306,7 @@ class Receiver(BasicLifecycleObject):
             config.update(self.publisher_config)
         if mandatory is None:
             mandatory = config.get("mandatory", False)
-        yield self.exchange_manager.send(config, str(recipient), message, mandatory=mandatory, delivery_mode=delivery_mode)
+        yield self.exchange_manager.send(config, recipient, message, mandatory=mandatory, delivery_mode=delivery_mode)
         return message
 
 

@@ -16,6 +16,7 @@ from twisted.logger import Logger
 log = Logger()
 
 DEFAULT_HEARTBEAT = 30
+DEFAULT_RECONNECT_TIMEOUT = 30
 _SCHEMES = {"amqp": 5672, "amqps": 5671}
 _TLS_KEYS = {"cafile", "certfile", "keyfile", "server_name"}
 
@@ -43,12 +44,15 @@ class BrokerAddress:
     server_name: str = None
     endpoint_string: str = None
     confirms: bool = True  # wait for RabbitMQ's publisher confirm on every publish
+    # Seconds a call made while the connection is down waits for the reconnect before failing (0: fails at once).
+    reconnect_timeout: float = DEFAULT_RECONNECT_TIMEOUT
 
     def __post_init__(self):
         if self.kind not in ("memory", "amqp"):
             raise ValueError("unknown broker kind %r (expected 'memory' or 'amqp')" % (self.kind,))
         object.__setattr__(self, "port", _port(self.port))
         object.__setattr__(self, "heartbeat", _heartbeat(self.heartbeat))
+        object.__setattr__(self, "reconnect_timeout", parse_reconnect_timeout(self.reconnect_timeout))
         if self.kind == "amqp" and not self.endpoint_string and not self.host:
             raise ValueError("broker host is empty")
 
@@ -60,7 +64,7 @@ class BrokerAddress:
         Accepted forms:
 
           memory | memory://NAME              the embedded broker (NAME default 'default')
-          amqp://USER:PASS@HOST:PORT/VHOST?heartbeat=N&confirms=0
+          amqp://USER:PASS@HOST:PORT/VHOST?heartbeat=N&confirms=0&reconnect_timeout=S
           amqps://...?cafile=F&certfile=F&keyfile=F&server_name=NAME&heartbeat=N
           endpoint:DESCRIPTION?vhost=V&username=U&password=P&heartbeat=N
 
@@ -71,6 +75,7 @@ class BrokerAddress:
         (default HOST).  `endpoint:` takes any Twisted client endpoint
         description, e.g. 'endpoint:tcp:host=10.0.0.5:port=5672' or
         'endpoint:tls:host=broker:port=5671:trustRoots=/etc/ca'.
+        heartbeat, confirms and reconnect_timeout are accepted by every amqp form.
         """
         if url == "memory":
             return cls(kind="memory")
@@ -94,7 +99,8 @@ class BrokerAddress:
             port = parts.port
         except ValueError:
             raise ValueError("invalid broker URL %s: bad port" % shown) from None
-        settings = _query(parts.query, shown, {"heartbeat", "confirms"} | (_TLS_KEYS if tls else set()))
+        allowed = {"heartbeat", "confirms", "reconnect_timeout"} | (_TLS_KEYS if tls else set())
+        settings = _query(parts.query, shown, allowed)
         vhost = unquote(parts.path[1:]) if len(parts.path) > 1 else "/"
         return cls(
             kind="amqp",
@@ -110,6 +116,7 @@ class BrokerAddress:
             key_file=settings.get("keyfile"),
             server_name=settings.get("server_name"),
             confirms=_flag(settings.get("confirms", "1"), "confirms", shown),
+            reconnect_timeout=settings.get("reconnect_timeout", DEFAULT_RECONNECT_TIMEOUT),
         )
 
     @classmethod
@@ -117,7 +124,8 @@ class BrokerAddress:
         description, _, query = url[len("endpoint:"):].partition("?")
         if not description:
             raise ValueError("invalid broker URL %s: empty endpoint description" % _redact(url))
-        settings = _query(query, _redact(url), {"vhost", "username", "password", "heartbeat", "confirms"})
+        settings = _query(query, _redact(url), {"vhost", "username", "password", "heartbeat", "confirms",
+                                                "reconnect_timeout"})
         return cls(
             kind="amqp",
             vhost=settings.get("vhost", "/"),
@@ -126,11 +134,13 @@ class BrokerAddress:
             heartbeat=settings.get("heartbeat", DEFAULT_HEARTBEAT),
             endpoint_string=description,
             confirms=_flag(settings.get("confirms", "1"), "confirms", _redact(url)),
+            reconnect_timeout=settings.get("reconnect_timeout", DEFAULT_RECONNECT_TIMEOUT),
         )
 
     @classmethod
     def from_options(cls, host="localhost", port=5672, vhost="/", username="guest", password="guest",
-                     credfile=None, heartbeat=DEFAULT_HEARTBEAT, url=None, confirms=True):
+                     credfile=None, heartbeat=DEFAULT_HEARTBEAT, url=None, confirms=True,
+                     reconnect_timeout=DEFAULT_RECONNECT_TIMEOUT):
         """
         From the container's --broker_* options.  `url` wins when given;
         otherwise `credfile` (a file holding 'username password') overrides
@@ -141,7 +151,7 @@ class BrokerAddress:
         if credfile:
             username, password = read_credfile(credfile)
         return cls(kind="amqp", host=host, port=port, vhost=vhost, username=username, password=password,
-                   heartbeat=heartbeat, confirms=confirms)
+                   heartbeat=heartbeat, confirms=confirms, reconnect_timeout=reconnect_timeout)
 
     # -- presentation -------------------------------------------------------
 
@@ -235,6 +245,17 @@ def _heartbeat(value):
         raise ValueError("invalid broker heartbeat %r: not an integer number of seconds" % (value,)) from None
     if not 0 <= seconds < 65536:
         raise ValueError("invalid broker heartbeat %r: must be 0 (off) .. 65535 seconds" % (value,))
+    return seconds
+
+
+def parse_reconnect_timeout(value):
+    """Seconds as a non-negative number; raises ValueError naming the bad value."""
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        raise ValueError("invalid broker reconnect_timeout %r: not a number of seconds" % (value,)) from None
+    if not 0 <= seconds < float("inf"):
+        raise ValueError("invalid broker reconnect_timeout %r: must be 0 (fail at once) or more" % (value,))
     return seconds
 
 

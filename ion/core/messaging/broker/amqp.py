@@ -1,11 +1,13 @@
 """
 IBrokerConnection for RabbitMQ (AMQP 0-9-1) over txamqp.
 
-One TCP connection per AMQPConnection.  Declarations, binds and publishes
-share one channel; each consumer gets its own channel, so its prefetch is its
-own and cancelling it (closing the channel) requeues exactly its unacked
-messages.  A channel the broker closes with an error is replaced on next use;
-the connection stays up.
+One TCP connection at a time per AMQPConnection; when it drops, the
+AMQPConnection reconnects, declares its exchanges, queues and bindings again
+and resumes its consumers (see AMQPConnection).  Declarations, binds and
+publishes share one channel; each consumer gets its own channel, so its
+prefetch is its own and cancelling it (closing the channel) requeues exactly
+its unacked messages.  A channel the broker closes with an error is replaced
+on next use; the connection stays up.
 
 txamqp 0.8.2 is used for what it does well (spec-driven method stubs,
 request/response pairing, the delegate), but its wire codec is replaced:
@@ -23,7 +25,9 @@ import decimal
 import functools
 import itertools
 import struct
+from random import random
 
+from twisted.application.internet import ClientService, backoffPolicy
 from twisted.internet import defer, error
 from twisted.internet.protocol import Factory
 from twisted.internet.task import LoopingCall
@@ -61,6 +65,9 @@ FRAME_METHOD, FRAME_HEADER, FRAME_BODY, FRAME_HEARTBEAT, FRAME_END = 1, 2, 3, 8,
 CLIENT_FRAME_MAX = 131072
 HANDSHAKE_TIMEOUT = 30
 CLOSE_TIMEOUT = 5
+# Waits between connection attempts: 0.375 s, growing by half each time up to 3 s, plus up to 0.5 s
+# of jitter, so a restarted broker is back in use within about 4 s and containers do not reconnect in step.
+RECONNECT_POLICY = backoffPolicy(initialDelay=0.25, maxDelay=3.0, jitter=lambda: random() / 2)
 
 _FRAME_HEAD = struct.Struct("!BHL")
 _HEARTBEAT_FRAME = _FRAME_HEAD.pack(FRAME_HEARTBEAT, 0, 0) + bytes([FRAME_END])
@@ -311,8 +318,8 @@ class _Client(AMQClient):
         super().connectionLost(reason)
 
     def do_close(self, reason):
-        """The connection is over: tell the owner first, so calls made from failing ones fail too, then close channels."""
-        self.delegate.connection._connection_lost(reason)
+        """The connection is over: tell the owner first (calls failing next then wait), then close channels."""
+        self.delegate.connection._connection_lost(self, reason)
         for channel in list(self.channels.values()):
             channel.close(reason)
         self.delegate.close(reason)
@@ -585,6 +592,19 @@ def _broker_error(failure):
     return failure
 
 
+def _dropped_under(exc):
+    """
+    True when `exc` says the connection went away under a call rather than
+    the broker refusing it: such a call can be made again once reconnected.
+    A connection.close that blames a method (a hard error) is a refusal.
+    """
+    if isinstance(exc, ChannelClosed):
+        return False
+    if isinstance(exc, ConnectionClosed):
+        return _culprit(exc.args[0]) is None
+    return isinstance(exc, (Closed, QueueClosed, ConnectionLost, error.ConnectionDone, error.ConnectionLost))
+
+
 # -- public objects --------------------------------------------------------------
 
 
@@ -593,10 +613,10 @@ class Delivery:
     """One message for a consumer (or a returned one, which cannot be acked)."""
 
     __slots__ = ("body", "properties", "exchange", "routing_key", "redelivered", "delivery_tag", "consumer_tag",
-                 "_consumer", "_settled")
+                 "_consumer", "_channel", "_settled")
 
     def __init__(self, body, properties, exchange, routing_key, redelivered=False, delivery_tag=None,
-                 consumer_tag=None, consumer=None):
+                 consumer_tag=None, consumer=None, channel=None):
         self.body = body
         self.properties = properties
         self.exchange = exchange
@@ -605,6 +625,7 @@ class Delivery:
         self.delivery_tag = delivery_tag
         self.consumer_tag = consumer_tag
         self._consumer = consumer
+        self._channel = channel  # the one it came on: a tag means nothing on another
         self._settled = False
 
     def ack(self):
@@ -618,7 +639,7 @@ class Delivery:
         if self._consumer is None or self._settled:
             return
         self._settled = True
-        self._consumer._settle(self.delivery_tag, ack, requeue)
+        self._consumer._settle(self._channel, self.delivery_tag, ack, requeue)
 
     def __repr__(self):
         return "<Delivery %s/%s tag=%s %d bytes>" % (self.exchange, self.routing_key, self.delivery_tag, len(self.body))
@@ -626,15 +647,22 @@ class Delivery:
 
 @implementer(IConsumer)
 class Consumer:
-    """A basic.consume on its own channel."""
+    """
+    A basic.consume on its own channel.  It outlives connections: after a
+    reconnect it consumes again on a new channel, from the queue's new name if
+    the broker named it, under a new tag unless the caller chose one.
+    """
 
-    def __init__(self, connection, channel, queue, callback, no_ack):
+    def __init__(self, connection, queue, callback, prefetch_count, no_ack, exclusive, requested_tag):
         self.queue = queue
         self.tag = None
         self._connection = connection
-        self._channel = channel
+        self._channel = None
         self._callback = callback
+        self._prefetch_count = prefetch_count
         self._no_ack = no_ack
+        self._exclusive = exclusive
+        self._requested_tag = requested_tag
         self._stopping = False
         self._stopped = TwistedEvent()
         self._done = False
@@ -647,47 +675,54 @@ class Consumer:
 
     @defer.inlineCallbacks
     def _cancel(self):
+        channel = self._channel
         try:
-            if not self._channel.closed:
-                yield self._connection._invoke(self._channel, "basic_cancel", consumer_tag=self.tag)
-                yield self._connection._close_channel(self._channel)
+            if channel is not None and not channel.closed:
+                if self.tag is not None:
+                    yield self._connection._invoke(channel, "basic_cancel", consumer_tag=self.tag)
+                yield self._connection._close_channel(channel)
         except BrokerError as e:  # the broker requeues anyway once the channel or connection is gone
             log.debug("cancelling consumer {tag}: {e}", tag=self.tag, e=e)
         finally:
             self._stop()
 
     def _stop(self):
-        """No more deliveries; cancel() waiters fire."""
+        """No more deliveries, not even after a reconnect; cancel() waiters fire."""
         self._stopping = True
-        self._connection._consumers.pop(self._channel.id, None)
+        self._connection._forget_consumer(self)
         if not self._done:
             self._done = True
             self._stopped.fire()
 
-    def _deliver(self, msg):
+    def _deliver(self, channel, msg):
         if self._stopping and not self._no_ack:
             return  # unacked: requeued when the channel closes
         content = msg.content
         delivery = Delivery(content.body, content.properties, msg.exchange, msg.routing_key, msg.redelivered,
-                            msg.delivery_tag, msg.consumer_tag, self)
+                            msg.delivery_tag, msg.consumer_tag, self, channel)
         try:
             self._callback(delivery)
         except Exception:
             log.failure("consumer {tag} on {queue}: callback failed", tag=self.tag, queue=self.queue)
 
-    def _settle(self, delivery_tag, ack, requeue):
+    def _settle(self, channel, delivery_tag, ack, requeue):
         if self._no_ack:
             return
-        if self._stopping or self._channel.closed:
-            log.debug("consumer {tag} is cancelled: {what} of {dtag} ignored", tag=self.tag,
-                      what="ack" if ack else "reject", dtag=delivery_tag)
+        what = "ack" if ack else "reject"
+        if channel is not self._channel or channel.closed:
+            log.debug("consumer {tag}: {what} of {dtag} from a lost connection ignored; the broker redelivers it",
+                      tag=self.tag, what=what, dtag=delivery_tag)
             return
-        client = self._connection._client
+        if self._stopping:
+            log.debug("consumer {tag} is cancelled: {what} of {dtag} ignored", tag=self.tag, what=what,
+                      dtag=delivery_tag)
+            return
+        basic = self._connection._basic
         if ack:
-            data = client.method_frame(self._channel.id, self._connection._basic["ack"], (delivery_tag, False))
+            data = channel.client.method_frame(channel.id, basic["ack"], (delivery_tag, False))
         else:
-            data = client.method_frame(self._channel.id, self._connection._basic["reject"], (delivery_tag, requeue))
-        client.write(data)
+            data = channel.client.method_frame(channel.id, basic["reject"], (delivery_tag, requeue))
+        channel.client.write(data)
 
 
 class _PendingConfirms:
@@ -696,18 +731,18 @@ class _PendingConfirms:
     def __init__(self, channel):
         self.channel = channel
         self.next_tag = 1
-        self.waiting = {}  # delivery tag -> Deferred, in publish order
+        self.waiting = {}  # delivery tag -> (Deferred, message), in publish order
 
-    def add(self):
+    def add(self, message):
         d = defer.Deferred()
-        self.waiting[self.next_tag] = d
+        self.waiting[self.next_tag] = (d, message)
         self.next_tag += 1
         return d
 
     def settle(self, tag, multiple, ack):
         tags = [t for t in itertools.takewhile(lambda t: t <= tag, self.waiting)] if multiple else [tag]
         for t in tags:
-            d = self.waiting.pop(t, None)
+            d, _ = self.waiting.pop(t, (None, None))
             if d is None:
                 continue
             if ack:
@@ -715,15 +750,74 @@ class _PendingConfirms:
             else:
                 d.errback(BrokerError("the broker refused the message (basic.nack)"))
 
-    def fail_all(self, error):
+    def take_all(self):
+        """Every unconfirmed (Deferred, message), oldest first; none are left waiting."""
         waiting, self.waiting = self.waiting, {}
-        for d in waiting.values():
+        return list(waiting.values())
+
+    def fail_all(self, error):
+        for d, _ in self.take_all():
             d.errback(error)
+
+
+class _Topology:
+    """
+    What a connection declared and bound, so that a new connection can declare
+    it again: the broker drops exclusive and auto-delete queues with the old
+    connection, and everything that is not durable when it restarts.
+    Passive declarations are not recorded (they own nothing).
+    """
+
+    def __init__(self):
+        self.exchanges = {}  # name -> exchange_declare arguments
+        self.queues = {}  # name -> (queue_declare arguments, broker-named?)
+        self.bindings = {}  # (queue, exchange, routing key) -> None: an ordered set
+        self._renamed = {}  # earlier names of broker-named queues -> current name
+
+    def current(self, queue):
+        """A broker-named queue's name now, given any name it had."""
+        return self._renamed.get(queue, queue)
+
+    def remove_exchange(self, name):
+        self.exchanges.pop(name, None)
+        self.bindings = {b: None for b in self.bindings if b[1] != name}
+
+    def remove_queue(self, name):
+        self.queues.pop(name, None)
+        self.bindings = {b: None for b in self.bindings if b[0] != name}
+        self._renamed = {old: new for old, new in self._renamed.items() if new != name}
+
+    def rename(self, old, new):
+        self.queues[new] = self.queues.pop(old)
+        self.bindings = {(new if q == old else q, x, k): None for q, x, k in self.bindings}
+        self._renamed = {earlier: new if now == old else now for earlier, now in self._renamed.items()}
+        self._renamed[old] = new
 
 
 @implementer(IBrokerConnection)
 class AMQPConnection:
-    """IBrokerConnection over one txamqp connection; make it with `connect(address)`."""
+    """
+    IBrokerConnection to RabbitMQ that survives losing its TCP connection;
+    make it with `connect(address)`.
+
+    A `ClientService` keeps one txamqp connection up, reconnecting with
+    backoff.  Each new connection logs in, declares again every exchange,
+    queue and binding recorded in `_Topology` (broker-named queues get new
+    names, which `Consumer.queue` and later calls follow) and resumes every
+    consumer; only then do calls go on.
+
+    While disconnected, a call waits for that up to the address's
+    `reconnect_timeout`, then fails with ConnectionLost.  A call in flight
+    when the connection dropped is made again on the new one (declarations
+    and binds are idempotent; a publish whose confirm had not come is
+    published again: at-least-once, so a consumer may see it twice).
+    Deliveries of the old connection can no longer be acked: the broker
+    redelivers them with redelivered=True.  With confirms off, publishes
+    written just before a drop may be lost.
+
+    The first connection must succeed: `connect()` fails at once with the
+    reason if the broker cannot be reached or refuses the login.
+    """
 
     def __init__(self, address, reactor=None):
         if reactor is None:
@@ -733,52 +827,185 @@ class AMQPConnection:
         self._reactor = reactor
         self._spec = load_spec()
         self._basic = self._spec.classes.byname["basic"].methods.byname
-        self._client = None
+        factory = Factory.forProtocol(lambda: _Client(_Delegate(self), address.vhost, self._spec, address.heartbeat,
+                                                      reactor))
+        factory.noisy = False
+        # prepareConnection only starts the AMQP handshake: ClientService cannot take a connection
+        # lost while it is being prepared (no transition for it), so _setup drops a connection it
+        # cannot use, and ClientService connects again.
+        self._service = ClientService(address.endpoint(reactor), factory, retryPolicy=RECONNECT_POLICY, clock=reactor,
+                                      prepareConnection=self._connection_made)
+        self._client = None  # the current txamqp connection, from TCP connect until it is lost
+        self._ready = False  # logged in, topology restored: calls may go on
+        self._waiters = []  # Deferreds of calls waiting for _ready
         self._ops = None  # channel for declarations, binds and publishes
         self._pending = None  # _PendingConfirms of the ops channel, with confirms on
         self._ops_lock = defer.DeferredLock()
-        self._consumers = {}  # channel id -> Consumer
+        self._topology = _Topology()
+        self._consumers = []  # every running Consumer, resumed after a reconnect
+        self._channels = {}  # channel id -> Consumer, on the current connection
         self._return_listeners = []
-        self._lost = None  # why the connection is gone, once it is
+        self._first = None  # Deferred of the first connection attempt
+        self._lost_at = None  # when a ready connection was lost
         self._closing = False
-        self._abort_later = None
-        self._open = False  # logged in; only then is losing the connection news
+        self._closed = TwistedEvent()
 
     def __repr__(self):
         return "<AMQPConnection %s>" % self.description
 
+    # -- connecting
+
     @defer.inlineCallbacks
-    def _connect(self):
-        address = self._address
-        delegate = _Delegate(self)
-        # forProtocol's extra args go to the Factory, not the protocol: bind them with partial.
-        factory = Factory.forProtocol(
-            functools.partial(_Client, delegate, address.vhost, self._spec, address.heartbeat, self._reactor)
-        )
-        factory.noisy = False
+    def _start(self):
+        """Connect for the first time; fails (and gives up) if that does not work."""
+        self._first = defer.Deferred()
+        self._service.startService()
+        self._service.whenConnected(failAfterFailures=1).addErrback(self._first_failed)
         try:
-            self._client = yield address.endpoint(self._reactor).connect(factory)
+            yield self._first
+        except BaseException:
+            yield self._service.stopService()
+            raise
+        finally:
+            self._first = None
+
+    def _first_failed(self, failure):
+        if failure.check(defer.CancelledError):
+            return
+        error = ConnectionLost("cannot connect to %s: %s" % (self.description, _reason_text(failure)))
+        # Later: ClientService is in the middle of a transition and cannot be stopped from inside it.
+        self._reactor.callLater(0, lambda: self._first is None or self._first.called or self._first.errback(error))
+
+    def _connection_made(self, proxy):
+        """A new TCP connection: set it up on its own (see __init__); ClientService has nothing to wait for."""
+        self._setup(proxy.delegate.client)
+
+    @defer.inlineCallbacks
+    def _setup(self, client):
+        """Log in on a new TCP connection, declare everything again and resume consumers; then calls go on."""
+        self._client = client
+        try:
+            yield self._login(client)
+            yield self._ops_channel()
+            resumed = yield self._restore()
         except Exception as e:
-            raise ConnectionLost("cannot connect to %s: %s" % (self.description, _reason_text(e))) from None
-        login = self._client.authenticate(address.username, address.password, mechanism="PLAIN")
+            self._setup_failed(client, e)
+            return
+        if self._closing:
+            return  # close() is dropping this connection
+        self._ready = True
+        if self._lost_at is None:
+            log.info("connected to {conn}", conn=self.description)
+        else:
+            log.info("reconnected to {conn} after {seconds:.1f} s; resumed {count} consumers", conn=self.description,
+                     seconds=self._reactor.seconds() - self._lost_at, count=resumed)
+            self._lost_at = None
+        if self._first is not None:
+            self._first.callback(None)
+        waiters, self._waiters = self._waiters, []
+        for d in waiters:
+            d.callback(None)
+
+    def _setup_failed(self, client, e):
+        if self._first is not None and not self._first.called:
+            self._first.errback(e if isinstance(e, BrokerError) else
+                                ConnectionLost("cannot connect to %s: %s" % (self.description, _reason_text(e))))
+        elif isinstance(e, BrokerError):
+            if not self._closing:
+                log.warn("{e}; retrying", e=e)
+        else:  # a bug: show where
+            log.failure("setting up the connection to {conn} failed; retrying", conn=self.description)
+        client.transport.abortConnection()
+
+    @defer.inlineCallbacks
+    def _login(self, client):
+        address = self._address
+        login = client.authenticate(address.username, address.password, mechanism="PLAIN")
         login.addTimeout(HANDSHAKE_TIMEOUT, self._reactor)
         try:
             yield login
         except Exception as e:
-            self._client.transport.abortConnection()
             if isinstance(e, defer.TimeoutError):
                 raise ConnectionLost("no AMQP handshake from %s within %d s" % (self.description, HANDSHAKE_TIMEOUT)) from None
             if isinstance(e, Closed) and e.args and isinstance(e.args[0], Message):  # the broker said no
                 raise BrokerError("%s refused to open as %r: %s" % (self.description, address.username, _reason_text(e))) from None
             raise ConnectionLost("cannot connect to %s: %s" % (self.description, _reason_text(e))) from None
-        self._open = True
-        log.info("connected to {conn}", conn=self.description)
+
+    @defer.inlineCallbacks
+    def _restore(self):
+        """Exchanges, queues, bindings, then consumers, as recorded; fires with the number of consumers resumed."""
+        topology = self._topology
+        for name, flags in list(topology.exchanges.items()):
+            if (yield self._redo("exchange %r" % name, "exchange_declare", exchange=name, **flags)) is None:
+                topology.remove_exchange(name)
+        for name, (flags, broker_named) in list(topology.queues.items()):
+            reply = yield self._redo("queue %r" % name, "queue_declare", queue="" if broker_named else name, **flags)
+            if reply is None:
+                topology.remove_queue(name)
+            elif reply.queue != name:
+                topology.rename(name, reply.queue)  # consumers follow in _start_consumer
+        for queue, exchange, key in list(topology.bindings):
+            what = "binding of %r to %r with %r" % (queue, exchange, key)
+            if (yield self._redo(what, "queue_bind", queue=queue, exchange=exchange, routing_key=key)) is None:
+                topology.bindings.pop((queue, exchange, key), None)
+        resumed = 0
+        for consumer in list(self._consumers):
+            if consumer._stopping:
+                continue
+            try:
+                yield self._start_consumer(consumer)
+                resumed += 1
+            except ChannelError as e:
+                if isinstance(e, ResourceLocked):
+                    raise  # an exclusive consumer of the old connection, not yet noticed gone
+                log.error("{conn}: cannot resume consumer {tag} on {queue}: {e}; it is stopped", conn=self.description,
+                          tag=consumer.tag, queue=consumer.queue, e=e)
+                consumer._stop()
+        return resumed
+
+    @defer.inlineCallbacks
+    def _redo(self, what, name, **kwargs):
+        """
+        One declaration again on the ops channel.  One the broker refuses for
+        good is logged and forgotten (fires None); ResourceLocked (the broker
+        has not yet noticed the old connection is gone) fails the setup, so
+        ClientService tries again later.
+        """
+        channel = yield self._ops_channel()
+        try:
+            return (yield self._invoke(channel, name, **kwargs))
+        except ChannelError as e:
+            if isinstance(e, ResourceLocked):
+                raise
+            log.error("{conn}: cannot declare {what} again: {e}; forgetting it", conn=self.description, what=what, e=e)
+            return None
+
+    def _when_ready(self):
+        """Fires once calls can go on; fails with ConnectionLost after reconnect_timeout or on close()."""
+        if self._ready:
+            return defer.succeed(None)
+        timeout = self._address.reconnect_timeout
+        if self._closing or timeout <= 0:
+            return defer.fail(self._not_connected())
+        d = defer.Deferred(lambda d: self._waiters.remove(d) if d in self._waiters else None)
+        self._waiters.append(d)
+        d.addTimeout(timeout, self._reactor)
+
+        def timed_out(failure):
+            failure.trap(defer.TimeoutError)
+            raise ConnectionLost("not reconnected to %s within %g s (reconnect_timeout)" % (self.description, timeout))
+
+        return d.addErrback(timed_out)
+
+    def _not_connected(self):
+        state = "closed" if self._closing else "lost"
+        return ConnectionLost("connection to %s is %s" % (self.description, state))
 
     # -- plumbing
 
     def _check_open(self):
-        if self._lost is not None or self._closing:
-            raise ConnectionLost("connection to %s is %s" % (self.description, self._lost or "closing"))
+        if self._client is None or self._closing:
+            raise self._not_connected()
 
     def _invoke(self, channel, name, **kwargs):
         return getattr(channel, name)(**kwargs).addErrback(_broker_error)
@@ -786,11 +1013,12 @@ class AMQPConnection:
     @defer.inlineCallbacks
     def _open_channel(self):
         self._check_open()
-        channel = self._client.new_channel()
+        client = self._client
+        channel = client.new_channel()
         try:
             yield self._invoke(channel, "channel_open")
         except BrokerError:
-            self._client.forget_channel(channel)
+            client.forget_channel(channel)
             raise
         return channel
 
@@ -810,7 +1038,7 @@ class AMQPConnection:
         try:
             yield self._invoke(channel, "channel_close", reply_code=200, reply_text="done", class_id=0, method_id=0)
         finally:
-            self._client.forget_channel(channel)
+            channel.client.forget_channel(channel)
 
     def _call(self, name, **kwargs):
         """One synchronous method on the shared channel; calls queue up so an error belongs to one call."""
@@ -818,18 +1046,31 @@ class AMQPConnection:
 
     @defer.inlineCallbacks
     def _locked_call(self, name, kwargs):
-        yield self._ops_lock.acquire()
-        try:
-            for retry in (True, False):
-                channel = yield self._ops_channel()
-                try:
-                    return (yield getattr(channel, name)(**kwargs))
-                except ChannelClosed as e:
-                    # A publish sent just before us failed and took the channel down: not our error.
-                    if not (retry and _culprit(e.args[0]) == self._basic["publish"]):
-                        raise
-        finally:
-            self._ops_lock.release()
+        while True:
+            yield self._when_ready()
+            yield self._ops_lock.acquire()
+            try:
+                if self._ready:
+                    if "queue" in kwargs:
+                        kwargs["queue"] = self._topology.current(kwargs["queue"])
+                    return (yield self._call_once(name, kwargs))
+            except Exception as e:
+                if self._closing or not _dropped_under(e):
+                    raise
+                # In flight when the connection dropped: made again once reconnected.
+            finally:
+                self._ops_lock.release()
+
+    @defer.inlineCallbacks
+    def _call_once(self, name, kwargs):
+        for retry in (True, False):
+            channel = yield self._ops_channel()
+            try:
+                return (yield getattr(channel, name)(**kwargs))
+            except ChannelClosed as e:
+                # A publish sent just before us failed and took the channel down: not our error.
+                if not (retry and _culprit(e.args[0]) == self._basic["publish"]):
+                    raise
 
     # -- IBrokerConnection
 
@@ -837,78 +1078,147 @@ class AMQPConnection:
         if type not in EXCHANGE_TYPES + ("headers",):
             # RabbitMQ answers an unknown type with a connection error; keep the connection.
             return defer.fail(ChannelError("unknown exchange type %r" % (type,), 503))
-        return self._call("exchange_declare", exchange=exchange, type=type, passive=passive, durable=durable,
-                          auto_delete=auto_delete).addCallback(lambda _: None)
+        flags = dict(type=type, durable=durable, auto_delete=auto_delete)
+
+        def declared(_):
+            if not passive:
+                self._topology.exchanges[exchange] = flags
+
+        return self._call("exchange_declare", exchange=exchange, passive=passive, **flags).addCallback(declared)
 
     def exchange_delete(self, exchange, if_unused=False):
-        return self._call("exchange_delete", exchange=exchange, if_unused=if_unused).addCallback(lambda _: None)
+        d = self._call("exchange_delete", exchange=exchange, if_unused=if_unused)
+        return d.addCallback(lambda _: self._topology.remove_exchange(exchange))
 
     def queue_declare(self, queue="", durable=False, exclusive=False, auto_delete=True, passive=False, arguments=None):
-        return self._call("queue_declare", queue=queue, passive=passive, durable=durable, exclusive=exclusive,
-                          auto_delete=auto_delete, arguments=arguments or {}).addCallback(lambda r: r.queue)
+        flags = dict(durable=durable, exclusive=exclusive, auto_delete=auto_delete, arguments=arguments or {})
+
+        def declared(reply):
+            if not passive:
+                # RabbitMQ reserves 'amq.' for the names it makes: such a queue is declared with '' again.
+                self._topology.queues[reply.queue] = (flags, reply.queue.startswith("amq."))
+            return reply.queue
+
+        return self._call("queue_declare", queue=queue, passive=passive, **flags).addCallback(declared)
 
     def queue_delete(self, queue, if_unused=False, if_empty=False):
-        return self._call("queue_delete", queue=queue, if_unused=if_unused,
-                          if_empty=if_empty).addCallback(lambda r: r.message_count)
+        def deleted(reply):
+            self._topology.remove_queue(self._topology.current(queue))
+            return reply.message_count
+
+        return self._call("queue_delete", queue=queue, if_unused=if_unused, if_empty=if_empty).addCallback(deleted)
 
     def queue_purge(self, queue):
         return self._call("queue_purge", queue=queue).addCallback(lambda r: r.message_count)
 
     def queue_bind(self, queue, exchange, routing_key):
-        return self._call("queue_bind", queue=queue, exchange=exchange,
-                          routing_key=routing_key).addCallback(lambda _: None)
+        def bound(_):
+            self._topology.bindings[self._topology.current(queue), exchange, routing_key] = None
+
+        return self._call("queue_bind", queue=queue, exchange=exchange, routing_key=routing_key).addCallback(bound)
 
     def queue_unbind(self, queue, exchange, routing_key):
-        return self._call("queue_unbind", queue=queue, exchange=exchange,
-                          routing_key=routing_key).addCallback(lambda _: None)
+        def unbound(_):
+            self._topology.bindings.pop((self._topology.current(queue), exchange, routing_key), None)
+
+        return self._call("queue_unbind", queue=queue, exchange=exchange, routing_key=routing_key).addCallback(unbound)
 
     def publish(self, exchange, routing_key, body, properties=None, mandatory=False):
-        """Written at once when the shared channel is idle, else queued behind the pending calls."""
+        """Written at once when connected and the shared channel is idle, else queued behind the pending calls."""
         try:
-            self._check_open()
+            if self._closing:
+                raise self._not_connected()
             if not isinstance(body, bytes):
                 raise TypeError("message body must be bytes, not %s" % type(body).__name__)
             properties = properties or {}
             unknown = set(properties) - set(PROPERTY_NAMES)
             if unknown:
                 raise ValueError("unknown AMQP properties: %s" % ", ".join(sorted(unknown)))
-            if self._ops is not None and not self._ops.closed and not self._ops_lock.locked:
-                return self._send(exchange, routing_key, body, properties, mandatory)
         except Exception:
             return defer.fail()
-        # The confirm is handed out in a list so the lock is not held while waiting for it.
-        queued = self._ops_lock.run(self._publish_queued, exchange, routing_key, body, properties, mandatory)
-        return queued.addCallback(lambda confirmed: confirmed[0])
+        message = (exchange, routing_key, body, properties, mandatory)
+        if self._ready and self._ops is not None and not self._ops.closed and not self._ops_lock.locked:
+            return self._send(message).addErrback(_broker_error)
+        return self._publish_later(message).addErrback(_broker_error)
 
     @defer.inlineCallbacks
-    def _publish_queued(self, exchange, routing_key, body, properties, mandatory):
-        yield self._ops_channel()
-        self._check_open()
-        return [self._send(exchange, routing_key, body, properties, mandatory)]
+    def _publish_later(self, message):
+        """Publish once connected and the shared channel is ours; the lock is not held while the confirm comes."""
+        while True:
+            yield self._when_ready()
+            yield self._ops_lock.acquire()
+            try:
+                if self._ready:
+                    yield self._ops_channel()
+                    confirmed = self._send(message)
+                    break
+            except Exception as e:
+                if self._closing or not _dropped_under(e):
+                    raise
+            finally:
+                self._ops_lock.release()
+        return (yield confirmed)
 
-    def _send(self, exchange, routing_key, body, properties, mandatory):
+    def _send(self, message):
         """Write one publish on the ops channel; a Deferred for its confirm (or already fired)."""
+        self._check_open()
+        exchange, routing_key, body, properties, mandatory = message
+        if not exchange:  # straight to a queue, which may be a broker-named one renamed since
+            routing_key = self._topology.current(routing_key)
+        confirmed = self._pending.add(message) if self._address.confirms else defer.succeed(None)
         args = (0, exchange, routing_key, mandatory, False)
-        confirmed = self._pending.add() if self._address.confirms else defer.succeed(None)
         self._client.write(self._client.content_frames(self._ops.id, self._basic["publish"], args, body, properties))
-        return confirmed.addErrback(_broker_error)
+        return confirmed
 
     @defer.inlineCallbacks
     def consume(self, queue, callback, prefetch_count=1, no_ack=False, exclusive=False, consumer_tag=None):
+        queue = self._topology.current(queue)
+        consumer = Consumer(self, queue, callback, prefetch_count, no_ack, exclusive, consumer_tag)
+        while True:
+            yield self._when_ready()
+            try:
+                yield self._start_consumer(consumer)
+                break
+            except Exception as e:
+                if self._closing or not _dropped_under(e):
+                    raise
+        if not consumer._stopping:
+            self._consumers.append(consumer)
+        return consumer
+
+    @defer.inlineCallbacks
+    def _start_consumer(self, consumer):
+        """basic.consume on a new channel of the current connection."""
         channel = yield self._open_channel()
-        consumer = Consumer(self, channel, queue, callback, no_ack)
-        self._consumers[channel.id] = consumer
+        consumer.queue = self._topology.current(consumer.queue)
+        consumer._channel = channel
+        self._channels[channel.id] = consumer
         try:
-            yield self._invoke(channel, "basic_qos", prefetch_size=0, prefetch_count=prefetch_count, global_=False)
-            reply = yield self._invoke(channel, "basic_consume", queue=queue, consumer_tag=consumer_tag or "",
-                                       no_ack=no_ack, exclusive=exclusive)
+            yield self._invoke(channel, "basic_qos", prefetch_size=0, prefetch_count=consumer._prefetch_count,
+                               global_=False)
+            reply = yield self._invoke(channel, "basic_consume", queue=consumer.queue,
+                                       consumer_tag=consumer._requested_tag or "", no_ack=consumer._no_ack,
+                                       exclusive=consumer._exclusive)
         except BaseException:
-            self._consumers.pop(channel.id, None)
-            if not channel.closed and self._lost is None:
+            if self._channels.get(channel.id) is consumer:
+                del self._channels[channel.id]
+            if not channel.closed:
                 yield self._close_channel(channel).addErrback(lambda _: None)
             raise
         consumer.tag = reply.consumer_tag
-        return consumer
+        if consumer._stopping:  # cancelled meanwhile
+            yield consumer._cancel()
+
+    def _forget_consumer(self, consumer):
+        if consumer in self._consumers:
+            self._consumers.remove(consumer)
+        channel = consumer._channel
+        if channel is not None and self._channels.get(channel.id) is consumer:
+            del self._channels[channel.id]
+        # The broker deletes an auto-delete queue with its last consumer: do not declare it again.
+        flags, _ = self._topology.queues.get(consumer.queue, ({}, False))
+        if flags.get("auto_delete") and not any(c.queue == consumer.queue for c in self._consumers):
+            self._topology.remove_queue(consumer.queue)
 
     def add_return_listener(self, listener):
         self._return_listeners.append(listener)
@@ -918,35 +1228,50 @@ class AMQPConnection:
             self._return_listeners.remove(listener)
 
     def close(self):
-        if not self._closing and self._lost is None:
+        """Stop consumers, close the connection and stop reconnecting; calls still waiting fail."""
+        if not self._closing:
             self._closing = True
-            self._shutdown()
-        return self._client.disconnected.wait().addCallback(lambda _: None)
+            self._shutdown().addErrback(lambda f: log.failure("closing {conn}", f, conn=self.description))
+        return self._closed.wait().addCallback(lambda _: None)
 
     @defer.inlineCallbacks
     def _shutdown(self):
-        yield defer.DeferredList([c.cancel() for c in list(self._consumers.values())])
-        if self._lost is None:
-            channel0 = self._client.channel_now(0)
-            closing = channel0.connection_close(reply_code=200, reply_text="Goodbye", class_id=0, method_id=0)
-            closing.addTimeout(CLOSE_TIMEOUT, self._reactor)
-            try:
-                yield closing
-            except Exception as e:
-                log.debug("connection.close on {conn}: {e}", conn=self.description, e=e)
-        transport = self._client.transport
-        transport.loseConnection()
-        if self._lost is None:  # a broker that stopped reading must not keep us waiting
-            self._abort_later = self._reactor.callLater(CLOSE_TIMEOUT, transport.abortConnection)
+        try:
+            waiters, self._waiters = self._waiters, []
+            for d in waiters:
+                d.errback(self._not_connected())
+            if self._ready:
+                yield defer.DeferredList([c.cancel() for c in list(self._consumers)])
+            if self._ready:
+                closing = self._client.channel_now(0).connection_close(reply_code=200, reply_text="Goodbye",
+                                                                       class_id=0, method_id=0)
+                closing.addTimeout(CLOSE_TIMEOUT, self._reactor)
+                try:
+                    yield closing
+                except Exception as e:
+                    log.debug("connection.close on {conn}: {e}", conn=self.description, e=e)
+            for consumer in list(self._consumers):
+                consumer._stop()
+            abort_later = None
+            if self._client is not None:  # a broker that stopped reading must not keep us waiting
+                self._client.transport.loseConnection()
+                abort_later = self._reactor.callLater(CLOSE_TIMEOUT, self._client.transport.abortConnection)
+            yield self._service.stopService()
+            if abort_later is not None and abort_later.active():
+                abort_later.cancel()
+        finally:
+            # Not from inside ClientService's state transition, which may have resumed us: whoever
+            # waits for close() must be free to call it.
+            self._reactor.callLater(0, self._closed.fire)
 
     # -- from the delegate
 
     def _deliver(self, channel, msg):
-        consumer = self._consumers.get(channel.id)
-        if consumer is None:
+        consumer = self._channels.get(channel.id)
+        if consumer is None or consumer._channel is not channel:
             log.debug("delivery for a cancelled consumer on channel {id} dropped", id=channel.id)
             return
-        consumer._deliver(msg)
+        consumer._deliver(channel, msg)
 
     def _returned(self, msg):
         content = msg.content
@@ -958,9 +1283,10 @@ class AMQPConnection:
                 log.failure("return listener {listener} failed", listener=listener)
 
     def _cancelled_by_broker(self, channel, msg):
-        consumer = self._consumers.get(channel.id)
+        consumer = self._channels.get(channel.id)
         if consumer is not None:
             log.warn("broker cancelled consumer {tag} on {queue} (queue deleted?)", tag=consumer.tag, queue=consumer.queue)
+            self._topology.remove_queue(consumer.queue)
             consumer.cancel()
 
     def _confirmed(self, channel, delivery_tag, multiple, ack):
@@ -977,7 +1303,7 @@ class AMQPConnection:
             reported = bool(self._pending.waiting)
             self._pending.fail_all(_ERRORS.get(msg.reply_code, ChannelError)(msg.reply_text, msg.reply_code))
             self._pending = None
-        consumer = self._consumers.get(channel.id)
+        consumer = self._channels.get(channel.id)
         if consumer is not None:
             consumer._stop()
         if reported:
@@ -988,25 +1314,27 @@ class AMQPConnection:
             log.error("{conn}: broker closed {what}: {code} {text}", conn=self.description, what=what,
                       code=msg.reply_code, text=msg.reply_text)
 
-    def _connection_lost(self, reason):
-        if self._lost is not None:
+    def _connection_lost(self, client, reason):
+        """The TCP connection `client` is gone: calls wait for the next one, unconfirmed publishes go again."""
+        if client is not self._client:
             return
-        self._lost = "closed" if self._closing else "lost (%s)" % _reason_text(reason)
-        if self._abort_later is not None and self._abort_later.active():
-            self._abort_later.cancel()
-        if self._open and not self._closing:
-            log.warn("connection to {conn} {lost}", conn=self.description, lost=self._lost)
-        self._ops = None
-        if self._pending is not None:
-            self._pending.fail_all(ConnectionLost("connection to %s %s" % (self.description, self._lost)))
-            self._pending = None
-        for consumer in list(self._consumers.values()):
-            consumer._stop()
+        was_ready = self._ready
+        self._client, self._ready, self._ops, self._channels = None, False, None, {}
+        pending, self._pending = self._pending, None
+        if self._closing:
+            if pending is not None:
+                pending.fail_all(self._not_connected())
+            return
+        if was_ready:
+            self._lost_at = self._reactor.seconds()
+            log.warn("connection to {conn} lost: {why}; reconnecting", conn=self.description, why=_reason_text(reason))
+        for confirmed, message in pending.take_all() if pending is not None else ():
+            self._publish_later(message).chainDeferred(confirmed)
 
 
 @defer.inlineCallbacks
 def connect(address, reactor=None):
     """A Deferred firing with an open AMQPConnection to `address` (a BrokerAddress of kind 'amqp')."""
     connection = AMQPConnection(address, reactor)
-    yield connection._connect()
+    yield connection._start()
     return connection

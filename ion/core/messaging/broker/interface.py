@@ -6,7 +6,10 @@ A connection is channel-less on purpose.  Callers declare, bind, publish and
 consume on the connection; an implementation decides how to map that onto
 AMQP channels (one for declarations and publishing, one per consumer).  Keeping
 channels out of the interface is what lets an implementation re-declare its
-topology and resume consumers after a reconnect without the callers noticing.
+topology and resume consumers after a reconnect without the callers noticing
+(the RabbitMQ one does: a broker-named queue then gets a new name, which
+IConsumer.queue follows, and a call made while disconnected waits for the
+reconnect up to the address's reconnect_timeout).
 
 Every method that talks to the broker returns a Deferred.  Failures are
 instances of `BrokerError` (or a subclass), so callers never see txamqp or
@@ -56,7 +59,7 @@ class PreconditionFailed(ChannelError):
 
 
 class ConnectionLost(BrokerError):
-    """The connection to the broker is gone; the operation did not complete."""
+    """The connection to the broker is gone (closed, or not back in time); the operation did not complete."""
 
 
 EXCHANGE_TYPES = ("topic", "direct", "fanout")

@@ -10,6 +10,13 @@ IonMsg whose content is an EventMessage (2322) linking, through
 Fixed from R1 (§10.1): a kwarg named like a wrapper member is "unused", not a
 KeyError; errors name the offending value; named subscriber queues get the
 `<sys_name>.` prefix exactly once and work without a sysname.
+
+A publishing origin is checked before anything is sent: no origin is R1's
+AssertionError, one that is not a str a TypeError, one with `*` or `#` in it
+a ValueError (to subscribers those are wildcards: such an origin would read
+as a pattern, not a name), and so is one that makes the routing key longer
+than AMQP's 255 bytes.  Subscriber origins may of course contain wildcards.  An
+event nobody subscribes to is normal and not an error.
 """
 
 import time
@@ -19,6 +26,7 @@ from twisted.logger import Logger
 
 from ion.core import ioninit
 from ion.core.messaging.message_client import MessageClient
+from ion.core.messaging.receiver import check_routing_key
 from ion.core.object.object_utils import create_type_identifier
 from ion.services.dm.distribution.publisher_subscriber import Publisher, Subscriber
 
@@ -85,6 +93,8 @@ class EventPublisher(Publisher):
         NO_CACHE = "NO_CACHE"
 
     def __init__(self, xp_name=None, routing_key=None, process=None, origin="unknown", *args, **kwargs):
+        if origin is not None:
+            self._check_origin(origin)
         self._origin = origin
         self._mc = MessageClient(proc=process)
         super().__init__(
@@ -96,12 +106,24 @@ class EventPublisher(Publisher):
         )
 
     def topic(self, origin):
-        """The routing key `<event_id>.<origin>`."""
+        """The routing key `<event_id>.<origin>`; raises if the origin cannot be published under."""
         if not self.event_id:
             raise AssertionError("%s has no event_id: it cannot publish" % (type(self).__name__,))
-        if not origin:
+        if origin is None or origin == "":
             raise AssertionError("%s: no origin for the topic" % (type(self).__name__,))
-        return "%s.%s" % (self.event_id, origin)
+        self._check_origin(origin)
+        return check_routing_key("%s.%s" % (self.event_id, origin))
+
+    def _check_origin(self, origin):
+        if not isinstance(origin, str):
+            raise TypeError(
+                "%s: origin must be a str, not %s (%r)" % (type(self).__name__, type(origin).__name__, origin)
+            )
+        if "*" in origin or "#" in origin:
+            raise ValueError(
+                "%s: origin %r contains a wildcard (* or #); only subscribers may use them"
+                % (type(self).__name__, origin)
+            )
 
     @staticmethod
     def _set_msg_fields(msg, msgargs):
@@ -148,19 +170,25 @@ class EventPublisher(Publisher):
         return event_msg
 
     def publish_event(self, event_msg, origin=None, **kwargs):
-        """Publish a created event under `<event_id>.<origin>` (the constructor's origin by default)."""
-        origin = origin or self._origin
-        if not origin or origin == "unknown":
+        """
+        Publish a created event under `<event_id>.<origin>` (the constructor's
+        origin by default).  A bad origin fails the Deferred before anything is sent.
+        """
+        if origin is None or origin == "":
+            origin = self._origin
+        if origin is None or origin in ("", "unknown"):
             return defer.fail(AssertionError("Error - No origin publishing event message: %s" % (event_msg,)))
         try:
             routing_key = self.topic(origin)
-        except AssertionError:
+        except (AssertionError, TypeError, ValueError):
             return defer.fail()
         return self.publish(event_msg, routing_key=routing_key)
 
     @defer.inlineCallbacks
     def create_and_publish_event(self, **kwargs):
         """create_event then publish_event; an `origin` kwarg is both a field and the routing origin."""
+        if kwargs.get("origin") not in (None, ""):
+            self.topic(kwargs["origin"])  # a bad origin fails here, before the event is made
         event_msg = yield self.create_event(**kwargs)
         yield self.publish_event(event_msg, origin=kwargs.get("origin"))
         return event_msg

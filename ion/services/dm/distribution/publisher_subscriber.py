@@ -8,14 +8,35 @@ factory's handler is in place before consuming starts, the exchange keeps its
 own flags whatever the subscriber queue's are, the exchange is declared once
 and not per message, publish failures fail the Deferred, and a message that
 cannot be decoded is rejected instead of stalling the consumer.
+
+Failing handlers and poison messages.  By default a subscriber does what R1
+did: the message is acked after `ondata` whatever happened, and a failure is
+logged with the event.  Opt in per subscriber for more:
+
+* `retries=N`: a failed event is handled again, up to N more times, then
+  dead-lettered (so with retries=3 the handler sees it exactly 4 times).
+  RabbitMQ's classic queues do not count redeliveries, and counting them in
+  memory breaks with competing consumers and restarts, so a retry is a copy
+  of the message republished to the subscriber's own queue (through the
+  default exchange) with the failed-attempt count in the `x-ion-attempts`
+  header; the original is acked once the copy has been confirmed.  The copy
+  queues behind the events already waiting, and its delivery's routing key is
+  the queue's name; the original route stays in its headers.
+* `dead_letter=True` (implied by `retries`): an event the handler gave up on,
+  and any message that cannot be decoded, goes to the system's dead letters
+  (see dead_letters.py) with the reason, and is acked.  Without it,
+  undecodable messages are rejected, and an event that failed its last retry
+  too is rejected.
 """
 
 from twisted.internet import defer
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from ion.core import ioninit
-from ion.core.messaging.receiver import Receiver, WorkerReceiver
 from ion.core.messaging.messaging import Message
+from ion.core.messaging.receiver import Receiver, WorkerReceiver, check_routing_key
+from ion.services.dm.distribution import dead_letters
 from ion.util.state_object import BasicLifecycleObject, BasicStates
 
 log = Logger()
@@ -32,16 +53,24 @@ def _require(value, what, who):
 
 
 class Publisher(BasicLifecycleObject):
-    """Publishes messages to exchange point `xp_name` with `routing_key` (the default topic)."""
+    """
+    Publishes messages to exchange point `xp_name` with `routing_key` (the
+    default topic).  `persistent=True` publishes them with delivery_mode 2,
+    so a durable queue keeps them across a broker restart.
+    """
 
-    def __init__(self, xp_name=None, routing_key=None, credentials=None, process=None, *args, **kwargs):
+    def __init__(
+        self, xp_name=None, routing_key=None, credentials=None, process=None, persistent=False, *args, **kwargs
+    ):
         super().__init__()
         who = type(self).__name__
         _require(xp_name, "an exchange point (xp_name)", who)
         _require(routing_key, "a routing_key", who)
         _require(process, "a process", who)
+        check_routing_key(str(routing_key))
         self._xp_name = xp_name
         self._routing_key = routing_key
+        self.delivery_mode = 2 if persistent else 1
         self._credentials = credentials
         self._process = process
         self.publisher_config = dict(
@@ -78,8 +107,10 @@ class Publisher(BasicLifecycleObject):
     def publish(self, data, routing_key=None, **kwargs):
         """
         Send `data` (a message instance, wrapper or any msgpack-able value).
-        Fires with the message dict sent; fails if the broker refused it.
+        Fires with the message dict sent; fails if the broker refused it, or
+        without sending anything if the routing key is too long.
         """
+        kwargs.setdefault("delivery_mode", self.delivery_mode)
         return self._recv.send(
             routing_key or self._routing_key,
             None,
@@ -101,6 +132,12 @@ class Subscriber(BasicLifecycleObject):
 
     `queue_name=None` gives a broker-named queue of its own (every subscriber
     gets every message); subscribers sharing a queue name compete for them.
+    A named queue with durable=True, auto_delete=False outlives the
+    subscriber: events keep arriving in it while nobody consumes, and a new
+    subscriber with that queue name gets them.
+
+    `retries` and `dead_letter` choose what happens to failed and
+    undecodable messages (see the module docstring); `stats` counts them.
     """
 
     def __init__(
@@ -112,6 +149,8 @@ class Subscriber(BasicLifecycleObject):
         process=None,
         durable=False,
         auto_delete=True,
+        retries=None,
+        dead_letter=None,
         *args,
         **kwargs
     ):
@@ -119,6 +158,12 @@ class Subscriber(BasicLifecycleObject):
         who = type(self).__name__
         _require(xp_name, "an exchange point (xp_name)", who)
         _require(process, "a process", who)
+        if retries is not None and (not isinstance(retries, int) or isinstance(retries, bool) or retries < 0):
+            raise ValueError("%s: retries must be None or an int >= 0, not %r" % (who, retries))
+        self._retries = retries
+        self._dead_letter = retries is not None if dead_letter is None else bool(dead_letter)
+        # Fixed now, like the exchange point: the system this subscriber belongs to.
+        self.dead_letter_name = dead_letters.dead_letter_name() if self._dead_letter else None
         if queue_name is None and (durable or not auto_delete):
             log.warn("Subscriber with a durable or non-auto-delete queue but no queue_name: the flags have no use")
         self._xp_name = xp_name
@@ -157,6 +202,11 @@ class Subscriber(BasicLifecycleObject):
         """The queue's name on the broker (the generated one for an anonymous queue)."""
         return self._recv.queue
 
+    @property
+    def stats(self):
+        """Counts: undecodable, handler_failed, retried, dead_lettered."""
+        return self._recv.stats
+
     def on_initialize(self, *args, **kwargs):
         pass
 
@@ -178,7 +228,9 @@ class Subscriber(BasicLifecycleObject):
 
     @defer.inlineCallbacks
     def subscribe(self):
-        """Declare the queue, bind it and start consuming."""
+        """Declare the queue (and the dead letters, if used), bind it and start consuming."""
+        if self._dead_letter:
+            yield dead_letters.declare(self.exchange_manager.connection, self.dead_letter_name)
         if self._recv.state == BasicStates.INIT:
             yield self._recv.attach()
         elif self._recv.state == BasicStates.READY:
@@ -204,14 +256,79 @@ class Subscriber(BasicLifecycleObject):
 
     @defer.inlineCallbacks
     def _receive_handler(self, data, msg):
+        """ondata, then ack; a failure is logged with the event and handled as configured."""
         try:
             yield defer.maybeDeferred(self.ondata, data)
-        finally:
-            if msg.state == Message.RECEIVED:
-                msg.ack()
+        except Exception:
+            yield self._handler_failed(Failure(), data, msg)
+            return
+        if msg.state == Message.RECEIVED:
+            msg.ack()
+
+    @defer.inlineCallbacks
+    def _handler_failed(self, failure, data, msg):
+        self.stats["handler_failed"] += 1
+        attempts = dead_letters.attempts_of(msg.delivery.properties) + 1
+        log.failure(
+            "Subscriber {key}: ondata failed (attempt {attempts}) on event {event}",
+            failure,
+            key=self._binding_key,
+            attempts=attempts,
+            event=_describe(data, msg),
+        )
+        if msg.state != Message.RECEIVED:
+            return  # the handler settled it itself
+        if self._retries is None and not self._dead_letter:
+            msg.ack()  # R1
+        elif attempts <= (self._retries or 0):
+            yield self._retry(msg, attempts)
+        elif self._dead_letter:
+            reason = "%s: %s" % (failure.type.__name__, failure.getErrorMessage())
+            log.warn(
+                "Subscriber {key}: event dead-lettered after {attempts} attempts: {reason}",
+                key=self._binding_key,
+                attempts=attempts,
+                reason=reason,
+            )
+            yield self._bury(msg, reason, attempts)
+        else:
+            msg.reject()
+
+    @defer.inlineCallbacks
+    def _retry(self, msg, attempts):
+        """Republish a copy to our own queue counting `attempts`, then ack the original."""
+        exchange, routing_key = dead_letters.first_route(msg.delivery)
+        properties = dead_letters.with_headers(
+            msg.delivery,
+            **{
+                dead_letters.ATTEMPTS: attempts,
+                dead_letters.ORIGINAL_EXCHANGE: exchange,
+                dead_letters.ORIGINAL_ROUTING_KEY: routing_key,
+            }
+        )
+        yield self.exchange_manager.connection.publish("", self.queue, msg.body, properties)
+        msg.ack()
+        self.stats["retried"] += 1
+
+    @defer.inlineCallbacks
+    def _bury(self, msg, reason, attempts):
+        """Dead-letter the message with `reason`, then ack it."""
+        yield dead_letters.publish(
+            self.exchange_manager.connection,
+            msg.delivery,
+            reason,
+            attempts,
+            self.queue,
+            self._sub_name,
+            self.dead_letter_name,
+        )
+        msg.ack()
+        self.stats["dead_lettered"] += 1
 
     def _receive_error(self, data, msg, reason):
-        log.warn("Subscriber {key} rejected a message: {reason}", key=self._binding_key, reason=reason)
+        """A message that cannot be decoded: dead-lettered if we do that; the receiver rejects it otherwise."""
+        if self._dead_letter:
+            return self._bury(msg, reason, dead_letters.attempts_of(msg.delivery.properties))
 
     def ondata(self, data):
         """Called with the message dict (headers and `content`) of each message."""
@@ -221,6 +338,15 @@ class Subscriber(BasicLifecycleObject):
         """R1's optional PubSub-controller registration; there is no such service here."""
         log.info("Subscriber {key}: no PubSub controller to register with", key=self._binding_key)
         return defer.succeed(False)
+
+
+def _describe(data, msg, limit=300):
+    """A short description of an event for the log: its route and the start of its content."""
+    _exchange, routing_key = dead_letters.first_route(msg.delivery)
+    content = repr(data.get("content"))
+    if len(content) > limit:
+        content = content[:limit] + "..."
+    return "%s from %s: %s" % (routing_key, data.get("sender"), content)
 
 
 class PublisherFactory:

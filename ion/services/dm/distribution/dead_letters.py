@@ -1,0 +1,175 @@
+"""
+Dead letters: events a subscriber gave up on, kept with the reason why.
+
+Each system has one dead-letter topic exchange and one queue, both named
+`<sys_name>.events.dead`; the queue is bound with `#`, and anyone may bind
+more queues to the exchange (dead letters keep the event's routing key).
+
+A subscriber publishes its dead letters itself rather than relying on the
+broker's x-dead-letter-exchange: that way each carries the reason, which the
+broker's own `x-death` entries cannot (their reason is only "rejected").  A
+dead letter is the original body with the original properties; its AMQP
+headers gain:
+
+    x-ion-death-reason          why (the handler's exception, or the decode error)
+    x-ion-attempts              how many times the handler failed (0: never decoded)
+    x-ion-original-exchange     where the event was first published
+    x-ion-original-routing-key  and with which routing key
+    x-ion-queue                 the subscriber's queue
+    x-ion-subscriber            the subscriber's receiver name
+
+The exchange and the queue are durable and not auto-deleted: dead letters are
+evidence and must outlive the subscribers and a broker restart (those of
+persistent events do; transient events stay transient).  Nothing removes them
+but `delete()`, which is what a test or an operator calls when done.
+"""
+
+from dataclasses import dataclass
+
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from ion.core import ioninit
+from ion.core.messaging.broker.interface import NotFound
+from ion.core.messaging.receiver import check_routing_key
+
+log = Logger()
+
+REASON = "x-ion-death-reason"
+ATTEMPTS = "x-ion-attempts"
+ORIGINAL_EXCHANGE = "x-ion-original-exchange"
+ORIGINAL_ROUTING_KEY = "x-ion-original-routing-key"
+QUEUE = "x-ion-queue"
+SUBSCRIBER = "x-ion-subscriber"
+
+# A reason is for people; a whole traceback or a 64 kB repr is not wanted in every header.
+MAX_REASON_CHARS = 1000
+
+
+def dead_letter_name(sys_name=None):
+    """`<sys_name>.events.dead`: the name of both the exchange and the queue (this system's by default)."""
+    return "%s.events.dead" % (sys_name or ioninit.sys_name,)
+
+
+@defer.inlineCallbacks
+def declare(connection, name=None):
+    """Declare the dead-letter exchange and queue `name` and bind them; fires with the name."""
+    name = name or dead_letter_name()
+    yield connection.exchange_declare(name, type="topic", durable=True, auto_delete=False)
+    yield connection.queue_declare(name, durable=True, exclusive=False, auto_delete=False)
+    yield connection.queue_bind(name, name, "#")
+    return name
+
+
+@defer.inlineCallbacks
+def delete(connection, name=None):
+    """Delete the dead-letter queue and exchange; fires with the number of dead letters dropped."""
+    name = name or dead_letter_name()
+    dropped = yield connection.queue_delete(name)
+    yield connection.exchange_delete(name)
+    return dropped
+
+
+def attempts_of(properties):
+    """The failed attempts recorded in a delivery's headers (0 when absent or not a sane number)."""
+    value = (properties.get("headers") or {}).get(ATTEMPTS, 0)
+    return value if isinstance(value, int) and value >= 0 else 0
+
+
+def first_route(delivery):
+    """
+    (exchange, routing key) the message was first published with, before any
+    retry copies; the headers saying so are ignored unless they are usable.
+    """
+    headers = delivery.properties.get("headers") or {}
+    route = (headers.get(ORIGINAL_EXCHANGE), headers.get(ORIGINAL_ROUTING_KEY))
+    try:
+        for part in route:
+            check_routing_key(part)  # an exchange name has the same limits
+    except (TypeError, ValueError):
+        return delivery.exchange, delivery.routing_key
+    return route
+
+
+def with_headers(delivery, **headers):
+    """A copy of the delivery's properties with `headers` added to its AMQP headers."""
+    properties = dict(delivery.properties)
+    properties["headers"] = dict(properties.get("headers") or {}, **headers)
+    return properties
+
+
+@defer.inlineCallbacks
+def publish(connection, delivery, reason, attempts, queue, subscriber, name=None):
+    """
+    Publish `delivery` (an IDelivery) as a dead letter carrying `reason`.
+    The topology is declared again if it went away (an operator deleted it).
+    """
+    exchange, routing_key = first_route(delivery)
+    properties = with_headers(
+        delivery,
+        **{
+            REASON: str(reason)[:MAX_REASON_CHARS],
+            ATTEMPTS: attempts,
+            ORIGINAL_EXCHANGE: exchange,
+            ORIGINAL_ROUTING_KEY: routing_key,
+            QUEUE: queue or "",
+            SUBSCRIBER: subscriber,
+        }
+    )
+    name = name or dead_letter_name()
+    try:
+        yield connection.publish(name, routing_key, delivery.body, properties)
+    except NotFound:
+        yield declare(connection, name)
+        yield connection.publish(name, routing_key, delivery.body, properties)
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """One dead letter as read back from the queue."""
+
+    body: bytes
+    properties: dict
+    routing_key: str
+    reason: str
+    attempts: int
+    queue: str
+    subscriber: str
+    original_exchange: str
+
+    @classmethod
+    def from_delivery(cls, delivery):
+        headers = delivery.properties.get("headers") or {}
+        return cls(
+            body=delivery.body,
+            properties=delivery.properties,
+            routing_key=headers.get(ORIGINAL_ROUTING_KEY, delivery.routing_key),
+            reason=headers.get(REASON),
+            attempts=headers.get(ATTEMPTS),
+            queue=headers.get(QUEUE),
+            subscriber=headers.get(SUBSCRIBER),
+            original_exchange=headers.get(ORIGINAL_EXCHANGE),
+        )
+
+
+@defer.inlineCallbacks
+def consume(connection, callback, name=None, prefetch_count=100):
+    """
+    Read the dead letters: `callback(DeadLetter)` for each, which is then
+    acked.  If the callback fails, the failure is logged and the dead letter
+    stays unacked, so it goes back to the queue when the consumer is
+    cancelled; requeueing it at once would only loop.  The topology is
+    declared first.  Fires with the IConsumer: cancel it to stop reading.
+    """
+
+    def deliver(delivery):
+        try:
+            callback(DeadLetter.from_delivery(delivery))
+        except Exception:
+            log.failure("dead-letter callback failed; the dead letter stays unacked")
+        else:
+            delivery.ack()
+
+    name = yield declare(connection, name)
+    consumer = yield connection.consume(name, deliver, prefetch_count=prefetch_count)
+    return consumer
