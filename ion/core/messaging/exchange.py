@@ -98,6 +98,8 @@ class ExchangeManager:
         container's feet is declared again by it on next use.
         """
         declared, self._exchanges = self._exchanges, {}
+        if not self.connection.connected:
+            declared = {}  # the broker is away: do not wait for it just to tidy up
         for name, (_type, _durable, auto_delete) in declared.items():
             if auto_delete:
                 try:

@@ -997,6 +997,10 @@ class AMQPConnection:
 
         return d.addErrback(timed_out)
 
+    @property
+    def connected(self):
+        return self._ready and not self._closing
+
     def _not_connected(self):
         state = "closed" if self._closing else "lost"
         return ConnectionLost("connection to %s is %s" % (self.description, state))

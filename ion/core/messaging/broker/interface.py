@@ -120,6 +120,7 @@ class IBrokerConnection(Interface):
     """One connection from a container to a broker."""
 
     description = Attribute("Human-readable, credential-free description, e.g. 'amqp://127.0.0.1:5672/' or 'embedded broker'.")
+    connected = Attribute("True while calls go through at once; False while closed or waiting to reconnect.")
 
     def exchange_declare(exchange, type="topic", durable=False, auto_delete=True, passive=False):
         """

@@ -647,6 +647,10 @@ class MemoryConnection:
         self._return_listeners = []
         broker.connected(self)
 
+    @property
+    def connected(self):
+        return not self.closed
+
     def _call(self, operation, *args):
         if self.closed:
             return defer.fail(ConnectionLost("connection to %s is closed" % self.description))

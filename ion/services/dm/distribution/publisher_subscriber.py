@@ -340,10 +340,20 @@ class Subscriber(BasicLifecycleObject):
         return defer.succeed(False)
 
 
+def _summary(content):
+    """An event's type and set fields (`EventMessage name='x' ...`); repr for anything else."""
+    fields = getattr(content, "ListSetFields", None)
+    message_object = getattr(content, "MessageObject", None)
+    if fields is None or message_object is None:
+        return repr(content)
+    shown = " ".join("%s=%r" % (name, getattr(content, name)) for name in fields() if name != "additional_data")
+    return "%s %s" % (message_object.ObjectClass.__name__, shown)
+
+
 def _describe(data, msg, limit=300):
     """A short description of an event for the log: its route and the start of its content."""
     _exchange, routing_key = dead_letters.first_route(msg.delivery)
-    content = repr(data.get("content"))
+    content = _summary(data.get("content"))
     if len(content) > limit:
         content = content[:limit] + "..."
     return "%s from %s: %s" % (routing_key, data.get("sender"), content)
