@@ -42,12 +42,8 @@ class ExchangeManager:
         self._exchanges[name] = flags
 
     def _declare_from(self, config):
-        return self.declare_exchange(
-            config["exchange"],
-            type=config.get("exchange_type", "topic"),
-            durable=config.get("exchange_durable", False),
-            auto_delete=config.get("exchange_auto_delete", True),
-        )
+        type, durable, auto_delete = _flags(config)
+        return self.declare_exchange(config["exchange"], type=type, durable=durable, auto_delete=auto_delete)
 
     @defer.inlineCallbacks
     def declare_queue(self, config):
@@ -74,18 +70,31 @@ class ExchangeManager:
             yield self._declare_from(config)
             yield self.connection.queue_bind(queue, config["exchange"], config["routing_key"])
 
-    @defer.inlineCallbacks
     def send(self, config, routing_key, message, mandatory=False, delivery_mode=1):
-        """Pack `message` (a header dict) and publish it per the exchange `config`."""
-        body = pack_body(message)
-        properties = message_properties(delivery_mode)
-        yield self._declare_from(config)
+        """
+        Pack `message` (a header dict) and publish it per the exchange `config`.
+        The hot path: no declaration once the exchange is known.
+        """
         try:
-            yield self.connection.publish(config["exchange"], routing_key, body, properties, mandatory=mandatory)
-        except NotFound:
-            self._exchanges.pop(config["exchange"], None)
-            yield self._declare_from(config)
-            yield self.connection.publish(config["exchange"], routing_key, body, properties, mandatory=mandatory)
+            body = pack_body(message)
+        except Exception:
+            return defer.fail()
+        properties = message_properties(delivery_mode)
+        exchange = config["exchange"]
+
+        def publish(_=None):
+            return self.connection.publish(exchange, routing_key, body, properties, mandatory=mandatory)
+
+        def declare_again(failure):
+            failure.trap(NotFound)  # an auto-delete exchange went away meanwhile
+            self._exchanges.pop(exchange, None)
+            return self._declare_from(config).addCallback(publish)
+
+        if self._exchanges.get(exchange) == _flags(config):
+            sent = publish()
+        else:
+            sent = self._declare_from(config).addCallback(publish)
+        return sent.addErrback(declare_again)
 
     @defer.inlineCallbacks
     def close(self):
@@ -109,3 +118,12 @@ class ExchangeManager:
                 except BrokerError as e:
                     log.info("Exchange {name} not deleted: {error}", name=name, error=e)
         yield self.connection.close()
+
+
+def _flags(config):
+    """(type, durable, auto_delete) of the exchange a queue or publisher config names."""
+    return (
+        config.get("exchange_type", "topic"),
+        bool(config.get("exchange_durable", False)),
+        bool(config.get("exchange_auto_delete", True)),
+    )

@@ -288,7 +288,6 @@ class Receiver(BasicLifecycleObject):
             log.failure("Receiver {name} failed handling a message", result, name=self.xname)
 
     # --- sending --------------------------------------------------------
-    @defer.inlineCallbacks
     def send(self, recipient, operation, content, headers=None, sender=None, mandatory=None, delivery_mode=1, **_):
         """
         Build the ION message, encode its content and publish it to
@@ -296,18 +295,21 @@ class Receiver(BasicLifecycleObject):
         Unlike R1, a failure to send fails the Deferred; a recipient that
         cannot be a routing key fails it before anything is sent.
         """
-        recipient = check_routing_key(str(recipient))
-        value, encoding = encode_content(content)
-        message = build_message(sender or self.xname, recipient, operation, value, headers)
-        if encoding:
-            message["encoding"] = encoding
-        config = dict(messaging.PROCESS_EXCHANGE)
-        if self.publisher_config:
-            config.update(self.publisher_config)
-        if mandatory is None:
-            mandatory = config.get("mandatory", False)
-        yield self.exchange_manager.send(config, recipient, message, mandatory=mandatory, delivery_mode=delivery_mode)
-        return message
+        try:
+            recipient = check_routing_key(str(recipient))
+            value, encoding = encode_content(content)
+            message = build_message(sender or self.xname, recipient, operation, value, headers)
+            if encoding:
+                message["encoding"] = encoding
+            config = dict(messaging.PROCESS_EXCHANGE)
+            if self.publisher_config:
+                config.update(self.publisher_config)
+            if mandatory is None:
+                mandatory = config.get("mandatory", False)
+            sent = self.exchange_manager.send(config, recipient, message, mandatory=mandatory, delivery_mode=delivery_mode)
+        except Exception:
+            return defer.fail()
+        return sent.addCallback(lambda _: message)
 
 
 class ProcessReceiver(Receiver):
