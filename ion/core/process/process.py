@@ -317,8 +317,12 @@ class Process(BasicLifecycleObject):
                 log.failure("Process {id}: could not send the error reply", id=self.id)
 
     def receive_error(self, payload, msg, reason=None):
-        """A message the receiver could not decode; R1 answered requests with an error."""
-        log.warn("Process {id}: refused a message: {reason}", id=self.id, reason=reason)
+        """
+        A message the receiver could not decode.  The receiver has already
+        warned (rate-limited) and rejects it; there are no readable headers to
+        answer, so nothing more is done.
+        """
+        log.debug("Process {id}: refused a message: {reason}", id=self.id, reason=reason)
 
     # --- built-in operations -------------------------------------------
     @defer.inlineCallbacks
