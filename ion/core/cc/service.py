@@ -21,6 +21,7 @@ from ion.core import ioninit
 from ion.core.cc.container import create_new_container, forget_container
 from ion.core.exception import ConfigurationError
 from ion.core.messaging.broker.address import DEFAULT_RECONNECT_TIMEOUT, BrokerAddress, parse_reconnect_timeout
+from ion.core.resources import resource_path
 from ion.util.state_object import BasicStates
 
 log = Logger()
@@ -161,6 +162,8 @@ class CapabilityContainer(service.Service):
         self.started.callback(self.container)
 
     def _run_script(self, script):
+        """Run a .app, .rel or .py file; a relative path may also name one installed with the package."""
+        script = resource_path(script)
         if not os.path.exists(script):
             raise ConfigurationError("%s: no such file" % (script,))
         if script.endswith(".app"):
