@@ -8,14 +8,13 @@ exchanges, queues and bindings and enforces RabbitMQ's rules (redeclaration,
 exclusivity, auto-delete, dead-lettering).  `MemoryConnection` is a client of
 it implementing IBrokerConnection.
 
-Deliveries and returned messages are handed out by a pump that runs from the
-reactor, never from inside `publish`, so callers see the same asynchrony as
-over a network; one pump turn moves many messages for throughput.
+The parts it is built from live beside it: exchange routing in
+memory_routing.py, queues, consumers and deliveries in memory_queue.py, and
+the reactor-driven delivery pump (deliveries and returns are never handed out
+from inside `publish`) in memory_pump.py.
 """
 
 import secrets
-from collections import deque
-from datetime import datetime, timezone
 
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -27,20 +26,24 @@ from ion.core.messaging.broker.interface import (
     ChannelError,
     ConnectionLost,
     IBrokerConnection,
-    IConsumer,
-    IDelivery,
     NotFound,
     PreconditionFailed,
     ResourceLocked,
 )
-from ion.core.messaging.broker.topic import TopicTrie
+from ion.core.messaging.broker.memory_pump import DeliveryPump
+from ion.core.messaging.broker.memory_queue import (
+    Consumer,
+    Delivery,
+    Message,
+    Queue,
+    copy_properties,
+    dead_letter_properties,
+)
+from ion.core.messaging.broker.memory_routing import EXCHANGE_CLASSES, DefaultExchange
 
 __all__ = ["EmbeddedBroker", "MemoryConnection", "connect", "get_broker"]
 
 log = Logger()
-
-# Deliveries handed out in one reactor turn before other events get a go.
-_PUMP_BATCH = 2000
 
 # Queue arguments RabbitMQ compares on re-declaration (it ignores the rest).
 _EQUIVALENT_ARGUMENTS = (
@@ -92,240 +95,6 @@ def _inequivalent(arg, kind, name, received, current):
     )
 
 
-def _copy_properties(properties):
-    """A private copy, so a publisher's or consumer's later changes stay its own."""
-    copied = {name: value for name, value in properties.items() if value is not None}
-    headers = copied.get("headers")
-    if headers is not None:
-        copied["headers"] = dict(headers)
-    return copied
-
-
-class _Exchange:
-    """An exchange's bindings, and how a routing key selects queues from them."""
-
-    def __init__(self, name, durable, auto_delete):
-        self.name = name
-        self.durable = durable
-        self.auto_delete = auto_delete
-        self.bindings = set()  # of (queue, routing_key)
-
-    def bind(self, queue, routing_key):
-        if (queue, routing_key) not in self.bindings:
-            self.bindings.add((queue, routing_key))
-            self._indexed(queue, routing_key)
-
-    def unbind(self, queue, routing_key):
-        self.bindings.discard((queue, routing_key))
-        self._unindexed(queue, routing_key)
-
-
-class _DirectExchange(_Exchange):
-    type = "direct"
-
-    def __init__(self, name, durable, auto_delete):
-        super().__init__(name, durable, auto_delete)
-        self._by_key = {}
-
-    def _indexed(self, queue, routing_key):
-        self._by_key.setdefault(routing_key, set()).add(queue)
-
-    def _unindexed(self, queue, routing_key):
-        queues = self._by_key.get(routing_key, set())
-        queues.discard(queue)
-        if not queues:
-            self._by_key.pop(routing_key, None)
-
-    def route(self, routing_key):
-        return self._by_key.get(routing_key, ())
-
-
-class _FanoutExchange(_Exchange):
-    type = "fanout"
-
-    def __init__(self, name, durable, auto_delete):
-        super().__init__(name, durable, auto_delete)
-        self._queues = frozenset()
-
-    def _indexed(self, queue, routing_key):
-        self._queues = frozenset(q for q, _ in self.bindings)
-
-    _unindexed = _indexed
-
-    def route(self, routing_key):
-        return self._queues
-
-
-class _TopicExchange(_Exchange):
-    type = "topic"
-
-    # Distinct routing keys remembered before the route cache starts over.
-    _CACHE_SIZE = 10000
-
-    def __init__(self, name, durable, auto_delete):
-        super().__init__(name, durable, auto_delete)
-        self._trie = TopicTrie()
-        self._cache = {}
-
-    def _indexed(self, queue, routing_key):
-        self._trie.add(routing_key, queue)
-        self._cache.clear()
-
-    def _unindexed(self, queue, routing_key):
-        self._trie.remove(routing_key, queue)
-        self._cache.clear()
-
-    def route(self, routing_key):
-        queues = self._cache.get(routing_key)
-        if queues is None:
-            if len(self._cache) >= self._CACHE_SIZE:
-                self._cache.clear()
-            queues = self._cache[routing_key] = tuple(self._trie.match(routing_key))
-        return queues
-
-
-class _DefaultExchange:
-    """The nameless direct exchange every queue is implicitly bound to by name."""
-
-    name = ""
-    type = "direct"
-
-    def __init__(self, queues):
-        self._queues = queues
-
-    def route(self, routing_key):
-        queue = self._queues.get(routing_key)
-        return () if queue is None else (queue,)
-
-
-_EXCHANGE_CLASSES = {cls.type: cls for cls in (_DirectExchange, _FanoutExchange, _TopicExchange)}
-assert set(_EXCHANGE_CLASSES) == set(EXCHANGE_TYPES)
-
-
-class _Message:
-    """One message as it sits in one queue (each queue keeps its own redelivered flag)."""
-
-    __slots__ = ("body", "properties", "exchange", "routing_key", "redelivered", "seq")
-
-    def __init__(self, body, properties, exchange, routing_key, seq):
-        self.body = body
-        self.properties = properties
-        self.exchange = exchange
-        self.routing_key = routing_key
-        self.redelivered = False
-        self.seq = seq
-
-
-class _Queue:
-    def __init__(self, name, durable, owner, auto_delete, arguments):
-        self.name = name
-        self.durable = durable
-        self.owner = owner  # the connection of an exclusive queue, else None
-        self.auto_delete = auto_delete
-        self.arguments = arguments
-        self.ready = deque()
-        self.consumers = deque()  # round-robin order: the next one is at the left
-        self.bindings = set()  # of (exchange, routing_key)
-        self._seq = 0
-
-    def enqueue(self, body, properties, exchange, routing_key):
-        self._seq += 1
-        self.ready.append(_Message(body, properties, exchange, routing_key, self._seq))
-
-    def requeue(self, messages):
-        """Put messages back in their original order ahead of newer ones, as RabbitMQ does."""
-        for message in messages:
-            message.redelivered = True
-            position = next((i for i, waiting in enumerate(self.ready) if waiting.seq > message.seq), len(self.ready))
-            self.ready.insert(position, message)
-
-    def deliver(self, budget):
-        """Hand up to `budget` ready messages to consumers round-robin; return how many went."""
-        ready, consumers = self.ready, self.consumers
-        sent = 0
-        while ready and sent < budget:
-            for _ in range(len(consumers)):
-                consumer = consumers[0]
-                consumers.rotate(-1)
-                if consumer.wants_more():
-                    break
-            else:
-                break
-            consumer.deliver(ready.popleft())
-            sent += 1
-        return sent
-
-
-@implementer(IDelivery)
-class _Delivery:
-    __slots__ = (
-        "body", "properties", "exchange", "routing_key", "redelivered", "delivery_tag", "consumer_tag", "_consumer"
-    )
-
-    def __init__(self, message, delivery_tag=None, consumer=None):
-        self.body = message.body
-        self.properties = _copy_properties(message.properties)
-        self.exchange = message.exchange
-        self.routing_key = message.routing_key
-        self.redelivered = message.redelivered
-        self.delivery_tag = delivery_tag
-        self.consumer_tag = consumer.tag if consumer is not None else None
-        self._consumer = consumer
-
-    def ack(self):
-        if self._consumer is not None:
-            self._consumer.settle(self.delivery_tag)
-
-    def reject(self, requeue=False):
-        if self._consumer is not None:
-            self._consumer.settle(self.delivery_tag, reject=True, requeue=requeue)
-
-
-@implementer(IConsumer)
-class _Consumer:
-    def __init__(self, broker, connection, queue, callback, prefetch_count, no_ack, exclusive, tag):
-        self.queue = queue.name
-        self.tag = tag
-        self.connection = connection
-        self.exclusive = exclusive
-        self.active = True
-        self.unacked = {}  # delivery tag -> _Message
-        self._broker = broker
-        self._queue = queue
-        self._callback = callback
-        self._prefetch = prefetch_count
-        self._no_ack = no_ack
-        self._next_tag = 1
-
-    def wants_more(self):
-        return self._no_ack or not self._prefetch or len(self.unacked) < self._prefetch
-
-    def deliver(self, message):
-        tag = self._next_tag
-        self._next_tag += 1
-        if not self._no_ack:
-            self.unacked[tag] = message
-        try:
-            self._callback(_Delivery(message, tag, self))
-        except Exception:
-            log.failure("Consumer {tag} of queue {queue} failed", tag=self.tag, queue=self.queue)
-
-    def settle(self, delivery_tag, reject=False, requeue=False):
-        """Ack or reject; a no-op once the consumer is gone or the tag was settled."""
-        message = self.unacked.pop(delivery_tag, None)
-        if message is None:
-            return
-        if reject and requeue:
-            self._queue.requeue((message,))
-        elif reject:
-            self._broker.dead_letter(self._queue, message, "rejected")
-        if self._queue.ready:
-            self._broker.wake(self._queue)
-
-    def cancel(self):
-        self._broker.cancel(self)
-        return defer.succeed(None)
-
 
 class EmbeddedBroker:
     """
@@ -338,7 +107,7 @@ class EmbeddedBroker:
         if clock is None:
             from twisted.internet import reactor as clock
         self.name = name
-        self._clock = clock
+        self._pump = DeliveryPump(clock)
         self._connections = set()
         self.reset()
 
@@ -346,50 +115,17 @@ class EmbeddedBroker:
         """Close every connection and forget all exchanges and queues (for tests)."""
         for conn in list(self._connections):
             conn.close()
-        self._dirty = {}  # queues that may have deliveries to make, in order
-        self._returns = deque()  # (connection, delivery) of unroutable mandatory messages
-        self._pump_call = None
+        self._pump.reset()
         self.queues = {}
-        self.exchanges = {"": _DefaultExchange(self.queues)}
+        self.exchanges = {"": DefaultExchange(self.queues)}
         for type_ in EXCHANGE_TYPES:
-            self.exchanges["amq." + type_] = _EXCHANGE_CLASSES[type_]("amq." + type_, True, False)
+            self.exchanges["amq." + type_] = EXCHANGE_CLASSES[type_]("amq." + type_, True, False)
 
     # -- delivery pump
 
     def wake(self, queue):
         """Note that `queue` may be able to deliver, and make sure the pump runs."""
-        self._dirty[queue] = None
-        self._schedule()
-
-    def _schedule(self):
-        if self._pump_call is None:
-            self._pump_call = self._clock.callLater(0, self._pump)
-
-    def _pump(self):
-        budget = _PUMP_BATCH
-        try:
-            while self._returns:
-                conn, delivery = self._returns.popleft()
-                conn.returned(delivery)
-            while self._dirty and budget > 0:
-                queue = next(iter(self._dirty))
-                del self._dirty[queue]
-                budget -= queue.deliver(budget)
-                if budget <= 0:
-                    self._dirty[queue] = None
-        finally:
-            self._pump_call = None
-            if self._dirty or self._returns:
-                self._schedule()
-
-    def _idle(self):
-        # With no connections nobody can consume; drop the pending pump so
-        # that nothing is left scheduled on the reactor.
-        if self._pump_call is not None and self._pump_call.active():
-            self._pump_call.cancel()
-            self._pump_call = None
-        self._dirty.clear()
-        self._returns.clear()
+        self._pump.wake(queue)
 
     # -- connections
 
@@ -403,7 +139,8 @@ class EmbeddedBroker:
             self._delete_queue(queue)
         self._connections.discard(conn)
         if not self._connections:
-            self._idle()
+            # Nobody is left to consume: leave nothing scheduled on the reactor.
+            self._pump.stop()
 
     # -- exchanges
 
@@ -418,12 +155,12 @@ class EmbeddedBroker:
             if exchange is None:
                 raise NotFound("NOT_FOUND - no exchange %r" % name)
             return
-        if type not in _EXCHANGE_CLASSES:
+        if type not in EXCHANGE_CLASSES:
             raise ChannelError("COMMAND_INVALID - unknown exchange type %r" % type, 503)
         if exchange is None:
             if name.startswith("amq."):
                 raise _access_refused("exchange name %r contains reserved prefix 'amq.*'" % name)
-            self.exchanges[name] = _EXCHANGE_CLASSES[type](name, durable, auto_delete)
+            self.exchanges[name] = EXCHANGE_CLASSES[type](name, durable, auto_delete)
             return
         for arg, received, current in (
             ("type", type, exchange.type),
@@ -474,7 +211,7 @@ class EmbeddedBroker:
         queue = self.queues.get(name) if name else None
         if queue is None:
             name = name or _generated_name("amq.gen-")
-            queue = self.queues[name] = _Queue(name, durable, owner, auto_delete, arguments)
+            queue = self.queues[name] = Queue(name, durable, owner, auto_delete, arguments)
             if owner is not None:
                 conn.exclusive_queues.add(queue)
             return name
@@ -516,7 +253,7 @@ class EmbeddedBroker:
         queue.ready.clear()
         for exchange, routing_key in list(queue.bindings):
             self._remove_binding(exchange, queue, routing_key)
-        self._dirty.pop(queue, None)
+        self._pump.forget(queue)
 
     def queue_purge(self, conn, name):
         queue = self._usable_queue(conn, name)
@@ -557,12 +294,11 @@ class EmbeddedBroker:
         unknown = properties.keys() - _PROPERTY_SET
         if unknown:
             raise ValueError("unknown message properties: %s" % ", ".join(sorted(unknown)))
-        properties = _copy_properties(properties)
+        properties = copy_properties(properties)
         exchange = self._exchange(exchange_name)
         if not self._route(exchange, exchange_name, routing_key, body, properties) and mandatory:
-            message = _Message(body, properties, exchange_name, routing_key, 0)
-            self._returns.append((conn, _Delivery(message)))
-            self._schedule()
+            message = Message(body, properties, exchange_name, routing_key, 0)
+            self._pump.schedule_return(conn, Delivery(message))
 
     def _route(self, exchange, exchange_name, routing_key, body, properties):
         """Enqueue on every queue the exchange selects; return how many."""
@@ -578,29 +314,7 @@ class EmbeddedBroker:
         exchange = self.exchanges.get(queue.arguments.get("x-dead-letter-exchange"))
         if exchange is None:
             return
-        properties = _copy_properties(message.properties)
-        headers = properties["headers"] = dict(properties.get("headers") or {})
-        deaths = [dict(death) for death in headers.get("x-death", ())]
-        for death in deaths:
-            if death.get("queue") == queue.name and death.get("reason") == reason:
-                deaths.remove(death)
-                death["count"] = death.get("count", 0) + 1
-                break
-        else:
-            death = {
-                "count": 1,
-                "reason": reason,
-                "queue": queue.name,
-                "time": datetime.now(timezone.utc).replace(microsecond=0),
-                "exchange": message.exchange,
-                "routing-keys": [message.routing_key],
-            }
-            expiration = properties.pop("expiration", None)
-            if expiration is not None:
-                death["original-expiration"] = expiration
-        headers["x-death"] = [death] + deaths
-        for field, value in (("reason", reason), ("queue", queue.name), ("exchange", message.exchange)):
-            headers.setdefault("x-first-death-" + field, value)
+        properties = dead_letter_properties(queue, message, reason)
         routing_key = queue.arguments.get("x-dead-letter-routing-key", message.routing_key)
         self._route(exchange, exchange.name, routing_key, message.body, properties)
 
@@ -611,7 +325,7 @@ class EmbeddedBroker:
         if queue.consumers and (exclusive or queue.consumers[0].exclusive):
             raise _access_refused("queue %r in exclusive use" % queue_name)
         tag = consumer_tag or _generated_name("amq.ctag-")
-        consumer = _Consumer(self, conn, queue, callback, prefetch_count, no_ack, exclusive, tag)
+        consumer = Consumer(self, conn, queue, callback, prefetch_count, no_ack, exclusive, tag)
         queue.consumers.append(consumer)
         conn.consumers[consumer] = None
         if queue.ready:

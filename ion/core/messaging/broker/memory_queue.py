@@ -1,0 +1,190 @@
+"""
+The embedded broker's queues and what flows out of them, as RabbitMQ does it.
+
+A `Queue` holds `Message`s in publish order and hands them round-robin to its
+`Consumer`s within their prefetch limits; each delivery is a `Delivery` whose
+ack or reject settles it with its consumer.  Requeued messages go back ahead
+of newer ones, and `dead_letter_properties` writes the x-death record a
+rejected message carries on to its dead-letter exchange.
+"""
+
+from collections import deque
+from datetime import datetime, timezone
+
+from twisted.internet import defer
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from ion.core.messaging.broker.interface import IConsumer, IDelivery
+
+__all__ = ["Consumer", "Delivery", "Message", "Queue", "copy_properties", "dead_letter_properties"]
+
+log = Logger()
+
+
+def copy_properties(properties):
+    """A private copy, so a publisher's or consumer's later changes stay its own."""
+    copied = {name: value for name, value in properties.items() if value is not None}
+    headers = copied.get("headers")
+    if headers is not None:
+        copied["headers"] = dict(headers)
+    return copied
+
+
+def dead_letter_properties(queue, message, reason):
+    """A copy of the message's properties with RabbitMQ's x-death headers for leaving `queue`."""
+    properties = copy_properties(message.properties)
+    headers = properties["headers"] = dict(properties.get("headers") or {})
+    deaths = [dict(death) for death in headers.get("x-death", ())]
+    for death in deaths:
+        if death.get("queue") == queue.name and death.get("reason") == reason:
+            deaths.remove(death)
+            death["count"] = death.get("count", 0) + 1
+            break
+    else:
+        death = {
+            "count": 1,
+            "reason": reason,
+            "queue": queue.name,
+            "time": datetime.now(timezone.utc).replace(microsecond=0),
+            "exchange": message.exchange,
+            "routing-keys": [message.routing_key],
+        }
+        expiration = properties.pop("expiration", None)
+        if expiration is not None:
+            death["original-expiration"] = expiration
+    headers["x-death"] = [death] + deaths
+    for field, value in (("reason", reason), ("queue", queue.name), ("exchange", message.exchange)):
+        headers.setdefault("x-first-death-" + field, value)
+    return properties
+
+
+class Message:
+    """One message as it sits in one queue (each queue keeps its own redelivered flag)."""
+
+    __slots__ = ("body", "properties", "exchange", "routing_key", "redelivered", "seq")
+
+    def __init__(self, body, properties, exchange, routing_key, seq):
+        self.body = body
+        self.properties = properties
+        self.exchange = exchange
+        self.routing_key = routing_key
+        self.redelivered = False
+        self.seq = seq
+
+
+class Queue:
+    """A queue's ready messages, consumers and bindings; the broker enforces its flags."""
+
+    def __init__(self, name, durable, owner, auto_delete, arguments):
+        self.name = name
+        self.durable = durable
+        self.owner = owner  # the connection of an exclusive queue, else None
+        self.auto_delete = auto_delete
+        self.arguments = arguments
+        self.ready = deque()
+        self.consumers = deque()  # round-robin order: the next one is at the left
+        self.bindings = set()  # of (exchange, routing_key)
+        self._seq = 0
+
+    def enqueue(self, body, properties, exchange, routing_key):
+        self._seq += 1
+        self.ready.append(Message(body, properties, exchange, routing_key, self._seq))
+
+    def requeue(self, messages):
+        """Put messages back in their original order ahead of newer ones, as RabbitMQ does."""
+        for message in messages:
+            message.redelivered = True
+            position = next((i for i, waiting in enumerate(self.ready) if waiting.seq > message.seq), len(self.ready))
+            self.ready.insert(position, message)
+
+    def deliver(self, budget):
+        """Hand up to `budget` ready messages to consumers round-robin; return how many went."""
+        ready, consumers = self.ready, self.consumers
+        sent = 0
+        while ready and sent < budget:
+            for _ in range(len(consumers)):
+                consumer = consumers[0]
+                consumers.rotate(-1)
+                if consumer.wants_more():
+                    break
+            else:
+                break
+            consumer.deliver(ready.popleft())
+            sent += 1
+        return sent
+
+
+@implementer(IDelivery)
+class Delivery:
+    """A message as handed to a consumer, or returned unroutable (then with no consumer to settle with)."""
+
+    __slots__ = (
+        "body", "properties", "exchange", "routing_key", "redelivered", "delivery_tag", "consumer_tag", "_consumer"
+    )
+
+    def __init__(self, message, delivery_tag=None, consumer=None):
+        self.body = message.body
+        self.properties = copy_properties(message.properties)
+        self.exchange = message.exchange
+        self.routing_key = message.routing_key
+        self.redelivered = message.redelivered
+        self.delivery_tag = delivery_tag
+        self.consumer_tag = consumer.tag if consumer is not None else None
+        self._consumer = consumer
+
+    def ack(self):
+        if self._consumer is not None:
+            self._consumer.settle(self.delivery_tag)
+
+    def reject(self, requeue=False):
+        if self._consumer is not None:
+            self._consumer.settle(self.delivery_tag, reject=True, requeue=requeue)
+
+
+@implementer(IConsumer)
+class Consumer:
+    """One consume on a queue; settling goes back through the broker to dead-letter and wake the pump."""
+
+    def __init__(self, broker, connection, queue, callback, prefetch_count, no_ack, exclusive, tag):
+        self.queue = queue.name
+        self.tag = tag
+        self.connection = connection
+        self.exclusive = exclusive
+        self.active = True
+        self.unacked = {}  # delivery tag -> Message
+        self._broker = broker
+        self._queue = queue
+        self._callback = callback
+        self._prefetch = prefetch_count
+        self._no_ack = no_ack
+        self._next_tag = 1
+
+    def wants_more(self):
+        return self._no_ack or not self._prefetch or len(self.unacked) < self._prefetch
+
+    def deliver(self, message):
+        tag = self._next_tag
+        self._next_tag += 1
+        if not self._no_ack:
+            self.unacked[tag] = message
+        try:
+            self._callback(Delivery(message, tag, self))
+        except Exception:
+            log.failure("Consumer {tag} of queue {queue} failed", tag=self.tag, queue=self.queue)
+
+    def settle(self, delivery_tag, reject=False, requeue=False):
+        """Ack or reject; a no-op once the consumer is gone or the tag was settled."""
+        message = self.unacked.pop(delivery_tag, None)
+        if message is None:
+            return
+        if reject and requeue:
+            self._queue.requeue((message,))
+        elif reject:
+            self._broker.dead_letter(self._queue, message, "rejected")
+        if self._queue.ready:
+            self._broker.wake(self._queue)
+
+    def cancel(self):
+        self._broker.cancel(self)
+        return defer.succeed(None)

@@ -1,0 +1,116 @@
+"""
+The embedded broker's exchanges: how each exchange type picks the queues a
+routing key reaches, as RabbitMQ does.
+
+Each exchange keeps its bindings as (queue, routing_key) pairs plus an index
+suited to its type, so routing a message costs a lookup rather than a scan of
+every binding.  The default exchange has no bindings of its own: every queue
+is reachable through it by name.
+"""
+
+from ion.core.messaging.broker.interface import EXCHANGE_TYPES
+from ion.core.messaging.broker.topic import TopicTrie
+
+__all__ = ["EXCHANGE_CLASSES", "DefaultExchange"]
+
+
+class _Exchange:
+    """An exchange's bindings, and how a routing key selects queues from them."""
+
+    def __init__(self, name, durable, auto_delete):
+        self.name = name
+        self.durable = durable
+        self.auto_delete = auto_delete
+        self.bindings = set()  # of (queue, routing_key)
+
+    def bind(self, queue, routing_key):
+        if (queue, routing_key) not in self.bindings:
+            self.bindings.add((queue, routing_key))
+            self._indexed(queue, routing_key)
+
+    def unbind(self, queue, routing_key):
+        self.bindings.discard((queue, routing_key))
+        self._unindexed(queue, routing_key)
+
+
+class _DirectExchange(_Exchange):
+    type = "direct"
+
+    def __init__(self, name, durable, auto_delete):
+        super().__init__(name, durable, auto_delete)
+        self._by_key = {}
+
+    def _indexed(self, queue, routing_key):
+        self._by_key.setdefault(routing_key, set()).add(queue)
+
+    def _unindexed(self, queue, routing_key):
+        queues = self._by_key.get(routing_key, set())
+        queues.discard(queue)
+        if not queues:
+            self._by_key.pop(routing_key, None)
+
+    def route(self, routing_key):
+        return self._by_key.get(routing_key, ())
+
+
+class _FanoutExchange(_Exchange):
+    type = "fanout"
+
+    def __init__(self, name, durable, auto_delete):
+        super().__init__(name, durable, auto_delete)
+        self._queues = frozenset()
+
+    def _indexed(self, queue, routing_key):
+        self._queues = frozenset(q for q, _ in self.bindings)
+
+    _unindexed = _indexed
+
+    def route(self, routing_key):
+        return self._queues
+
+
+class _TopicExchange(_Exchange):
+    type = "topic"
+
+    # Distinct routing keys remembered before the route cache starts over.
+    _CACHE_SIZE = 10000
+
+    def __init__(self, name, durable, auto_delete):
+        super().__init__(name, durable, auto_delete)
+        self._trie = TopicTrie()
+        self._cache = {}
+
+    def _indexed(self, queue, routing_key):
+        self._trie.add(routing_key, queue)
+        self._cache.clear()
+
+    def _unindexed(self, queue, routing_key):
+        self._trie.remove(routing_key, queue)
+        self._cache.clear()
+
+    def route(self, routing_key):
+        queues = self._cache.get(routing_key)
+        if queues is None:
+            if len(self._cache) >= self._CACHE_SIZE:
+                self._cache.clear()
+            queues = self._cache[routing_key] = tuple(self._trie.match(routing_key))
+        return queues
+
+
+class DefaultExchange:
+    """The nameless direct exchange every queue is implicitly bound to by name."""
+
+    name = ""
+    type = "direct"
+
+    def __init__(self, queues):
+        self._queues = queues
+
+    def route(self, routing_key):
+        queue = self._queues.get(routing_key)
+        return () if queue is None else (queue,)
+
+
+# Exchange type -> class; each is built as cls(name, durable, auto_delete).
+EXCHANGE_CLASSES = {cls.type: cls for cls in (_DirectExchange, _FanoutExchange, _TopicExchange)}
+assert set(EXCHANGE_CLASSES) == set(EXCHANGE_TYPES)
