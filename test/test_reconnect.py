@@ -407,6 +407,28 @@ class ProxyCutTest(ReconnectTestBase):
                 resumed_after_cut_s="%.2f" % resumed)
 
 
+class StopDuringOutageTest(ReconnectTestBase):
+    """A container stopping while its broker is unreachable does not wait for it."""
+
+    @defer.inlineCallbacks
+    def test_stop_while_broker_unreachable(self):
+        proxy = self.proxy()
+        self.broker_url = proxy.url()
+        proc = yield self.start_process()
+        yield self._spawn_processes([HELLO])
+        yield self.subscribe(proc, unique("outage"))
+        proxy.refusing = True
+        proxy.cut()
+        connection = self.container.exchange_manager.connection
+        yield wait_for(lambda: not connection.connected, timeout=10)
+        started = reactor.seconds()
+        yield self._stop_container()
+        took = reactor.seconds() - started
+        self.assertLess(took, 5)
+        self.assertEqual(proc._get_state(), BasicStates.TERMINATED)
+        figures("stop while the broker is unreachable", stop_took_s="%.2f" % took)
+
+
 class ConnectionReconnectTest(unittest.TestCase):
     """The AMQPConnection alone, through a proxy that cuts and refuses connections."""
 

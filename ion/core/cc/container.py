@@ -60,6 +60,8 @@ class Container(BasicLifecycleObject):
 
     @defer.inlineCallbacks
     def on_terminate(self, *args, **kwargs):
+        if self.exchange_manager is not None:
+            self.exchange_manager.stopping = True
         yield self.app_manager.stop_all()
         yield self.proc_manager.terminate()
         if self.exchange_manager is not None:

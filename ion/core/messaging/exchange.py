@@ -6,7 +6,7 @@ the registry of messaging names the shell lists.
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from ion.core.messaging.broker.interface import BrokerError, NotFound, PreconditionFailed
+from ion.core.messaging.broker.interface import BrokerError, ConnectionLost, NotFound, PreconditionFailed
 from ion.core.messaging.serialization import message_properties, pack_body
 
 log = Logger()
@@ -28,6 +28,9 @@ class ExchangeManager:
         self.connection = connection
         self.store = {}  # messaging name -> queue config, for the shell's ms()
         self._exchanges = {}  # name -> (type, durable, auto_delete)
+        # Set while the container shuts down: then a lost broker fails sends at
+        # once instead of holding the shutdown for the reconnect timeout.
+        self.stopping = False
 
     @property
     def description(self):
@@ -75,6 +78,8 @@ class ExchangeManager:
         Pack `message` (a header dict) and publish it per the exchange `config`.
         The hot path: no declaration once the exchange is known.
         """
+        if self.stopping and not self.connection.connected:
+            return defer.fail(ConnectionLost("%s is not connected and the container is stopping" % (self.description,)))
         try:
             body = pack_body(message)
         except Exception:

@@ -21,6 +21,7 @@ from ion.core.exception import (
     ReceivedError,
 )
 from ion.core.id import Id
+from ion.core.messaging.broker.interface import ConnectionLost
 from ion.core.messaging.message_client import MessageClient, MessageInstance
 from ion.core.messaging.messaging import Message
 from ion.core.messaging.receiver import ProcessReceiver
@@ -186,9 +187,13 @@ class Process(BasicLifecycleObject):
     def _publish_lifecycle_event(self, state):
         if self._plcc_pub is None:
             return defer.succeed(None)
-        d = self._plcc_pub.create_and_publish_event(state=state)
-        d.addErrback(lambda f: log.failure("Process {id}: lifecycle event {state} not published", f, id=self.id, state=state))
-        return d
+        return self._plcc_pub.create_and_publish_event(state=state).addErrback(self._lifecycle_event_lost, state)
+
+    def _lifecycle_event_lost(self, failure, state):
+        if failure.check(ConnectionLost):
+            log.warn("Process {id}: lifecycle event {state} not published: {e}", id=self.id, state=state, e=failure.value)
+        else:
+            log.failure("Process {id}: lifecycle event {state} not published", failure, id=self.id, state=state)
 
     # Hooks for subclasses.
     def plc_init(self):
