@@ -14,7 +14,7 @@ from ion.core.process.process import Process
 from ion.services.dm.distribution import events
 from ion.services.dm.distribution.publisher_subscriber import SubscriberFactory
 from ion.test.iontest import IonTestCase
-from test.brokers import BrokerTestMixin, for_each_broker
+from test.brokers import BrokerTestMixin, for_each_broker, wait_for
 
 
 class Collector:
@@ -441,12 +441,36 @@ class EventTests(BrokerTestMixin):
         pub = yield self.publisher(origin="fail")
         yield pub.create_and_publish_event(name="boom")
         yield pub.create_and_publish_event(name="next")
-        from test.brokers import wait_for
 
         yield wait_for(lambda: seen == ["boom", "next"])
         self.assertEqual(len(self.flushLoggedErrors(ValueError)), 1)
 
     # --- subscription modes ---------------------------------------------
+    @defer.inlineCallbacks
+    def test_prefetch_above_one(self):
+        held = []  # (name, Deferred) of events being handled, none finished yet
+        done = []
+
+        def hold(data):
+            d = defer.Deferred()
+            held.append((data["content"].name, d))
+            return d.addCallback(lambda _: done.append(data["content"].name))
+
+        sub = yield SubscriberFactory(process=self.proc).build(
+            subscriber_type=events.InfoLoggingEventSubscriber, origin="pf", handler=hold, prefetch_count=10
+        )
+        self.assertEqual(sub.consumer_config["prefetch_count"], 10)
+        pub = yield self.publisher(origin="pf")
+        for i in range(15):
+            yield pub.create_and_publish_event(name="e%d" % i)
+        # Ten handled at once (R1's prefetch of 1 would stop at one), and no more.
+        yield wait_for(lambda: len(held) == 10)
+        while held:
+            held.pop(0)[1].callback(None)
+            yield wait_for(lambda: held or len(done) == 15)
+        self.assertEqual(sorted(done), sorted("e%d" % i for i in range(15)))
+        self.assertRaises(ValueError, events.EventSubscriber, process=self.proc, prefetch_count=0)
+
     @defer.inlineCallbacks
     def test_anonymous_queues_broadcast(self):
         _, first = yield self.subscribe(events.InfoLoggingEventSubscriber, origin="bcast")
@@ -471,7 +495,6 @@ class EventTests(BrokerTestMixin):
         pub = yield self.publisher(origin="compete")
         for i in range(20):
             yield pub.create_and_publish_event(name="e%d" % i)
-        from test.brokers import wait_for
 
         yield wait_for(lambda: len(first.events) + len(second.events) == 20)
         self.assertEqual(sorted(first.names() + second.names()), sorted("e%d" % i for i in range(20)))

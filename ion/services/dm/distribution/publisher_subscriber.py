@@ -138,6 +138,10 @@ class Subscriber(BasicLifecycleObject):
 
     `retries` and `dead_letter` choose what happens to failed and
     undecodable messages (see the module docstring); `stats` counts them.
+
+    `prefetch_count` is how many unacked messages the broker hands over at
+    once.  R1's 1 means strictly one after another; more gives throughput,
+    and a handler that returns a Deferred may then see several at a time.
     """
 
     def __init__(
@@ -151,11 +155,14 @@ class Subscriber(BasicLifecycleObject):
         auto_delete=True,
         retries=None,
         dead_letter=None,
+        prefetch_count=1,
         *args,
         **kwargs
     ):
         super().__init__()
         who = type(self).__name__
+        if not isinstance(prefetch_count, int) or isinstance(prefetch_count, bool) or prefetch_count < 1:
+            raise ValueError("%s: prefetch_count must be an int >= 1, not %r" % (who, prefetch_count))
         _require(xp_name, "an exchange point (xp_name)", who)
         _require(process, "a process", who)
         if retries is not None and (not isinstance(retries, int) or isinstance(retries, bool) or retries < 0):
@@ -187,6 +194,7 @@ class Subscriber(BasicLifecycleObject):
             warn_if_exists=False,
             routing_key=binding_key,
             queue=queue_name,
+            prefetch_count=prefetch_count,
         )
         self._sub_name = "%s_subscriber_recv_%d" % (process.id.full, len(process._registered_life_cycle_objects))
         self._recv = WorkerReceiver(
