@@ -11,9 +11,6 @@ import os
 
 from twisted.internet import defer, reactor
 from twisted.internet.protocol import Factory
-from twisted.internet.ssl import PrivateCertificate
-from twisted.protocols import portforward
-from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.trial import unittest
 
 from ion.core.messaging.broker import amqp, connect
@@ -28,6 +25,7 @@ from ion.core.messaging.broker.interface import (
 )
 from ion.core.resources import resource_path
 from test.brokers import RABBIT_URL, BrokerTestMixin, for_each_broker
+from test.proxy import TcpProxy
 from test.test_broker_address import make_certificates
 
 TIMEOUT = 20  # seconds to wait for an expected message before failing
@@ -308,75 +306,6 @@ class SpecTest(unittest.TestCase):
                         "res/amqp/amqp0-9-1.rabbitmq.xml is stale: run tools/make_amqp_spec.py")
 
 
-class _ProxyClient(portforward.ProxyClient):
-    def connectionMade(self):
-        if self.peer.gone:
-            self.transport.loseConnection()
-        else:
-            super().connectionMade()
-
-    def dataReceived(self, data):
-        if not self.peer.factory.proxy.silent:
-            super().dataReceived(data)
-
-    def connectionLost(self, reason):
-        server = self.peer
-        if server.factory.proxy.silent:
-            self.peer = None  # a silent proxy does not pass the close on either
-        super().connectionLost(reason)
-        server.client_lost.callback(None)
-
-
-class _ProxyClientFactory(portforward.ProxyClientFactory):
-    protocol = _ProxyClient
-
-
-class _ProxyServer(portforward.ProxyServer):
-    clientProtocolFactory = _ProxyClientFactory
-    gone = False
-
-    def connectionMade(self):
-        self.server_lost, self.client_lost = defer.Deferred(), defer.Deferred()
-        self.factory.proxy.connections += [self.server_lost, self.client_lost]
-        super().connectionMade()
-
-    def dataReceived(self, data):
-        if not self.factory.proxy.silent:
-            super().dataReceived(data)
-
-    def connectionLost(self, reason):
-        self.gone = True
-        super().connectionLost(reason)
-        self.server_lost.callback(None)
-
-
-class ForwardingProxy:
-    """
-    Forwards an ephemeral 127.0.0.1 port to RabbitMQ, terminating TLS when
-    given a certificate; `silent = True` makes it drop everything, like a
-    peer that died without closing.
-    """
-
-    def __init__(self, cert_file=None, key_file=None):
-        rabbit = BrokerAddress.from_url(RABBIT_URL)
-        factory = portforward.ProxyFactory(rabbit.host, rabbit.port)
-        factory.protocol = _ProxyServer
-        factory.proxy = self
-        if cert_file:
-            with open(cert_file, "rb") as c, open(key_file, "rb") as k:
-                options = PrivateCertificate.loadPEM(c.read() + k.read()).options()
-            factory = TLSMemoryBIOFactory(options, False, factory)
-        self.silent = False
-        self.connections = []
-        self._port = reactor.listenTCP(0, factory, interface="127.0.0.1")
-        self.port = self._port.getHost().port
-
-    @defer.inlineCallbacks
-    def stop(self):
-        yield self._port.stopListening()
-        yield defer.DeferredList(self.connections)
-
-
 class RabbitConnectionTest(unittest.TestCase):
     """What only the txamqp implementation has: channels, TCP, heartbeats, login, TLS."""
 
@@ -393,7 +322,7 @@ class RabbitConnectionTest(unittest.TestCase):
         return BrokerTestMixin.unique_name(self, prefix)
 
     def proxy(self, *tls_files):
-        proxy = ForwardingProxy(*tls_files)
+        proxy = TcpProxy(None, *tls_files)
         self.addCleanup(proxy.stop)
         return proxy
 

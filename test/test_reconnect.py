@@ -17,7 +17,6 @@ from twisted.internet.error import ConnectError
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.logger import Logger
-from twisted.protocols import portforward
 from twisted.trial import unittest
 
 from ion.core import ioninit
@@ -30,6 +29,7 @@ from ion.services.dm.distribution.publisher_subscriber import SubscriberFactory
 from ion.test.iontest import IonTestCase
 from ion.util.state_object import BasicStates
 from test.brokers import RABBIT_URL, wait_for
+from test.proxy import TcpProxy
 
 log = Logger()
 
@@ -110,96 +110,6 @@ def wait_until_accepting(address, timeout):
         yield task.deferLater(reactor, 0.05, lambda: None)
 
 
-# -- a TCP proxy that can cut its connections -------------------------------------
-
-
-class _ToBroker(portforward.ProxyClient):
-    def connectionMade(self):
-        self.peer.factory.proxy.open.add(self)
-        if self.peer.cut:  # the client side went while we connected
-            self.transport.abortConnection()
-        else:
-            super().connectionMade()
-
-    def dataReceived(self, data):
-        if not self.peer.factory.proxy.silent:
-            super().dataReceived(data)
-
-    def connectionLost(self, reason):
-        self.peer.factory.proxy.open.discard(self)
-        super().connectionLost(reason)
-
-
-class _ToBrokerFactory(portforward.ProxyClientFactory):
-    protocol = _ToBroker
-    noisy = False
-
-
-class _FromClient(portforward.ProxyServer):
-    clientProtocolFactory = _ToBrokerFactory
-    cut = False
-
-    def connectionMade(self):
-        proxy = self.factory.proxy
-        proxy.attempts += 1
-        proxy.open.add(self)
-        if proxy.refusing:
-            self.transport.abortConnection()
-        else:
-            super().connectionMade()
-
-    def dataReceived(self, data):
-        if not self.factory.proxy.silent:
-            super().dataReceived(data)
-
-    def connectionLost(self, reason):
-        self.cut = True
-        self.factory.proxy.open.discard(self)
-        super().connectionLost(reason)
-
-
-class CuttingProxy:
-    """
-    Forwards an ephemeral 127.0.0.1 port to RabbitMQ.  `cut()` aborts every
-    connection through it; while `refusing`, new connections are aborted as
-    soon as they are accepted; while `silent`, it drops every byte, like a
-    peer that died without closing.
-    """
-
-    def __init__(self, address):
-        factory = portforward.ProxyFactory(address.host, address.port)
-        factory.protocol = _FromClient
-        factory.proxy = self
-        factory.noisy = False
-        self.refusing = False
-        self.silent = False
-        self.attempts = 0  # connections accepted, refused ones included
-        self.open = set()  # protocols of both sides still connected
-        self._listening = reactor.listenTCP(0, factory, interface="127.0.0.1")
-        self.port = self._listening.getHost().port
-
-    def url(self, query=""):
-        a = BrokerAddress.from_url(RABBIT_URL)
-        return "amqp://%s:%s@127.0.0.1:%d/%s%s" % (a.username, a.password, self.port, "%2F", query)
-
-    def clients(self):
-        return [p for p in self.open if isinstance(p, _FromClient)]
-
-    def cut(self):
-        """Abort every client connection (the broker side closes with it); fires with how many were cut."""
-        clients = self.clients()
-        for protocol in clients:
-            protocol.transport.abortConnection()
-        return len(clients)
-
-    @defer.inlineCallbacks
-    def stop(self):
-        yield self._listening.stopListening()
-        for protocol in list(self.open):
-            protocol.transport.abortConnection()
-        yield wait_for(lambda: not self.open, timeout=10)
-
-
 # -- helpers -----------------------------------------------------------------------
 
 
@@ -253,7 +163,7 @@ class ReconnectTestBase(IonTestCase):
             raise unittest.SkipTest("no RabbitMQ at %s" % BrokerAddress.from_url(RABBIT_URL).description)
 
     def proxy(self):
-        proxy = CuttingProxy(BrokerAddress.from_url(RABBIT_URL))
+        proxy = TcpProxy()
         self.addCleanup(proxy.stop)
         return proxy
 
@@ -439,7 +349,7 @@ class ConnectionReconnectTest(unittest.TestCase):
         address = BrokerAddress.from_url(RABBIT_URL)
         if not (yield rabbit_accepts(address)):
             raise unittest.SkipTest("no RabbitMQ at %s" % address.description)
-        self.proxy = CuttingProxy(address)
+        self.proxy = TcpProxy(address)
         self.addCleanup(self.proxy.stop)
 
     @defer.inlineCallbacks
