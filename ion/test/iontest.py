@@ -16,10 +16,9 @@ from twisted.internet import defer
 from twisted.trial import unittest
 
 from ion.core import ioninit
-from ion.core.cc.container import create_new_container, forget_container
+from ion.core.cc.container import create_new_container, forget_container, stop_container
 from ion.core.messaging.broker.address import BrokerAddress
 from ion.core.process.process import ProcessDesc
-from ion.util.state_object import BasicStates
 
 CONF = ioninit.config(__name__)
 _containers = itertools.count(1)
@@ -87,12 +86,8 @@ class IonTestCase(unittest.TestCase):
     @defer.inlineCallbacks
     def _cleanup_container(self, container):
         try:
-            if container.state in (BasicStates.READY, BasicStates.ACTIVE):
-                yield container.terminate()
-            elif container.exchange_manager is not None:
-                yield container.exchange_manager.close()
+            yield stop_container(container)
         finally:
-            forget_container(container)
             ioninit.reset()
 
     @defer.inlineCallbacks

@@ -14,7 +14,7 @@ from ion.core.pack.app_manager import AppManager
 from ion.core.process.proc_manager import ProcessManager
 from ion.core.process.process import Process
 from ion.services.dm.distribution import events
-from ion.util.state_object import BasicLifecycleObject
+from ion.util.state_object import BasicLifecycleObject, BasicStates
 
 log = Logger()
 CONF = ioninit.config(__name__)
@@ -132,6 +132,22 @@ def create_new_container():
     container = Container()
     ioninit.container_instance = container
     return container
+
+
+@defer.inlineCallbacks
+def stop_container(container):
+    """
+    Stop `container` however far it got: a running one terminates; one that
+    failed on the way up only closes its broker connection.  Either way it is
+    forgotten, so a new container can be created.
+    """
+    try:
+        if container.state in (BasicStates.READY, BasicStates.ACTIVE):
+            yield container.terminate()
+        elif container.exchange_manager is not None:
+            yield container.exchange_manager.close()
+    finally:
+        forget_container(container)
 
 
 def forget_container(container):

@@ -18,11 +18,10 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from ion.core import ioninit
-from ion.core.cc.container import create_new_container, forget_container
+from ion.core.cc.container import create_new_container, stop_container
 from ion.core.exception import ConfigurationError
 from ion.core.messaging.broker.address import DEFAULT_RECONNECT_TIMEOUT, BrokerAddress, parse_reconnect_timeout
 from ion.core.resources import resource_path
-from ion.util.state_object import BasicStates
 
 log = Logger()
 VERSION = "1.1.5.post3"
@@ -190,13 +189,7 @@ class CapabilityContainer(service.Service):
         container, self.container = self.container, None
         if container is None:
             return
-        try:
-            if container.state in (BasicStates.READY, BasicStates.ACTIVE):
-                yield container.terminate()
-            elif container.exchange_manager is not None:
-                yield container.exchange_manager.close()
-        finally:
-            forget_container(container)
+        yield stop_container(container)
         log.info("Container {id} stopped", id=container.id)
 
 
