@@ -263,7 +263,7 @@ class SpecTest(unittest.TestCase):
     USED = {
         "connection": ["start", "start-ok", "tune", "tune-ok", "open", "open-ok", "close", "close-ok", "blocked", "unblocked"],
         "channel": ["open", "open-ok", "close", "close-ok", "flow", "flow-ok"],
-        "exchange": ["declare", "declare-ok", "delete", "delete-ok", "bind", "bind-ok"],
+        "exchange": ["declare", "declare-ok", "delete", "delete-ok", "bind", "bind-ok", "unbind", "unbind-ok"],
         "queue": ["declare", "declare-ok", "bind", "bind-ok", "unbind", "unbind-ok", "delete", "delete-ok", "purge", "purge-ok"],
         "basic": ["qos", "qos-ok", "consume", "consume-ok", "cancel", "cancel-ok", "publish", "deliver", "ack", "reject",
                   "return", "nack"],

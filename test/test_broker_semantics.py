@@ -216,6 +216,87 @@ class BrokerSemanticsTests(BrokerTestMixin):
         yield conn.queue_delete(q)
         yield self.eventually_gone(conn, "exchange", x)
 
+    # -- exchange-to-exchange bindings
+
+    @inlineCallbacks
+    def test_exchange_binding_routes_through(self):
+        conn = yield self.connect_broker()
+        source = yield self.exchange(conn, "topic")
+        middle = yield self.exchange(conn, "topic")
+        yield conn.exchange_bind(middle, source, "a.#")
+        q = yield self.queue(conn, exclusive=True)
+        yield conn.queue_bind(q, middle, "#.b")
+        inbox, _ = yield self.inbox(conn, q)
+        for key in ("a.b", "a.c", "x.b"):
+            yield conn.publish(source, key, key.encode())
+        yield conn.publish(middle, "x.b", b"direct to middle")
+        got = yield self.fenced(conn, {q: inbox})
+        self.assertEqual(got[q], [b"a.b", b"direct to middle"])
+        self.assertEqual(inbox.deliveries[0].exchange, source, "a delivery names the exchange it was published to")
+
+    @inlineCallbacks
+    def test_one_copy_per_queue_whatever_the_paths(self):
+        conn = yield self.connect_broker()
+        source = yield self.exchange(conn, "topic")
+        first = yield self.exchange(conn, "topic")
+        second = yield self.exchange(conn, "fanout")
+        yield conn.exchange_bind(first, source, "#")
+        yield conn.exchange_bind(second, source, "a.*")
+        yield conn.exchange_bind(source, second, "")  # a cycle
+        q = yield self.queue(conn, exclusive=True)
+        for exchange, key in ((source, "a.b"), (first, "#"), (second, "")):
+            yield conn.queue_bind(q, exchange, key)
+        inbox, _ = yield self.inbox(conn, q)
+        yield conn.publish(source, "a.b", b"once")
+        got = yield self.fenced(conn, {q: inbox})
+        self.assertEqual(got[q], [b"once"])
+
+    @inlineCallbacks
+    def test_exchange_unbind(self):
+        conn = yield self.connect_broker()
+        source = yield self.exchange(conn, "topic", auto_delete=False)
+        destination = yield self.exchange(conn, "topic", auto_delete=False)
+        yield conn.exchange_bind(destination, source, "#")
+        q = yield self.queue(conn, exclusive=True)
+        yield conn.queue_bind(q, destination, "#")
+        inbox, _ = yield self.inbox(conn, q)
+        yield conn.exchange_unbind(destination, source, "#")
+        yield conn.exchange_unbind(destination, source, "#")  # a missing binding is fine
+        yield conn.publish(source, "k", b"unrouted")
+        got = yield self.fenced(conn, {q: inbox})
+        self.assertEqual(got[q], [])
+
+    @inlineCallbacks
+    def test_exchange_bind_needs_both_exchanges(self):
+        conn = yield self.connect_broker()
+        x = yield self.exchange(conn, "topic")
+        yield self.assertFailure(conn.exchange_bind(x, self.unique_name("missing"), "#"), NotFound)
+        yield self.assertFailure(conn.exchange_bind(self.unique_name("missing"), x, "#"), NotFound)
+
+    @inlineCallbacks
+    def test_auto_delete_cascades_through_exchange_bindings(self):
+        """A durable queue gone: its auto-delete exchange goes, and so does the exchange feeding only that one."""
+        conn = yield self.connect_broker()
+        source = yield self.exchange(conn, "topic", auto_delete=True)
+        destination = yield self.exchange(conn, "topic", durable=True, auto_delete=True)
+        yield conn.exchange_bind(destination, source, "#")
+        q = yield self.queue(conn, durable=True, auto_delete=False)
+        yield conn.queue_bind(q, destination, "#")
+        yield conn.queue_delete(q)
+        yield self.eventually_gone(conn, "exchange", destination)
+        yield self.eventually_gone(conn, "exchange", source)
+
+    @inlineCallbacks
+    def test_exchange_binding_keeps_its_source(self):
+        """An auto-delete exchange with an exchange binding is in use: if_unused refuses to delete it."""
+        conn = yield self.connect_broker()
+        source = yield self.exchange(conn, "topic", auto_delete=True)
+        destination = yield self.exchange(conn, "topic", auto_delete=True)
+        yield conn.exchange_bind(destination, source, "#")
+        yield self.assertFailure(conn.exchange_delete(source, if_unused=True), PreconditionFailed)
+        yield conn.exchange_delete(destination, if_unused=True)
+        yield self.eventually_gone(conn, "exchange", source)
+
     @inlineCallbacks
     def test_exchange_delete_removes_bindings(self):
         conn = yield self.connect_broker()

@@ -44,6 +44,28 @@ class ExchangeManager:
         yield self.connection.exchange_declare(name, type=type, durable=durable, auto_delete=auto_delete)
         self._exchanges[name] = flags
 
+    @defer.inlineCallbacks
+    def bind_durable_companion(self, exchange):
+        """
+        Declare the durable companion of topic exchange `exchange` (declared
+        already, through this manager) and bind it to `exchange` with '#';
+        fires with the companion's name.
+        """
+        companion = durable_companion(exchange)
+        for last_try in (False, True):
+            yield self.declare_exchange(companion, **COMPANION_FLAGS)
+            try:
+                yield self.connection.exchange_bind(companion, exchange, "#")
+                return companion
+            except NotFound:
+                if last_try:
+                    raise
+                # One of them was auto-deleted meanwhile: declare both again.
+                self._exchanges.pop(companion, None)
+                flags = self._exchanges.pop(exchange, None)
+                if flags is not None:
+                    yield self.declare_exchange(exchange, *flags)
+
     def _declare_from(self, config):
         type, durable, auto_delete = _flags(config)
         return self.declare_exchange(config["exchange"], type=type, durable=durable, auto_delete=auto_delete)
@@ -114,7 +136,8 @@ class ExchangeManager:
         declared, self._exchanges = self._exchanges, {}
         if not self.connection.connected:
             declared = {}  # the broker is away: do not wait for it just to tidy up
-        for name, (_type, _durable, auto_delete) in declared.items():
+        # Newest first: a durable companion goes before the exchange its binding keeps in use.
+        for name, (_type, _durable, auto_delete) in reversed(declared.items()):
             if auto_delete:
                 try:
                     yield self.connection.exchange_delete(name, if_unused=True)
@@ -123,6 +146,20 @@ class ExchangeManager:
                 except BrokerError as e:
                     log.info("Exchange {name} not deleted: {error}", name=name, error=e)
         yield self.connection.close()
+
+
+# Durable companion exchanges (see bind_durable_companion and publisher_subscriber).
+COMPANION_FLAGS = {"type": "topic", "durable": True, "auto_delete": True}
+
+
+def durable_companion(exchange):
+    """
+    The name of the durable exchange that stands beside non-durable topic
+    exchange `exchange`: bound to it with '#', it gets every message routed
+    there, and durable queues bind to it so that their bindings survive a
+    broker restart (a binding is durable only when both its ends are).
+    """
+    return exchange + ".durable"
 
 
 def _flags(config):

@@ -236,11 +236,18 @@ class AMQPConnection:
 
     @defer.inlineCallbacks
     def _restore(self):
-        """Exchanges, queues, bindings, then consumers, as recorded; fires with the number of consumers resumed."""
+        """
+        Exchanges, exchange bindings, queues, queue bindings, then consumers, as
+        recorded; fires with the number of consumers resumed.
+        """
         topology = self._topology
         for name, flags in list(topology.exchanges.items()):
             if (yield self._redo("exchange %r" % name, "exchange_declare", exchange=name, **flags)) is None:
                 topology.remove_exchange(name)
+        for destination, source, key in list(topology.exchange_bindings):
+            what = "binding of exchange %r to %r with %r" % (destination, source, key)
+            if (yield self._redo(what, "exchange_bind", destination=destination, source=source, routing_key=key)) is None:
+                topology.exchange_bindings.pop((destination, source, key), None)
         for name, (flags, broker_named) in list(topology.queues.items()):
             reply = yield self._redo("queue %r" % name, "queue_declare", queue="" if broker_named else name, **flags)
             if reply is None:
@@ -429,6 +436,20 @@ class AMQPConnection:
             self._topology.bindings.pop((self._topology.current(queue), exchange, routing_key), None)
 
         return self._call("queue_unbind", queue=queue, exchange=exchange, routing_key=routing_key).addCallback(unbound)
+
+    def exchange_bind(self, destination, source, routing_key):
+        def bound(_):
+            self._topology.exchange_bindings[destination, source, routing_key] = None
+
+        d = self._call("exchange_bind", destination=destination, source=source, routing_key=routing_key)
+        return d.addCallback(bound)
+
+    def exchange_unbind(self, destination, source, routing_key):
+        def unbound(_):
+            self._topology.exchange_bindings.pop((destination, source, routing_key), None)
+
+        d = self._call("exchange_unbind", destination=destination, source=source, routing_key=routing_key)
+        return d.addCallback(unbound)
 
     def publish(self, exchange, routing_key, body, properties=None, mandatory=False):
         """Written at once when connected and the shared channel is idle, else queued behind the pending calls."""

@@ -13,6 +13,7 @@ class Topology:
         self.exchanges = {}  # name -> exchange_declare arguments
         self.queues = {}  # name -> (queue_declare arguments, broker-named?)
         self.bindings = {}  # (queue, exchange, routing key) -> None: an ordered set
+        self.exchange_bindings = {}  # (destination, source, routing key) -> None: an ordered set
         self._renamed = {}  # earlier names of broker-named queues -> current name
 
     def current(self, queue):
@@ -22,6 +23,7 @@ class Topology:
     def remove_exchange(self, name):
         self.exchanges.pop(name, None)
         self.bindings = {b: None for b in self.bindings if b[1] != name}
+        self.exchange_bindings = {b: None for b in self.exchange_bindings if name not in b[:2]}
 
     def remove_queue(self, name):
         self.queues.pop(name, None)

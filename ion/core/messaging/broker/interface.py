@@ -153,6 +153,17 @@ class IBrokerConnection(Interface):
     def queue_unbind(queue, exchange, routing_key):
         """Remove a binding (unbinding a missing binding is not an error)."""
 
+    def exchange_bind(destination, source, routing_key):
+        """
+        Bind exchange `destination` to exchange `source` (RabbitMQ's
+        exchange-to-exchange binding): what `source` routes with a matching
+        key also goes through `destination`.  A queue reached by several
+        paths gets one copy.  NotFound when either exchange is missing.
+        """
+
+    def exchange_unbind(destination, source, routing_key):
+        """Remove an exchange-to-exchange binding (a missing one is not an error)."""
+
     def publish(exchange, routing_key, body, properties=None, mandatory=False):
         """
         Publish `body` (bytes).  `properties` is a dict with keys from

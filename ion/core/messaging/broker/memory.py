@@ -39,7 +39,7 @@ from ion.core.messaging.broker.memory_queue import (
     copy_properties,
     dead_letter_properties,
 )
-from ion.core.messaging.broker.memory_routing import EXCHANGE_CLASSES, DefaultExchange
+from ion.core.messaging.broker.memory_routing import EXCHANGE_CLASSES, DefaultExchange, queues_reached
 
 __all__ = ["EmbeddedBroker", "MemoryConnection", "connect", "get_broker"]
 
@@ -94,6 +94,10 @@ def _inequivalent(arg, kind, name, received, current):
         % (arg, kind, name, received, current)
     )
 
+
+def _incoming(destination):
+    """The (exchange, routing_key) bindings that lead to a queue or exchange."""
+    return destination.bindings if isinstance(destination, Queue) else destination.incoming
 
 
 class EmbeddedBroker:
@@ -179,9 +183,11 @@ class EmbeddedBroker:
             return
         if if_unused and exchange.bindings:
             raise PreconditionFailed("PRECONDITION_FAILED - exchange %r in use" % name)
-        for queue, routing_key in exchange.bindings:
-            queue.bindings.discard((exchange, routing_key))
         del self.exchanges[name]
+        for destination, routing_key in list(exchange.bindings):
+            _incoming(destination).discard((exchange, routing_key))
+        for source, routing_key in list(exchange.incoming):
+            self._remove_binding(source, exchange, routing_key)
 
     def _exchange(self, name):
         exchange = self.exchanges.get(name)
@@ -279,11 +285,26 @@ class EmbeddedBroker:
         self._usable_queue(conn, queue_name)
         self._remove_binding(exchange, queue, routing_key)
 
-    def _remove_binding(self, exchange, queue, routing_key):
-        exchange.unbind(queue, routing_key)
-        queue.bindings.discard((exchange, routing_key))
+    def exchange_bind(self, conn, destination_name, source_name, routing_key):
+        self._refuse_default(destination_name)
+        self._refuse_default(source_name)
+        source, destination = self._exchange(source_name), self._exchange(destination_name)
+        source.bind(destination, routing_key)
+        destination.incoming.add((source, routing_key))
+
+    def exchange_unbind(self, conn, destination_name, source_name, routing_key):
+        self._refuse_default(destination_name)
+        self._refuse_default(source_name)
+        source, destination = self.exchanges.get(source_name), self.exchanges.get(destination_name)
+        if source is not None and destination is not None and (source, routing_key) in destination.incoming:
+            self._remove_binding(source, destination, routing_key)
+
+    def _remove_binding(self, exchange, destination, routing_key):
+        """Remove one binding; an auto-delete exchange goes with its last one (and so may what it fed)."""
+        exchange.unbind(destination, routing_key)
+        _incoming(destination).discard((exchange, routing_key))
         if exchange.auto_delete and not exchange.bindings and self.exchanges.get(exchange.name) is exchange:
-            del self.exchanges[exchange.name]
+            self.exchange_delete(None, exchange.name, False)
 
     # -- messages
 
@@ -302,7 +323,7 @@ class EmbeddedBroker:
 
     def _route(self, exchange, exchange_name, routing_key, body, properties):
         """Enqueue on every queue the exchange selects; return how many."""
-        queues = exchange.route(routing_key)
+        queues = queues_reached(exchange, routing_key)
         for queue in queues:
             queue.enqueue(body, properties, exchange_name, routing_key)
             if queue.consumers:
@@ -390,6 +411,12 @@ class MemoryConnection:
 
     def queue_unbind(self, queue, exchange, routing_key):
         return self._call(self.broker.queue_unbind, queue, exchange, routing_key)
+
+    def exchange_bind(self, destination, source, routing_key):
+        return self._call(self.broker.exchange_bind, destination, source, routing_key)
+
+    def exchange_unbind(self, destination, source, routing_key):
+        return self._call(self.broker.exchange_unbind, destination, source, routing_key)
 
     def publish(self, exchange, routing_key, body, properties=None, mandatory=False):
         return self._call(self.broker.publish, exchange, routing_key, body, properties, mandatory)

@@ -2,16 +2,18 @@
 The embedded broker's exchanges: how each exchange type picks the queues a
 routing key reaches, as RabbitMQ does.
 
-Each exchange keeps its bindings as (queue, routing_key) pairs plus an index
-suited to its type, so routing a message costs a lookup rather than a scan of
-every binding.  The default exchange has no bindings of its own: every queue
-is reachable through it by name.
+Each exchange keeps its bindings as (destination, routing_key) pairs plus an
+index suited to its type, so routing a message costs a lookup rather than a
+scan of every binding.  A destination is a queue or, for an
+exchange-to-exchange binding, another exchange; `queues_reached` follows
+those to the set of queues a message lands in.  The default exchange has no
+bindings of its own: every queue is reachable through it by name.
 """
 
 from ion.core.messaging.broker.interface import EXCHANGE_TYPES
 from ion.core.messaging.broker.topic import TopicTrie
 
-__all__ = ["EXCHANGE_CLASSES", "DefaultExchange"]
+__all__ = ["EXCHANGE_CLASSES", "DefaultExchange", "queues_reached"]
 
 
 class _Exchange:
@@ -21,16 +23,21 @@ class _Exchange:
         self.name = name
         self.durable = durable
         self.auto_delete = auto_delete
-        self.bindings = set()  # of (queue, routing_key)
+        self.bindings = set()  # of (destination, routing_key): where this exchange routes to
+        self.incoming = set()  # of (source exchange, routing_key): exchanges routing to this one
+        self.exchange_destinations = 0  # how many of `bindings` lead to an exchange
 
-    def bind(self, queue, routing_key):
-        if (queue, routing_key) not in self.bindings:
-            self.bindings.add((queue, routing_key))
-            self._indexed(queue, routing_key)
+    def bind(self, destination, routing_key):
+        if (destination, routing_key) not in self.bindings:
+            self.bindings.add((destination, routing_key))
+            self._indexed(destination, routing_key)
+            self.exchange_destinations += isinstance(destination, _Exchange)
 
-    def unbind(self, queue, routing_key):
-        self.bindings.discard((queue, routing_key))
-        self._unindexed(queue, routing_key)
+    def unbind(self, destination, routing_key):
+        if (destination, routing_key) in self.bindings:
+            self.bindings.discard((destination, routing_key))
+            self._unindexed(destination, routing_key)
+            self.exchange_destinations -= isinstance(destination, _Exchange)
 
 
 class _DirectExchange(_Exchange):
@@ -102,6 +109,7 @@ class DefaultExchange:
 
     name = ""
     type = "direct"
+    exchange_destinations = 0
 
     def __init__(self, queues):
         self._queues = queues
@@ -109,6 +117,26 @@ class DefaultExchange:
     def route(self, routing_key):
         queue = self._queues.get(routing_key)
         return () if queue is None else (queue,)
+
+
+def queues_reached(exchange, routing_key):
+    """
+    The queues a message published to `exchange` lands in, following
+    exchange-to-exchange bindings; each queue once however many paths reach
+    it, and a cycle of exchanges is walked once, as RabbitMQ does.
+    """
+    destinations = exchange.route(routing_key)
+    if not exchange.exchange_destinations:
+        return destinations  # the common case: only queues
+    queues, seen, todo = {}, {exchange}, [destinations]
+    while todo:
+        for destination in todo.pop():
+            if not isinstance(destination, _Exchange):
+                queues[destination] = None
+            elif destination not in seen:
+                seen.add(destination)
+                todo.append(destination.route(routing_key))
+    return tuple(queues)
 
 
 # Exchange type -> class; each is built as cls(name, durable, auto_delete).

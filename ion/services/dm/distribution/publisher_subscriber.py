@@ -27,6 +27,24 @@ logged with the event.  Opt in per subscriber for more:
   (see dead_letters.py) with the reason, and is acked.  Without it,
   undecodable messages are rejected, and an event that failed its last retry
   too is rejected.
+
+Durable subscriptions across a broker restart.  R1 declares every exchange
+point non-durable and auto-delete, and R1 peers must keep working, so its
+flags stay.  But a binding survives a restart only when both its exchange and
+its queue are durable: a durable queue bound to the exchange point itself
+would lose its binding at every restart, and every event published before its
+subscriber came back (or while it was away) would be unroutable and dropped.
+So each exchange point `X` has a durable companion, `X.durable` (a durable,
+auto-delete topic exchange), bound to `X` with '#'.  A durable subscriber
+binds its queue to the companion with its binding key (a binding that
+survives the restart) and binds the companion to `X`; a persistent publisher
+publishes to `X` as before and binds the companion to `X` too.  The broker
+forgets that exchange-to-exchange binding at a restart, but the connection
+declares it again before any publish goes on, so the first persistent event
+after the restart already reaches the durable queue, whichever side
+reconnects first and even with no subscriber connected.  Everything else (R1
+peers, non-durable subscribers, non-persistent publishers) sees only `X`.
+The companion goes away with the last durable queue bound to it.
 """
 
 from twisted.internet import defer
@@ -34,6 +52,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from ion.core import ioninit
+from ion.core.messaging.exchange import COMPANION_FLAGS, durable_companion
 from ion.core.messaging.messaging import Message
 from ion.core.messaging.receiver import Receiver, WorkerReceiver, check_routing_key
 from ion.services.dm.distribution import dead_letters
@@ -45,6 +64,12 @@ CONF = ioninit.config(__name__)
 # Every events exchange is a non-durable, auto-delete topic exchange, as in R1;
 # publishers and subscribers all declare it with exactly these flags.
 EXCHANGE_FLAGS = {"exchange_type": "topic", "exchange_durable": False, "exchange_auto_delete": True}
+# The flags of an exchange point's durable companion, which durable queues bind to.
+COMPANION_QUEUE_FLAGS = {
+    "exchange_type": COMPANION_FLAGS["type"],
+    "exchange_durable": COMPANION_FLAGS["durable"],
+    "exchange_auto_delete": COMPANION_FLAGS["auto_delete"],
+}
 
 
 def _require(value, what, who):
@@ -92,6 +117,9 @@ class Publisher(BasicLifecycleObject):
         yield self.exchange_manager.declare_exchange(
             self._xp_name, type="topic", durable=False, auto_delete=True
         )
+        if self.delivery_mode == 2:
+            # Recorded with the connection: after a broker restart it is bound again before we publish.
+            yield self.exchange_manager.bind_durable_companion(self._xp_name)
 
     def on_deactivate(self, *args, **kwargs):
         return self._recv.deactivate()
@@ -183,9 +211,11 @@ class Subscriber(BasicLifecycleObject):
         self._subscriber_id = None
         self._resource_id = None
         # The queue's flags are the subscriber's; the exchange keeps its own (R1 mixed them up).
+        # A durable queue binds to the exchange point's durable companion (see the module docstring).
+        exchange_flags = COMPANION_QUEUE_FLAGS if durable else EXCHANGE_FLAGS
         self.consumer_config = dict(
-            EXCHANGE_FLAGS,
-            exchange=xp_name,
+            exchange_flags,
+            exchange=durable_companion(xp_name) if durable else xp_name,
             durable=durable,
             auto_delete=auto_delete,
             exclusive=False,
@@ -243,6 +273,9 @@ class Subscriber(BasicLifecycleObject):
             yield self._recv.attach()
         elif self._recv.state == BasicStates.READY:
             yield self._recv.activate()
+        if self._durable:
+            yield self.exchange_manager.declare_exchange(self._xp_name, type="topic", durable=False, auto_delete=True)
+            yield self.exchange_manager.bind_durable_companion(self._xp_name)
         return self._recv.xname
 
     @defer.inlineCallbacks
@@ -255,7 +288,7 @@ class Subscriber(BasicLifecycleObject):
             return
         queue = self._recv.queue
         if self._binding_key is not None and queue:
-            yield self.exchange_manager.connection.queue_unbind(queue, self._xp_name, self._binding_key)
+            yield self.exchange_manager.connection.queue_unbind(queue, self.consumer_config["exchange"], self._binding_key)
         yield self._recv.deactivate()
 
     @property
