@@ -71,6 +71,54 @@ class Throttle:
         return skipped
 
 
+class FailureThrottle:
+    """
+    Handler failures logged at a bounded rate: the first of each `interval`
+    in full (the caller logs it with its traceback when `admit()` says so),
+    the others counted and summed up in one line when the interval ends.  A
+    flood of failing messages is then two lines per interval, not a traceback
+    each.  `clock` (an IReactorTime: the reactor by default, a task.Clock in
+    tests) times the intervals; `flush()` writes a pending summary at once,
+    and its receiver calls it when it stops so no timer outlives it.
+    """
+
+    def __init__(self, label, interval=1.0, clock=None):
+        if clock is None:
+            from twisted.internet import reactor as clock
+        self.label = label
+        self.interval = interval
+        self.clock = clock
+        self._opened = None  # when the current interval began
+        self._counted = 0
+        self._summary = None  # the delayed call that writes the summary line
+
+    def admit(self):
+        """True: log this failure in full now; False: it is counted for the interval's summary line."""
+        now = self.clock.seconds()
+        if self._opened is not None and now - self._opened < self.interval:
+            self._counted += 1
+            if self._summary is None:
+                self._summary = self.clock.callLater(self._opened + self.interval - now, self.flush)
+            return False
+        self.flush()
+        self._opened = now
+        return True
+
+    def flush(self):
+        """Write the summary of the failures counted so far, if any, and cancel its timer."""
+        call, self._summary = self._summary, None
+        if call is not None and call.active():
+            call.cancel()
+        if self._counted:
+            log.warn(
+                "{label}: {count} more handler failures in the last {seconds:.3g} s",
+                label=self.label,
+                count=self._counted,
+                seconds=self.clock.seconds() - self._opened,
+            )
+            self._counted = 0
+
+
 class ReceiverError(Exception):
     """The receiver cannot do what was asked (no container, no consumer config, ...)."""
 
@@ -79,6 +127,11 @@ class Receiver(BasicLifecycleObject):
     """
     Base receiver.  Without a consumer config it only sends (publishers use
     it that way); subclasses supply the R1 queue configuration.
+
+    `content_check(data)`, if given, is called with each decoded message
+    dict; raising (a CodecError naming the problem) makes the message
+    undecodable for this receiver, so no handler sees it.  `clock` times the
+    rate limits of the log (the reactor by default).
     """
 
     queue_factory = None  # one of messaging.process / worker / fanout
@@ -96,6 +149,8 @@ class Receiver(BasicLifecycleObject):
         raw=False,
         consumer_config=None,
         publisher_config=None,
+        content_check=None,
+        clock=None,
     ):
         super().__init__()
         self.name = name
@@ -114,8 +169,10 @@ class Receiver(BasicLifecycleObject):
         self.processing_messages = {}
         self._draining = False
         self._idle = None
+        self.content_check = content_check
         self.stats = Counter()  # 'undecodable', 'handler_failed'
-        self._decode_warnings = Throttle()
+        self._decode_warnings = Throttle() if clock is None else Throttle(clock=clock.seconds)
+        self.handler_failures = FailureThrottle(self.label, clock=clock)
 
     # --- plumbing -------------------------------------------------------
     @property
@@ -199,6 +256,7 @@ class Receiver(BasicLifecycleObject):
         """Let messages in progress finish (except `exclude`), then cancel the consumer."""
         self._draining = True
         yield self.wait_idle(exclude)
+        self.handler_failures.flush()
         consumer, self.consumer = self.consumer, None
         if consumer is not None:
             yield consumer.cancel()
@@ -237,6 +295,8 @@ class Receiver(BasicLifecycleObject):
             data = msg.payload
             if not self.raw:
                 data["content"] = decode_content(data.get("content"), data.get("encoding"))
+            if self.content_check is not None:
+                self.content_check(data)
         except Exception as e:  # whatever the input makes the decoder raise, it is the input's fault
             reason = str(e) if isinstance(e, (WireFormatError, CodecError)) else "%s: %s" % (type(e).__name__, e)
             yield self._undecodable(msg, reason)
@@ -246,7 +306,8 @@ class Receiver(BasicLifecycleObject):
                 yield defer.maybeDeferred(handler, data, msg)
         except Exception:
             self.stats["handler_failed"] += 1
-            log.failure("Receiver {name}: handler failed on op={op}", name=self.xname, op=data.get("op"))
+            if self.handler_failures.admit():
+                log.failure("Receiver {name}: handler failed on op={op}", name=self.xname, op=data.get("op"))
             if msg.state == Message.RECEIVED:
                 msg.reject()
             return
@@ -269,7 +330,8 @@ class Receiver(BasicLifecycleObject):
             try:
                 yield defer.maybeDeferred(error_handler, None, msg, reason)
             except Exception:
-                log.failure("Receiver {name}: error handler failed", name=self.xname)
+                if self.handler_failures.admit():
+                    log.failure("Receiver {name}: error handler failed", name=self.xname)
         if msg.state == Message.RECEIVED:
             msg.reject()
 
@@ -284,7 +346,7 @@ class Receiver(BasicLifecycleObject):
                 else:
                     d.callback(None)
             self._idle = still_waiting
-        if isinstance(result, defer.Failure):
+        if isinstance(result, defer.Failure) and self.handler_failures.admit():
             log.failure("Receiver {name} failed handling a message", result, name=self.xname)
 
     # --- sending --------------------------------------------------------

@@ -17,6 +17,12 @@ a ValueError (to subscribers those are wildcards: such an origin would read
 as a pattern, not a name), and so is one that makes the routing key longer
 than AMQP's 255 bytes.  Subscriber origins may of course contain wildcards.  An
 event nobody subscribes to is normal and not an error.
+
+An event subscriber's handler gets only events (fixed from R1, which handed
+it whatever arrived): a message whose `encoding` is not exactly 'ION R1 GPB',
+or whose content is not an IonMsg holding an EventMessage, is undecodable
+for it -- rejected, or dead-lettered by a subscriber that has dead letters,
+counted in `stats['undecodable']` and logged rate-limited.
 """
 
 import time
@@ -25,8 +31,10 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from ion.core import ioninit
-from ion.core.messaging.message_client import MessageClient
+from ion.core.messaging.message_client import MessageClient, MessageInstance
 from ion.core.messaging.receiver import check_routing_key
+from ion.core.object.codec import ION_R1_GPB, CodecError
+from ion.core.object.gpb_wrapper import Wrapper
 from ion.core.object.object_utils import create_type_identifier
 from ion.services.dm.distribution.publisher_subscriber import Publisher, Subscriber
 
@@ -382,10 +390,35 @@ class EventSubscriber(Subscriber):
         """The binding key `<event_id|*>.<origin|#>`."""
         return "%s.%s" % (self._event_id or "*", origin or "#")
 
+    def check_content(self, data):
+        """Only an event may reach the handler: 'ION R1 GPB' content that is an IonMsg holding an EventMessage."""
+        encoding = data.get("encoding")
+        if encoding != ION_R1_GPB:
+            raise CodecError("not an event: encoding %s is not %r" % (_short_repr(encoding), ION_R1_GPB))
+        content = data["content"]
+        if not isinstance(content, MessageInstance) or content.MessageType != EVENT_MESSAGE_TYPE:
+            raise CodecError("not an event: the content is %s, not an IonMsg holding an EventMessage" % _kind(content))
+
     @defer.inlineCallbacks
     def on_activate(self, *args, **kwargs):
         log.debug("EventSubscriber consuming {key}", key=self._binding_key)
         yield super().on_activate(*args, **kwargs)
+
+
+def _short_repr(value, limit=60):
+    """repr(value) cut to `limit` characters: hostile headers can be long."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _kind(content):
+    """What received content is: `an IonMsg holding LoggingEventMessage`, `a bare EventMessage`, `of type int`."""
+    if isinstance(content, MessageInstance):
+        inner = content.MessageObject
+        return "an IonMsg holding %s" % (type(inner).__name__ if inner is not None else "nothing",)
+    if isinstance(content, Wrapper):
+        return "a bare %s" % (type(content).__name__,)
+    return "of type %s" % (type(content).__name__,)
 
 
 def _system_scoped(queue_name):

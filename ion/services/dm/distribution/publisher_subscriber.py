@@ -28,6 +28,12 @@ logged with the event.  Opt in per subscriber for more:
   undecodable messages are rejected, and an event that failed its last retry
   too is rejected.
 
+Failures are logged at a bounded rate: the first in each second with its
+traceback, the event and what became of it (acked, retried, dead-lettered,
+rejected), the others counted in one summary line per second.  A subclass
+may refuse content it cannot take (`check_content`, as event subscribers do
+for anything that is not an event): such a message is undecodable for it.
+
 Durable subscriptions across a broker restart.  R1 declares every exchange
 point non-durable and auto-delete, and R1 peers must keep working, so its
 flags stay.  But a binding survives a restart only when both its exchange and
@@ -170,6 +176,9 @@ class Subscriber(BasicLifecycleObject):
     `prefetch_count` is how many unacked messages the broker hands over at
     once.  R1's 1 means strictly one after another; more gives throughput,
     and a handler that returns a Deferred may then see several at a time.
+
+    `clock` times the rate limits of the failure and decode log lines (the
+    reactor by default; tests give a task.Clock).
     """
 
     def __init__(
@@ -184,6 +193,7 @@ class Subscriber(BasicLifecycleObject):
         retries=None,
         dead_letter=None,
         prefetch_count=1,
+        clock=None,
         *args,
         **kwargs
     ):
@@ -230,9 +240,12 @@ class Subscriber(BasicLifecycleObject):
         self._recv = WorkerReceiver(
             self._sub_name,
             process=process,
+            label="Subscriber %s" % (binding_key,),
             handler=self._receive_handler,
             error_handler=self._receive_error,
             consumer_config=self.consumer_config,
+            content_check=self.check_content,
+            clock=clock,
         )
 
     @property
@@ -310,29 +323,32 @@ class Subscriber(BasicLifecycleObject):
     def _handler_failed(self, failure, data, msg):
         self.stats["handler_failed"] += 1
         attempts = dead_letters.attempts_of(msg.delivery.properties) + 1
-        log.failure(
-            "Subscriber {key}: ondata failed (attempt {attempts}) on event {event}",
-            failure,
-            key=self._binding_key,
-            attempts=attempts,
-            event=_describe(data, msg),
-        )
         if msg.state != Message.RECEIVED:
-            return  # the handler settled it itself
-        if self._retries is None and not self._dead_letter:
-            msg.ack()  # R1
+            outcome = "settled by the handler"
+        elif self._retries is None and not self._dead_letter:
+            outcome = "acked"  # R1
         elif attempts <= (self._retries or 0):
-            yield self._retry(msg, attempts)
+            outcome = "retried"
         elif self._dead_letter:
-            reason = "%s: %s" % (failure.type.__name__, failure.getErrorMessage())
-            log.warn(
-                "Subscriber {key}: event dead-lettered after {attempts} attempts: {reason}",
+            outcome = "dead-lettered"
+        else:
+            outcome = "rejected"
+        if self._recv.handler_failures.admit():
+            log.failure(
+                "Subscriber {key}: ondata failed (attempt {attempts}, {outcome}) on event {event}",
+                failure,
                 key=self._binding_key,
                 attempts=attempts,
-                reason=reason,
+                outcome=outcome,
+                event=_describe(data, msg),
             )
-            yield self._bury(msg, reason, attempts)
-        else:
+        if outcome == "acked":
+            msg.ack()
+        elif outcome == "retried":
+            yield self._retry(msg, attempts)
+        elif outcome == "dead-lettered":
+            yield self._bury(msg, "%s: %s" % (failure.type.__name__, failure.getErrorMessage()), attempts)
+        elif outcome == "rejected":
             msg.reject()
 
     @defer.inlineCallbacks
@@ -370,6 +386,9 @@ class Subscriber(BasicLifecycleObject):
         """A message that cannot be decoded: dead-lettered if we do that; the receiver rejects it otherwise."""
         if self._dead_letter:
             return self._bury(msg, reason, dead_letters.attempts_of(msg.delivery.properties))
+
+    def check_content(self, data):
+        """Raise (a CodecError saying why) for a decoded message this subscriber cannot take; any is fine here."""
 
     def ondata(self, data):
         """Called with the message dict (headers and `content`) of each message."""
