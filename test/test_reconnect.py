@@ -3,19 +3,17 @@ Reconnect and resume on RabbitMQ (issue 5): a broker restart in the middle
 of confirmed publishing, a connection cut by a TCP proxy, calls made while
 disconnected, close() while reconnecting, broker-named queues renamed.
 
-These tests stop and start the shared RabbitMQ (rabbitmqctl stop_app /
-start_app); a cleanup that always runs starts it again.  The tests print
-FIGURES lines: events sent, received, duplicates, time to resume.
+The restart test stops and starts a private RabbitMQ node of its own
+(test/rabbit_node.py), never the shared one.  The tests print FIGURES lines:
+events sent, received, duplicates, time to resume.
 """
 
 import os
-import shutil
 
 from twisted.internet import defer, reactor, task
 from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.error import ConnectError
 from twisted.internet.protocol import Factory, Protocol
-from twisted.internet.utils import getProcessOutputAndValue
 from twisted.logger import Logger
 from twisted.trial import unittest
 
@@ -28,6 +26,7 @@ from ion.services.dm.distribution import events
 from ion.services.dm.distribution.publisher_subscriber import SubscriberFactory
 from ion.test.iontest import IonTestCase
 from ion.util.state_object import BasicStates
+from test import rabbit_node
 from test.brokers import RABBIT_URL, wait_for
 from test.proxy import TcpProxy
 
@@ -47,46 +46,6 @@ def figures(test, **values):
 
 
 # -- RabbitMQ control ------------------------------------------------------------
-
-
-@defer.inlineCallbacks
-def rabbitmqctl(*args):
-    out, err, code = yield getProcessOutputAndValue(shutil.which("rabbitmqctl"), args, env=os.environ)
-    return code, (out + err).decode("utf-8", "replace").strip()
-
-
-_stopped = None  # fires when the last stop_app is over, however it ended
-
-
-@defer.inlineCallbacks
-def stop_rabbit():
-    global _stopped
-    _stopped = defer.Deferred()
-    try:
-        code, text = yield rabbitmqctl("stop_app")
-    finally:
-        _stopped.callback(None)
-    if code:
-        raise AssertionError("rabbitmqctl stop_app failed: %s" % text)
-
-
-@defer.inlineCallbacks
-def ensure_rabbit_running(timeout=90):
-    """Start the RabbitMQ app (or the whole node if it is down) and wait until it runs."""
-    if _stopped is not None and not _stopped.called:
-        yield _stopped  # a start_app racing a stop_app could lose
-    code, text = yield rabbitmqctl("start_app")
-    if code:
-        log.warn("rabbitmqctl start_app: {text}; starting the node", text=text)
-        yield getProcessOutputAndValue(shutil.which("rabbitmq-server"), ("-detached",), env=os.environ)
-    deadline = reactor.seconds() + timeout
-    while True:
-        code, text = yield rabbitmqctl("--timeout", "30", "await_startup")
-        if code == 0:
-            return
-        if reactor.seconds() > deadline:
-            raise AssertionError("RabbitMQ is not running again: %s" % text)
-        yield task.deferLater(reactor, 1, lambda: None)
 
 
 @defer.inlineCallbacks
@@ -201,34 +160,39 @@ class ReconnectTestBase(IonTestCase):
 class BrokerRestartTest(ReconnectTestBase):
     """Acceptance: rabbitmqctl stop_app / start_app in the middle of 10,000 confirmed events."""
 
+    timeout = 180
+
+    @defer.inlineCallbacks
     def setUp(self):
-        if not shutil.which("rabbitmqctl"):
-            raise unittest.SkipTest("rabbitmqctl is not on PATH")
-        return super().setUp()
+        why = rabbit_node.available()
+        if why:
+            raise unittest.SkipTest(why)
+        self.node = rabbit_node.RabbitNode()
+        self.addCleanup(self.node.stop)  # the first cleanup registered runs last
+        yield self.node.start()
+        self.broker_url = self.node.url
 
     @defer.inlineCallbacks
     def test_restart_during_confirmed_events_to_durable_subscription(self):
         proc = yield self.start_process()
-        connection = self.container.exchange_manager.connection
+        self.addCleanup(self._stop_container)  # before the node goes
         origin = unique("restart")
         durable, kept = yield self.subscribe(
             proc, origin, queue_name=unique("durable"), durable=True, auto_delete=False
         )
-        self.addCleanup(connection.queue_delete, durable._queue_name)
         anonymous, seen = yield self.subscribe(proc, origin)
         anonymous_queue = anonymous.queue
         pub = yield self.publisher(proc, origin)
-        self.addCleanup(ensure_rabbit_running)  # runs first: whatever happens, RabbitMQ runs again
 
-        address = BrokerAddress.from_url(RABBIT_URL)
+        address = BrokerAddress.from_url(self.node.url)
         times = {}
 
         @defer.inlineCallbacks
         def restart():
             times["stopping"] = reactor.seconds()
-            yield stop_rabbit()
+            yield self.node.stop_app()
             times["stopped"] = reactor.seconds()
-            starting = ensure_rabbit_running()
+            starting = self.node.start_app()
             yield wait_until_accepting(address, timeout=50)
             times["back"] = reactor.seconds()  # the broker takes connections again
             yield starting
