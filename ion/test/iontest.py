@@ -203,8 +203,8 @@ class ReceiverProcess(Process):
         self.inbox_count = 0
 
     def _dispatch_message_op(self, payload, msg):
-        self.inbox.put(payload)
         self.inbox_count += 1
+        self.inbox.put(payload)
         return super()._dispatch_message_op(payload, msg)
 
     def await_message(self):

@@ -27,6 +27,7 @@ from ion.core.messaging.broker.interface import ConnectionLost
 from ion.core.messaging.message_client import MessageClient, MessageInstance
 from ion.core.messaging.messaging import Message
 from ion.core.messaging.receiver import ProcessReceiver
+from ion.core.process.procutils import get_scoped_name
 from ion.util.state_object import BasicLifecycleObject, BasicStates
 
 log = Logger()
@@ -390,6 +391,10 @@ class Process(BasicLifecycleObject):
         raise ApplicationError("Process %s does not define op=%s" % (self.id, headers.get("op")), BAD_REQUEST)
 
     # --- sending (§4.5) --------------------------------------------------
+    def get_scoped_name(self, scope, name):
+        """R1's argument order: (scope, name) -> the scoped messaging name."""
+        return get_scoped_name(name, scope)
+
     def new_conversation_id(self):
         return "%s#%d" % (self.id.full, next(_conversation_counter))
 
