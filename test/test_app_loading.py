@@ -473,8 +473,10 @@ class AppLoadingTests(FileHelpers, BrokerTestMixin):
         path = self.write(
             "x.rel", rel_text([{"name": "ghost", "processapp": ("ghost", "ion.no_such_service", "Ghost")}])
         )
-        error = yield self.assertFailure(self.container.start_rel(path), ConfigurationError)
+        # R1: the app supervisor's child fails to import, and the app start turns that into FatalError.
+        error = yield self.assertFailure(self.container.start_rel(path), FatalError)
         self.assertIn("ion.no_such_service", str(error))
+        self.assertIsInstance(error.__cause__, ImportError)
 
     @defer.inlineCallbacks
     def test_bad_apparg(self):

@@ -1,4 +1,8 @@
-"""BasicLifecycleObject: the transitions of reference §3.2 and the error handling of §3.3."""
+"""
+BasicLifecycleObject: the transitions of reference §3.2, the error handling
+of §3.3, and R1's return values (§12.5): a synchronous action's value or
+exception comes back directly, a Deferred action's as a Deferred.
+"""
 
 from twisted.internet.defer import Deferred, fail, inlineCallbacks, succeed
 from twisted.trial import unittest
@@ -78,8 +82,7 @@ class LegalTransitionTest(unittest.TestCase):
         for start, event, action, end in table:
             obj = Recorder(**{action: "result"})
             force(obj, start)
-            d = getattr(obj, event)(1, key="v")
-            self.assertEqual(self.successResultOf(d), "result")
+            self.assertEqual(getattr(obj, event)(1, key="v"), "result")
             self.assertEqual(obj.state, end, (start, event))
             self.assertEqual(obj.calls, [(action, (1,), {"key": "v"})])
 
@@ -90,14 +93,29 @@ class LegalTransitionTest(unittest.TestCase):
 
         obj = Special()
         force(obj, S.ACTIVE)
-        self.successResultOf(obj.terminate())
+        obj.terminate()
         self.assertEqual([c[0] for c in obj.calls], ["on_terminate_active"])
         self.assertEqual(obj.state, S.TERMINATED)
 
     def test_state_changes_synchronously_for_sync_actions(self):
-        obj = Recorder()
-        obj.initialize()
+        obj = Recorder(on_initialize=33)
+        self.assertEqual(obj.initialize(), 33)
         self.assertEqual(obj.state, S.READY)
+
+    def test_action_sees_the_old_state_until_it_commits(self):
+        seen = []
+
+        class Watcher(Recorder):
+            def on_activate(self):
+                seen.append(self._get_state())
+                self._so_transition()
+                seen.append(self._get_state())
+
+        obj = Watcher()
+        force(obj, S.READY)
+        obj.activate()
+        self.assertEqual(seen, [S.READY, S.ACTIVE])
+        self.assertEqual(obj.state, S.ACTIVE)
 
     @inlineCallbacks
     def test_async_action_commits_when_it_fires(self):
@@ -139,8 +157,7 @@ class IllegalInputTest(unittest.TestCase):
                     continue
                 obj = Recorder(on_error="handled")
                 force(obj, start)
-                d = getattr(obj, event)("a", k=2)
-                self.assertEqual(self.successResultOf(d), "handled")
+                self.assertEqual(getattr(obj, event)("a", k=2), "handled")
                 self.assertEqual(obj.calls, [("on_error", ("a",), {"k": 2})], (start, event))
                 self.assertEqual(obj.state, S.ERROR, (start, event))
                 checked += 1
@@ -164,15 +181,15 @@ class IllegalInputTest(unittest.TestCase):
 
         obj = Strict()
         force(obj, S.READY)
-        err = self.failureResultOf(obj.deactivate(), RuntimeError)
+        err = self.assertRaises(RuntimeError, obj.deactivate)
         self.assertEqual(obj.state, S.ERROR)
-        self.assertEqual(obj.calls, [("on_error", (None,), {}), ("on_error", (err.value,), {})])
+        self.assertEqual(obj.calls, [("on_error", (None,), {}), ("on_error", (err,), {})])
 
 
 class DefaultActionTest(unittest.TestCase):
     def test_default_actions_raise_not_implemented(self):
         obj = BasicLifecycleObject()
-        self.failureResultOf(obj.initialize(), NotImplementedError)
+        self.assertRaises(NotImplementedError, obj.initialize)
         # on_error is not implemented either, so the state cannot move to ERROR.
         self.assertEqual(obj.state, S.INIT)
         self.assertEqual(len(self.flushLoggedErrors(NotImplementedError)), 1)
@@ -182,8 +199,7 @@ class FailingActionTest(unittest.TestCase):
     def test_sync_failure(self):
         boom = Boom("sync")
         obj = Recorder(on_initialize=boom)
-        f = self.failureResultOf(obj.initialize(7), Boom)
-        self.assertIs(f.value, boom)
+        self.assertIs(self.assertRaises(Boom, obj.initialize, 7), boom)
         self.assertEqual(obj.calls, [("on_initialize", (7,), {}), ("on_error", (boom,), {})])
         self.assertEqual(obj.state, S.ERROR)
 
@@ -197,7 +213,10 @@ class FailingActionTest(unittest.TestCase):
         self.assertEqual(obj.state, S.READY)
         pending.errback(boom)
         self.assertIs(self.failureResultOf(d, Boom).value, boom)
-        self.assertEqual(obj.calls[1], ("on_error", (boom,), {}))
+        # As in R1, on_error gets the Failure of a failed Deferred.
+        name, (reason,), _ = obj.calls[1]
+        self.assertEqual(name, "on_error")
+        self.assertIs(reason.value, boom)
         self.assertEqual(obj.state, S.ERROR)
 
     def test_failure_of_terminate_active(self):
@@ -219,7 +238,7 @@ class FailingActionTest(unittest.TestCase):
     def test_on_error_failing_sync(self):
         boom = Boom("original")
         obj = Recorder(on_initialize=boom, on_error=RuntimeError("handler broke"))
-        self.assertIs(self.failureResultOf(obj.initialize(), Boom).value, boom)
+        self.assertIs(self.assertRaises(Boom, obj.initialize), boom)
         self.assertEqual(obj.state, S.INIT)
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
 
@@ -233,10 +252,10 @@ class FailingActionTest(unittest.TestCase):
     def test_object_usable_after_failed_on_error(self):
         """If on_error could not run, the state is unchanged and the input can be retried."""
         obj = Recorder(on_initialize=Boom(), on_error=RuntimeError())
-        self.failureResultOf(obj.initialize(), Boom)
+        self.assertRaises(Boom, obj.initialize)
         self.flushLoggedErrors(RuntimeError)
         obj.results["on_initialize"] = "ok"
-        self.assertEqual(self.successResultOf(obj.initialize()), "ok")
+        self.assertEqual(obj.initialize(), "ok")
         self.assertEqual(obj.state, S.READY)
 
 
@@ -301,7 +320,7 @@ class ReentrancyTest(unittest.TestCase):
                 self.follow_up = self.activate()
 
         obj = SelfStarting()
-        self.successResultOf(obj.initialize())
+        obj.initialize()
         self.successResultOf(obj.follow_up)
         self.assertEqual(obj.state, S.ACTIVE)
 

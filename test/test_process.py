@@ -140,7 +140,7 @@ class ProcessTests(BrokerTestMixin):
     @defer.inlineCallbacks
     def test_terminate_by_rpc(self):
         yield self._spawn_processes([HELLO])
-        hello_id = self._get_procid("hello")
+        hello_id = yield self._get_procid("hello")
         hello = self._get_procinstance(hello_id)
         yield self.proc.rpc_send(str(hello_id), "terminate", None)
         self.assertEqual(hello.state, "TERMINATED")

@@ -219,6 +219,7 @@ class R1InteropTest(BrokerTestMixin, IonTestCase):
         self.addCleanup(self.peer.close)
         sysname = self.unique_name("interop")
         yield self._start_container(sysname=sysname)
+        self.addCleanup(self._stop_container)  # the check needs the container gone
         self.exchange = get_events_exchange_point()
         self.assertEqual(self.exchange, sysname + ".events.topic")
         self.leftovers.append(("exchange", self.exchange))

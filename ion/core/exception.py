@@ -9,8 +9,20 @@ class ConfigurationError(IonError, ValueError):
     """A configuration, app, release or option value is wrong; the message names it."""
 
 
-class FatalError(IonError):
+class StartupError(IonError):
+    """Something the container or an app needs at startup is missing."""
+
+
+class IllegalStateError(IonError):
+    """An object was asked something it cannot do in its current state."""
+
+
+class FatalError(Exception):
     """The container cannot go on."""
+
+
+class ProcessError(Exception):
+    """A process was asked something it cannot do in its state."""
 
 
 class ApplicationError(IonError):
@@ -18,10 +30,11 @@ class ApplicationError(IonError):
     Raised by an operation to answer its caller with an error reply.
 
     `response_code` (400..499 for the caller's fault, 500..599 for ours)
-    travels back in the reply's IonMsg.
+    travels back in the reply's IonMsg.  Without one it is 500, as in R1, so
+    the caller gets ReceivedContainerError.
     """
 
-    def __init__(self, reason, response_code=400):
+    def __init__(self, reason, response_code=500):
         super().__init__(reason)
         self.response_code = response_code
 
@@ -40,6 +53,11 @@ class ReceivedError(IonError):
     def msg_content(self):
         """R1 name for the reply content."""
         return self.content
+
+    @property
+    def msg_headers(self):
+        """R1 name for the reply's headers."""
+        return self.headers
 
 
 class ReceivedApplicationError(ReceivedError):

@@ -14,6 +14,7 @@ from ion.core.pack.app_manager import AppManager
 from ion.core.process.proc_manager import ProcessManager
 from ion.core.process.process import Process
 from ion.services.dm.distribution import events
+from ion.util import ionlog
 from ion.util.state_object import BasicLifecycleObject, BasicStates
 
 log = Logger()
@@ -129,6 +130,7 @@ def create_new_container():
     """The container of this OS process; a second one while one runs is an error."""
     if ioninit.container_instance is not None:
         raise RuntimeError("a container is already running: %s" % (ioninit.container_instance.id,))
+    ionlog.install()  # stdlib logging (user code, R1 ionlog loggers) goes to the container's log
     container = Container()
     ioninit.container_instance = container
     return container

@@ -136,6 +136,10 @@ class Receiver(BasicLifecycleObject):
 
     queue_factory = None  # one of messaging.process / worker / fanout
 
+    SCOPE_GLOBAL, SCOPE_SYSTEM, SCOPE_LOCAL = "global", "system", "local"
+    # Set (by a test, say) to ack and drop every new delivery instead of handling it (R1).
+    rec_shutoff = False
+
     def __init__(
         self,
         name,
@@ -165,6 +169,7 @@ class Receiver(BasicLifecycleObject):
         self.consumer_config = consumer_config
         self.publisher_config = publisher_config
         self.consumer = None
+        self._receiver_config = None  # set by _init_receiver
         self._queue = None
         self.processing_messages = {}
         self._draining = False
@@ -195,11 +200,27 @@ class Receiver(BasicLifecycleObject):
         self.error_handlers.append(callback)
 
     def full_config(self):
-        """The queue config: the R1 factory's for this receiver kind, then consumer_config."""
-        config = self.queue_factory(self.xname) if self.queue_factory else dict(messaging.PROCESS_EXCHANGE)
+        """The queue config: the R1 factory's (or _init_receiver's) for this receiver, then consumer_config."""
+        if self._receiver_config is not None:
+            config = dict(self._receiver_config)
+        elif self.queue_factory:
+            config = self.queue_factory(self.xname)
+        else:
+            config = dict(messaging.PROCESS_EXCHANGE)
         if self.consumer_config:
             config.update(self.consumer_config)
         return config
+
+    def _init_receiver(self, receiver_config, store_config=False):
+        """
+        R1's hook for subclasses that build their own queue config in
+        on_initialize: declare the queue of `receiver_config` (with
+        consumer_config laid over it); activate then consumes it.  Fires with
+        the queue's name.
+        """
+        self._receiver_config = dict(receiver_config)
+        d = self._declare(store_config)
+        return d.addCallback(lambda _: self._queue)
 
     # --- lifecycle ------------------------------------------------------
     @property
@@ -209,17 +230,18 @@ class Receiver(BasicLifecycleObject):
 
     @property
     def consumes(self):
-        return self.queue_factory is not None or bool(self.consumer_config)
+        return self.queue_factory is not None or bool(self.consumer_config) or self._receiver_config is not None
 
     def on_initialize(self, *args, **kwargs):
         if self.consumes:
             return self._declare()
 
     @defer.inlineCallbacks
-    def _declare(self):
+    def _declare(self, store_config=True):
         config = self.full_config()
         self._queue = yield self.exchange_manager.declare_queue(config)
-        self.exchange_manager.store[self.xname] = config
+        if store_config:
+            self.exchange_manager.store[self.xname] = config
 
     @defer.inlineCallbacks
     def on_activate(self, *args, **kwargs):
@@ -276,7 +298,7 @@ class Receiver(BasicLifecycleObject):
 
     def attach(self):
         """initialize + activate; fires with the messaging name."""
-        d = self.initialize()
+        d = defer.maybeDeferred(self.initialize)
         d.addCallback(lambda _: self.activate())
         d.addCallback(lambda _: self.xname)
         return d
@@ -286,6 +308,9 @@ class Receiver(BasicLifecycleObject):
         if self._draining:
             return  # left unacked: cancelling the consumer hands it back to the queue
         msg = Message(delivery)
+        if Receiver.rec_shutoff:
+            msg.ack()
+            return
         self.processing_messages[id(msg)] = msg
         self._handle(msg).addBoth(self._done, msg)
 

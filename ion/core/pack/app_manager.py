@@ -12,11 +12,38 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from ion.core import ioninit
-from ion.core.exception import ConfigurationError, FatalError
+from ion.core.exception import ConfigurationError, FatalError, StartupError
 from ion.core.resources import resource_path
 
 log = Logger()
 CONF = ioninit.config(__name__)
+
+
+class Definition(dict):
+    """A loaded .app or .rel dict whose keys also read as attributes (R1's `appdef.name`)."""
+
+    defaults = {}
+
+    def __getattr__(self, name):
+        try:
+            return self[name]
+        except KeyError:
+            if name in self.defaults:
+                return self.defaults[name]
+            raise AttributeError(name) from None
+
+
+class AppDefinition(Definition):
+    """An application; R1 defaults for keys the file leaves out.  start() records `_supid` and `_state`."""
+
+    defaults = {"mod": None, "config": {}, "args": {}, "version": None, "description": "",
+                "registered": [], "applications": [], "dependencies": []}
+
+
+class ReleaseDefinition(Definition):
+    """A release: its `apps` entries (each with its app's definition under 'definition')."""
+
+    defaults = {"apps": [], "version": None, "description": ""}
 
 
 def read_literal_file(path, kind):
@@ -59,7 +86,7 @@ def check_app_definition(app, path):
 
 def load_app_file(path):
     path = resource_path(path)
-    return check_app_definition(read_literal_file(path, "app"), path)
+    return AppDefinition(check_app_definition(read_literal_file(path, "app"), path))
 
 
 def _processapp_definition(entry, path):
@@ -70,13 +97,18 @@ def _processapp_definition(entry, path):
         path,
         "app %r: 'processapp' must be (proc_name, module, class), not %r" % (entry.get("name"), processapp),
     )
-    return {
-        "type": "application",
-        "name": entry["name"],
-        "version": entry.get("version"),
-        "mod": ("ion.core.pack.processapp", list(processapp), {}),
-        "config": {},
-    }
+    return processapp_definition(entry["name"], processapp, entry.get("version"))
+
+
+def processapp_definition(name, process_app, version=None, args=None):
+    """The app definition that runs one process (name, module, class) under the generic processapp."""
+    return AppDefinition(
+        type="application",
+        name=name,
+        version=version,
+        mod=("ion.core.pack.processapp", list(process_app), dict(args or {})),
+        config={},
+    )
 
 
 def load_rel_file(path):
@@ -99,7 +131,7 @@ def load_rel_file(path):
                 entry["definition"] = load_app_file(os.path.join(app_dir, entry["name"] + ".app"))
             except ConfigurationError as e:
                 raise ConfigurationError("%s: app %r: %s" % (path, entry["name"], e)) from e
-    return rel
+    return ReleaseDefinition(rel)
 
 
 class AppManager:
@@ -112,17 +144,53 @@ class AppManager:
         self.container = container
         self.applications = []  # [(name, module, state)] in start order
 
-    def is_started(self, name):
+    def is_app_started(self, name):
         return any(app_name == name for app_name, _, _ in self.applications)
 
-    @defer.inlineCallbacks
-    def start_app(self, app_file=None, app_def=None, app_args=None, app_config=None, mult=False):
-        """Start one app from a file or a definition; fires with its state."""
-        app = app_def if app_def is not None else load_app_file(app_file)
-        name = app["name"]
-        if self.is_started(name) and not mult:
-            log.warn("Application {name} already started; skipped", name=name)
+    is_started = is_app_started
+
+    def create_processapp_def(self, app_name, process_app, app_version=None, app_args=None):
+        """An app definition running `process_app` = (proc_name, module, class) with spawn args `app_args`."""
+        return processapp_definition(app_name, process_app, app_version, app_args)
+
+    def start_app(
+        self,
+        app_filename=None,
+        app_name=None,
+        app_version=None,
+        app_config=None,
+        app_args=None,
+        start_mult=False,
+        process_app=None,
+        app_def=None,
+    ):
+        """
+        Start one app: from `app_filename`, from `res/apps/<app_name>.app`,
+        from `process_app` (proc_name, module, class), or from a loaded
+        `app_def`.  Returns a Deferred firing with the app's state, or None
+        when the app runs already and start_mult is false (R1).  The version
+        is not checked, as in R1.
+        """
+        if app_def is None and process_app is not None:
+            app_def = self.create_processapp_def(app_name, process_app, app_version, app_args)
+            app_args = None
+        if app_def is None:
+            if app_filename is None and app_name is not None:
+                app_filename = os.path.join(CONF.getValue("app_dir_path", "res/apps"), app_name + ".app")
+            if app_filename is None or not os.path.exists(resource_path(app_filename)):
+                return defer.fail(StartupError("application file %s does not exist" % (app_filename,)))
+            try:
+                app_def = load_app_file(app_filename)
+            except ConfigurationError:
+                return defer.fail()
+        if self.is_app_started(app_def["name"]) and not start_mult:
+            log.warn("Application {name} already started; skipped", name=app_def["name"])
             return None
+        return self._start(app_def, app_config, app_args)
+
+    @defer.inlineCallbacks
+    def _start(self, app, app_config, app_args):
+        name = app["name"]
         ioninit.merge_config(app.get("config") or {}, origin="app %s" % name)
         if app_config:
             ioninit.merge_config(app_config, origin="app %s" % name)
@@ -145,6 +213,8 @@ class AppManager:
                 "application %s: %s.start() must give (supervisor_id, state), not %r" % (name, module_name, result)
             )
         self.applications.append((name, module, result[1]))
+        if isinstance(app, AppDefinition):
+            app._supid, app._state = result
         log.info("Application {name} started", name=name)
         if self.app_started_hook is not None:
             yield self.app_started_hook(name)
@@ -159,19 +229,32 @@ class AppManager:
                 app_def=entry["definition"],
                 app_args=entry.get("args"),
                 app_config=entry.get("config"),
-                mult=entry.get("mult", False),
+                start_mult=entry.get("mult", False),
             )
         return rel
 
     @defer.inlineCallbacks
+    def stop_app(self, appname):
+        """Stop the first started app named `appname` and forget it; fires with whether there was one."""
+        for index, (name, module, state) in enumerate(self.applications):
+            if name == appname:
+                del self.applications[index]
+                yield self._stop(name, module, state)
+                return True
+        return False
+
+    @defer.inlineCallbacks
     def stop_all(self):
         while self.applications:
-            name, module, state = self.applications.pop()
-            try:
-                yield defer.maybeDeferred(module.stop, self.container, state)
-                log.info("Application {name} stopped", name=name)
-            except Exception:
-                log.failure("Application {name} did not stop cleanly", name=name)
+            yield self._stop(*self.applications.pop())
+
+    @defer.inlineCallbacks
+    def _stop(self, name, module, state):
+        try:
+            yield defer.maybeDeferred(module.stop, self.container, state)
+            log.info("Application {name} stopped", name=name)
+        except Exception:
+            log.failure("Application {name} did not stop cleanly", name=name)
 
 
 def _app_arg(name):

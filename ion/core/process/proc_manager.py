@@ -6,28 +6,35 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from ion.core import ioninit
-from ion.core.exception import ConfigurationError
-from ion.core.process.process import Process
+from ion.core.process.process import Process, ProcessFactory
 from ion.util.state_object import BasicStates
 
 log = Logger()
 
 
-def process_class(module_name, class_name=None):
-    """The Process class to spawn: `class_name` in the module, else its `factory`'s class."""
+def build_process(module_name, class_name, spawnargs):
+    """
+    A new process of `class_name` from `module_name`: built by the module's
+    `factory` when that builds this class (or no class is named), else by the
+    named class itself.  A module that does not exist raises ImportError (as
+    R1); a class that is missing or not a Process raises RuntimeError.
+    """
     try:
         module = importlib.import_module(module_name)
     except ImportError as e:
-        raise ConfigurationError("cannot import process module %r: %s" % (module_name, e)) from e
-    if class_name:
-        cls = getattr(module, class_name, None)
-        if cls is None:
-            raise ConfigurationError("module %r has no class %r" % (module_name, class_name))
-        return cls
+        raise ImportError("cannot import process module %r: %s" % (module_name, e), name=module_name) from e
     factory = getattr(module, "factory", None)
-    if factory is None:
-        raise ConfigurationError("module %r names no class and has no process factory" % (module_name,))
-    return factory.process_class
+    if isinstance(factory, ProcessFactory) and class_name in (None, "", factory.process_class.__name__):
+        return factory.build(spawnargs)
+    if not class_name:
+        raise RuntimeError("module %r names no class and has no process factory" % (module_name,))
+    cls = getattr(module, class_name, None)
+    if cls is None:
+        raise RuntimeError("module %r has no class %r" % (module_name, class_name))
+    if not (isinstance(cls, type) and issubclass(cls, Process)):
+        raise RuntimeError("%s.%s is not a Process class" % (module_name, class_name))
+    spawnargs.setdefault("proc-group", class_name)
+    return cls(spawnargs=spawnargs)
 
 
 class ProcessManager:
@@ -45,18 +52,21 @@ class ProcessManager:
         self.process_registry.pop(process.id.full, None)
 
     @defer.inlineCallbacks
-    def spawn_process(self, desc, parent=None):
-        """Build the process `desc` describes, spawn it, fire with the process."""
-        spawnargs = dict(desc.spawnargs)
-        spawnargs.setdefault("proc-name", desc.name)
+    def spawn_process(self, desc, parent=None, activate=True):
+        """
+        Build the process `desc` describes and initialize it (and activate it,
+        unless activate=False); fires with the process.  The desc's spawn_args
+        are filled in with what the process got.
+        """
+        spawnargs = desc.spawn_args
+        spawnargs.setdefault("proc-name", desc.proc_name)
         spawnargs.setdefault("sys-name", ioninit.sys_name)
         if parent is not None:
             spawnargs["sup-id"] = parent.id.full
-        cls = process_class(desc.module, desc.procclass)
-        if not (isinstance(cls, type) and issubclass(cls, Process)):
-            raise ConfigurationError("%s.%s is not a Process class" % (desc.module, desc.procclass))
-        process = cls(spawnargs=spawnargs)
-        yield process.spawn()
+        process = build_process(desc.proc_module, desc.proc_class, spawnargs)
+        yield process.initialize()
+        if activate:
+            yield process.activate()
         return process
 
     @defer.inlineCallbacks

@@ -12,10 +12,12 @@ import itertools
 
 from twisted.internet import defer, reactor
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from ion.core import ioninit
 from ion.core.exception import (
     ApplicationError,
+    ProcessError,
     ReceivedApplicationError,
     ReceivedContainerError,
     ReceivedError,
@@ -25,6 +27,7 @@ from ion.core.messaging.broker.interface import ConnectionLost
 from ion.core.messaging.message_client import MessageClient, MessageInstance
 from ion.core.messaging.messaging import Message
 from ion.core.messaging.receiver import ProcessReceiver
+from ion.core.process.procutils import get_scoped_name
 from ion.util.state_object import BasicLifecycleObject, BasicStates
 
 log = Logger()
@@ -33,6 +36,7 @@ CONF = ioninit.config(__name__)
 # Response codes of IonMsg (net.ooici.core.message.ResponseCodes) used here.
 OK = 200
 BAD_REQUEST = 400
+UNAUTHORIZED = 401
 INTERNAL_SERVER_ERROR = 500
 
 _process_counter = itertools.count(1)
@@ -40,10 +44,6 @@ _conversation_counter = itertools.count(1)
 
 # Registered process classes by declared name (filled by ProcessFactory).
 processes = {}
-
-
-class ProcessError(Exception):
-    """A process was asked something it cannot do in its state."""
 
 
 def create_process_id():
@@ -63,6 +63,16 @@ class Context:
 
 class Process(BasicLifecycleObject):
     """The base process.  Subclasses implement `plc_*` hooks and `op_*` operations."""
+
+    # Header names, status values and response codes under their R1 names.
+    MSG_STATUS = "status"
+    MSG_RESULT = "result"
+    MSG_RESPONSE = "response"
+    MSG_EXCEPTION = "exception"
+    ION_OK = "OK"
+    ION_ERROR = "ERROR"
+    BAD_REQUEST = BAD_REQUEST
+    UNAUTHORIZED = UNAUTHORIZED
 
     # Set by the container to a callable(process) returning the lifecycle
     # event publisher each process owns (§4.3); None publishes nothing.
@@ -116,11 +126,8 @@ class Process(BasicLifecycleObject):
         """initialize + activate, then register with the container; fires with the id."""
         if self._spawned:
             raise ProcessError("Process already initialized")
-        self._spawned = True
         yield self.initialize()
         yield self.activate()
-        if self.container is not None:
-            self.container.proc_manager.register_process(self)
         return self.id
 
     def is_spawned(self):
@@ -128,11 +135,14 @@ class Process(BasicLifecycleObject):
 
     @defer.inlineCallbacks
     def on_initialize(self, *args, **kwargs):
+        self._spawned = True
         yield self.receiver.initialize()
         yield self.backend_receiver.attach()
         yield self._advance_life_cycle_objects(BasicStates.READY)
         yield defer.maybeDeferred(self.plc_init)
         yield self._advance_life_cycle_objects(BasicStates.READY)
+        if self.container is not None:
+            self.container.proc_manager.register_process(self)
         yield self._publish_lifecycle_event("READY")
 
     @defer.inlineCallbacks
@@ -158,7 +168,7 @@ class Process(BasicLifecycleObject):
     def on_terminate(self, msg=None, *args, **kwargs):
         yield self._publish_lifecycle_event("TERMINATED")
         yield self._advance_life_cycle_objects(BasicStates.TERMINATED)
-        yield self.shutdown_children()
+        yield self.shutdown_child_procs()
         yield defer.maybeDeferred(self.plc_terminate)
         yield self._close_receivers(exclude=msg)
         self._fail_pending_rpcs(ProcessError("process %s terminated" % (self.id,)))
@@ -232,24 +242,39 @@ class Process(BasicLifecycleObject):
 
     # --- children --------------------------------------------------------
     @defer.inlineCallbacks
-    def spawn_child(self, desc):
-        """Spawn a child from a ProcessDesc; fires with its id."""
-        yield desc.spawn(self)
-        child_id = desc.proc_id
+    def spawn_child(self, desc, activate=True):
+        """
+        Spawn a child from a ProcessDesc (READY only, with activate=False);
+        fires with its Id.  The desc is listed first, so a failed child stays
+        in `child_procs`, as in R1.
+        """
         self.child_procs.append(desc)
-        self.procRegistry[desc.name] = child_id
+        child_id = yield desc.spawn(self, activate=activate)
+        self.procRegistry[desc.proc_name] = str(child_id)
         return child_id
 
+    def get_child_def(self, name):
+        """The first direct child's ProcessDesc named `name`, or None."""
+        return next((desc for desc in self.child_procs if desc.proc_name == name), None)
+
+    def get_child_id(self, name):
+        """The Id of the direct child named `name`, or None."""
+        desc = self.get_child_def(name)
+        return desc.proc_id if desc is not None else None
+
     @defer.inlineCallbacks
-    def shutdown_children(self):
+    def shutdown_child_procs(self):
+        """Shut the children down, newest first; one that fails is logged and the rest go on."""
         children, self.child_procs = self.child_procs, []
         for desc in reversed(children):
-            if desc._get_state() in (BasicStates.TERMINATED, BasicStates.ERROR):
+            if desc._get_state() in (BasicStates.INIT, BasicStates.TERMINATED, BasicStates.ERROR):
                 continue
             try:
                 yield desc.terminate()
-            except Exception:
-                log.failure("Process {id}: child {child} did not shut down", id=self.id, child=desc.name)
+            except Exception as e:
+                log.error("Process {id}: child {child} did not shut down: {e!r}", id=self.id, child=desc.proc_name, e=e)
+
+    shutdown_children = shutdown_child_procs
 
     # --- receiving (§4.4) ------------------------------------------------
     @defer.inlineCallbacks
@@ -311,15 +336,30 @@ class Process(BasicLifecycleObject):
 
     @defer.inlineCallbacks
     def _answer_failure(self, payload, msg, error):
+        """
+        An op raised.  A request is answered with an error reply: that is the
+        error handled, so it is logged (an ApplicationError at info, anything
+        else at error with its traceback) but not as a failure.  With nobody
+        to answer, nobody handles it: that is logged as a failure.
+        """
+        op = payload.get("op")
+        answerable = payload.get("reply-to") and payload.get("performative") == "request"
+        if not (answerable and msg.state == Message.RECEIVED):
+            log.failure("Process {id}: op={op} failed and there is nobody to answer", id=self.id, op=op)
+            return
         if isinstance(error, ApplicationError):
-            log.info("Process {id}: op={op} failed: {e}", id=self.id, op=payload.get("op"), e=error)
+            log.info("Process {id}: op={op} answered with an error: {e}", id=self.id, op=op, e=error)
         else:
-            log.failure("Process {id}: op={op} failed", id=self.id, op=payload.get("op"))
-        if payload.get("reply-to") and payload.get("performative") == "request" and msg.state == Message.RECEIVED:
-            try:
-                yield self.reply_err(msg, exception=error)
-            except Exception:
-                log.failure("Process {id}: could not send the error reply", id=self.id)
+            log.error(
+                "Process {id}: op={op} failed; answered with an error reply:\n{traceback}",
+                id=self.id,
+                op=op,
+                traceback=Failure(error).getTraceback(),
+            )
+        try:
+            yield self.reply_err(msg, exception=error)
+        except Exception:
+            log.failure("Process {id}: could not send the error reply", id=self.id)
 
     def receive_error(self, payload, msg, reason=None):
         """
@@ -351,6 +391,10 @@ class Process(BasicLifecycleObject):
         raise ApplicationError("Process %s does not define op=%s" % (self.id, headers.get("op")), BAD_REQUEST)
 
     # --- sending (§4.5) --------------------------------------------------
+    def get_scoped_name(self, scope, name):
+        """R1's argument order: (scope, name) -> the scoped messaging name."""
+        return get_scoped_name(name, scope)
+
     def new_conversation_id(self):
         return "%s#%d" % (self.id.full, next(_conversation_counter))
 
@@ -382,7 +426,8 @@ class Process(BasicLifecycleObject):
         conv_id = self.new_conversation_id()
         timeout = timeout if timeout is not None else CONF.getValue("rpc_timeout", 15)
         reply = defer.Deferred()
-        timer = reactor.callLater(timeout, self._rpc_timeout, conv_id, recv, operation, timeout)
+        # timeout=0 waits as long as it takes (R1 armed no timer and then crashed on the reply).
+        timer = reactor.callLater(timeout, self._rpc_timeout, conv_id, recv, operation, timeout) if timeout else None
         self._pending_rpcs[conv_id] = (reply, timer)
         rpc_headers = {"protocol": "rpc", "performative": "request", "reply-to": self.backend_id.full}
         rpc_headers.update(headers or {})
@@ -450,6 +495,14 @@ class Process(BasicLifecycleObject):
     def reply_ok(self, msg, content=None, headers=None):
         return self.reply(msg, content=content, headers=headers, quiet=content is None)
 
+    def reply_agree(self, msg, content=None, headers=None):
+        """Tell the requester the request is accepted; the result follows later."""
+        return self.reply(msg, operation="agree", content=content, headers=headers, performative="agree")
+
+    def reply_refuse(self, msg, content=None, headers=None):
+        """Tell the requester the request is refused."""
+        return self.reply(msg, operation="refuse", content=content, headers=headers, performative="refuse")
+
     @defer.inlineCallbacks
     def reply_err(self, msg, content=None, headers=None, exception=None, response_code=None):
         """Error reply: status ERROR, with the response code and reason in the IonMsg."""
@@ -491,59 +544,135 @@ class ProcessFactory:
     """Records a process class so the container can spawn it by module (R1 `factory`)."""
 
     def __init__(self, pcls, name=None, args=None):
+        if not (isinstance(pcls, type) and issubclass(pcls, Process)):
+            raise RuntimeError("ProcessFactory needs a Process class, not %r" % (pcls,))
         self.process_class = pcls
-        declare = getattr(pcls, "declare", None) or {}
-        self.name = name or declare.get("name") or pcls.__name__
+        self.name = name or pcls.__name__
         self.args = args or {}
-        if self.name in processes and processes[self.name]["class"] is not pcls:
-            raise RuntimeError("process name %r already declared by %r" % (self.name, processes[self.name]["class"]))
+        known = processes.get(self.name)
+        if known is not None and known["class"] is not pcls:
+            log.warn("Process name {name} now means {new!r}, not {old!r}", name=self.name, new=pcls, old=known["class"])
         processes[self.name] = {"name": self.name, "class": pcls, "args": self.args}
 
-    def build(self, spawnargs=None):
-        spawnargs = dict(self.args, **(spawnargs or {}))
-        spawnargs.setdefault("proc-group", self.name)
+    def build(self, spawnargs=None, container=None):
+        """A new instance; `spawnargs` (filled in with the factory's args and proc-group) is its spawn args."""
+        spawnargs = spawnargs if spawnargs is not None else {}
+        for key, value in self.args.items():
+            spawnargs.setdefault(key, value)
+        spawnargs["proc-group"] = self.name
         return self.process_class(spawnargs=spawnargs)
 
 
 class ProcessDesc(BasicLifecycleObject):
-    """Describes a process to spawn: name, module, class and spawn args (R1 §4.8)."""
+    """
+    Describes a process to spawn: name, module, class and spawn args (R1
+    §4.8).  spawn() makes the process and brings desc and process to ACTIVE
+    (READY with activate=False; a later activate() activates the process).
+    """
 
     def __init__(self, name=None, module=None, procclass=None, node=None, spawnargs=None, **kwargs):
         super().__init__()
-        self.name = name
-        self.module = module
-        self.procclass = procclass or kwargs.get("class")
         if node is not None:
             raise RuntimeError("remote nodes are not supported (node=%r)" % (node,))
-        self.spawnargs = dict(spawnargs or {})
+        self.proc_name = name
+        self.proc_module = module
+        self.proc_class = procclass or kwargs.get("class")
+        self.spawn_args = dict(spawnargs or {})
         self.proc_id = None
         self.process = None
 
-    def spawn(self, parent=None):
-        return self.initialize(parent)
+    # The names this project used before taking R1's.
+    name = property(lambda self: self.proc_name)
+    module = property(lambda self: self.proc_module)
+    procclass = property(lambda self: self.proc_class)
+    spawnargs = property(lambda self: self.spawn_args)
 
     @defer.inlineCallbacks
-    def on_initialize(self, parent=None, *args, **kwargs):
-        container = ioninit.container_instance
+    def spawn(self, parent=None, container=None, activate=True):
+        """Fires with the new process's Id; without a parent the root supervisor is its parent."""
+        container = container or ioninit.container_instance
         if container is None:
-            raise ProcessError("cannot spawn %s: no container" % (self.name,))
-        self.process = yield container.spawn_process(self, parent)
+            raise ProcessError("cannot spawn %s: no container" % (self.proc_name,))
+        yield self.initialize(parent or container.proc_manager.supervisor, container)
+        if activate:
+            yield self.activate()
+        return self.proc_id
+
+    @defer.inlineCallbacks
+    def on_initialize(self, parent=None, container=None, *args, **kwargs):
+        container = container or ioninit.container_instance
+        self.process = yield container.proc_manager.spawn_process(self, parent, activate=False)
         self.proc_id = self.process.id
 
     def on_activate(self, *args, **kwargs):
-        pass
+        if self.process._get_state() == BasicStates.READY:
+            return self.process.activate()
 
-    @defer.inlineCallbacks
+    def on_deactivate(self, *args, **kwargs):
+        if self.process._get_state() == BasicStates.ACTIVE:
+            return self.process.deactivate()
+
     def on_terminate(self, *args, **kwargs):
         if self.process is not None and self.process._get_state() not in (BasicStates.TERMINATED, BasicStates.ERROR):
-            yield self.process.terminate()
+            return self.process.terminate()
 
     on_terminate_active = on_terminate
 
     def on_error(self, cause=None, *args, **kwargs):
         if cause is None:
             raise RuntimeError("Illegal ProcessDesc state change")
-        log.error("ProcessDesc {name}: {cause!r}", name=self.name, cause=cause)
+        log.error("ProcessDesc {name}: {cause!r}", name=self.proc_name, cause=cause)
+
+
+class ProcessClientBase:
+    """
+    Talks to other processes on behalf of `proc`; with no process it makes an
+    anonymous one named `<ClassName>_aproc`, spawned by _check_init (or attach).
+    """
+
+    def __init__(self, proc=None, **kwargs):
+        if proc is None:
+            proc = Process(spawnargs={"proc-name": "%s_aproc" % (type(self).__name__,)})
+        self.proc = proc
+
+    @defer.inlineCallbacks
+    def _check_init(self):
+        if self.proc._get_state() == BasicStates.INIT:
+            yield self.proc.spawn()
+
+    attach = _check_init
+
+
+class ProcessClient(ProcessClientBase):
+    """A client of one target: `<sys_name>.<targetname>` unless `target` is given."""
+
+    def __init__(self, proc=None, target=None, targetname=None, **kwargs):
+        super().__init__(proc=proc, **kwargs)
+        if target is None and targetname is not None:
+            target = "%s.%s" % (ioninit.sys_name, targetname)
+        self.target = target
+
+    @defer.inlineCallbacks
+    def rpc_send(self, operation, content, headers=None, **kwargs):
+        yield self._check_init()
+        result = yield self.proc.rpc_send(self.target, operation, content, headers, **kwargs)
+        return result
+
+    def rpc_send_protected(self, operation, content, user_id="ANONYMOUS", expiry="0", headers=None, **kwargs):
+        """rpc_send with the security headers; `expiry` must be a string of digits (AssertionError otherwise)."""
+        if not (isinstance(expiry, str) and expiry.isdigit()):
+            raise AssertionError("expiry must be a string of digits, not %r" % (expiry,))
+        headers = dict(headers or {}, **{"user-id": user_id, "expiry": expiry})
+        return self.rpc_send(operation, content, headers, **kwargs)
+
+    @defer.inlineCallbacks
+    def send(self, operation, content, headers=None, **kwargs):
+        yield self._check_init()
+        result = yield self.proc.send(self.target, operation, content, headers, **kwargs)
+        return result
+
+    def reply(self, msg, operation="result", content=None, headers=None):
+        return self.proc.reply(msg, operation, content, headers)
 
 
 # Processes defined in this module can be spawned by module name.

@@ -8,7 +8,7 @@ from twisted.internet import defer
 from ion.core import ioninit
 from ion.core.messaging.broker.interface import NotFound
 from ion.core.messaging.receiver import ServiceWorkerReceiver
-from ion.core.process.process import Process, ProcessFactory
+from ion.core.process.process import Process, ProcessClient, ProcessClientBase, ProcessFactory  # noqa: F401 (R1 also had the clients here)
 from ion.util.state_object import BasicStates
 
 
@@ -68,56 +68,6 @@ class ServiceProcess(Process):
 
     def slc_terminate(self):
         pass
-
-
-class ProcessClientBase:
-    """
-    Talks to other processes on behalf of `proc`; with no process it makes an
-    anonymous one named `<ClassName>_aproc` and spawns it on first use.
-    """
-
-    def __init__(self, proc=None, **kwargs):
-        if proc is None:
-            proc = Process(spawnargs={"proc-name": "%s_aproc" % (type(self).__name__,)})
-        self.proc = proc
-
-    @defer.inlineCallbacks
-    def _check_init(self):
-        if self.proc._get_state() == BasicStates.INIT:
-            yield self.proc.spawn()
-
-    attach = _check_init
-
-
-class ProcessClient(ProcessClientBase):
-    """A client of one target: `<sys_name>.<targetname>` unless `target` is given."""
-
-    def __init__(self, proc=None, target=None, targetname=None, **kwargs):
-        super().__init__(proc=proc, **kwargs)
-        if target is None and targetname is not None:
-            target = "%s.%s" % (ioninit.sys_name, targetname)
-        self.target = target
-
-    @defer.inlineCallbacks
-    def rpc_send(self, operation, content, headers=None, **kwargs):
-        yield self._check_init()
-        result = yield self.proc.rpc_send(self.target, operation, content, headers, **kwargs)
-        return result
-
-    def rpc_send_protected(self, operation, content, user_id="ANONYMOUS", expiry="0", headers=None, **kwargs):
-        if not str(expiry).isdigit():
-            raise ValueError("expiry must be a string of digits, not %r" % (expiry,))
-        headers = dict(headers or {}, **{"user-id": user_id, "expiry": str(expiry)})
-        return self.rpc_send(operation, content, headers, **kwargs)
-
-    @defer.inlineCallbacks
-    def send(self, operation, content, headers=None, **kwargs):
-        yield self._check_init()
-        result = yield self.proc.send(self.target, operation, content, headers, **kwargs)
-        return result
-
-    def reply(self, msg, operation="result", content=None, headers=None):
-        return self.proc.reply(msg, operation, content, headers)
 
 
 class ServiceClient(ProcessClient):
