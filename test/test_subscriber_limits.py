@@ -302,3 +302,7 @@ class ArgumentTest(unittest.TestCase):
         ):
             with self.assertRaisesRegex(ValueError, named):
                 make(**kwargs)
+        self.addCleanup(ioninit.load_config)
+        ioninit.merge_config({"ion.services.dm.distribution.publisher_subscriber": {"queue_depth_check_interval": 0}})
+        with self.assertRaisesRegex(ValueError, "queue_depth_check_interval"):
+            make()

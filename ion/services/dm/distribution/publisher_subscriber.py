@@ -269,11 +269,15 @@ class Subscriber(BasicLifecycleObject):
             from twisted.internet import reactor as clock
         self._depth_watch = None
         if depth_warning:
+            interval = CONF.getValue("queue_depth_check_interval", 10)
+            if not isinstance(interval, (int, float)) or isinstance(interval, bool) or not interval > 0:
+                raise ValueError("ion.config %r: queue_depth_check_interval must be a number > 0, not %r"
+                                 % (__name__, interval))
             self._depth_watch = DepthWatch(
                 lambda: self.exchange_manager.connection,
                 lambda: self.queue,
                 depth_warning,
-                CONF.getValue("queue_depth_check_interval", 10),
+                interval,
                 clock,
                 "Subscriber %s" % (self._sub_name,),
             )
