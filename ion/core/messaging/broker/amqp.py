@@ -48,6 +48,7 @@ from ion.core.messaging.broker.interface import (
     ChannelError,
     ConnectionLost,
     IBrokerConnection,
+    MessageRefused,
     ResourceLocked,
 )
 
@@ -85,7 +86,7 @@ class _PendingConfirms:
             if ack:
                 d.callback(None)
             else:
-                d.errback(BrokerError("the broker refused the message (basic.nack)"))
+                d.errback(MessageRefused("the broker refused the message (basic.nack)"))
 
     def take_all(self):
         """Every unconfirmed (Deferred, message), oldest first; none are left waiting."""
@@ -424,6 +425,9 @@ class AMQPConnection:
 
     def queue_purge(self, queue):
         return self._call("queue_purge", queue=queue).addCallback(lambda r: r.message_count)
+
+    def queue_depth(self, queue):
+        return self._call("queue_declare", queue=queue, passive=True).addCallback(lambda r: r.message_count)
 
     def queue_bind(self, queue, exchange, routing_key):
         def bound(_):

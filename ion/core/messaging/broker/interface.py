@@ -58,6 +58,14 @@ class PreconditionFailed(ChannelError):
     code = 406
 
 
+class MessageRefused(BrokerError):
+    """
+    The broker would not take a published message (basic.nack): a queue it
+    routes to is full and set to x-overflow reject-publish(-dlx).  Queues with
+    room still got it.  Only seen with publisher confirms on.
+    """
+
+
 class ConnectionLost(BrokerError):
     """The connection to the broker is gone (closed, or not back in time); the operation did not complete."""
 
@@ -138,7 +146,8 @@ class IBrokerConnection(Interface):
         Fires with the queue's name.  An exclusive queue belongs to this
         connection (ResourceLocked for others) and goes with it.  An
         auto-delete queue is deleted when its last consumer is cancelled.
-        `arguments` is the AMQP x-arguments table (e.g. x-dead-letter-exchange).
+        `arguments` is the AMQP x-arguments table (e.g. x-dead-letter-exchange;
+        x-max-length, x-max-length-bytes and x-overflow bound it).
         """
 
     def queue_delete(queue, if_unused=False, if_empty=False):
@@ -146,6 +155,13 @@ class IBrokerConnection(Interface):
 
     def queue_purge(queue):
         """Remove all ready messages; fires with their number."""
+
+    def queue_depth(queue):
+        """
+        Fires with the number of ready messages in the queue (those not handed
+        to a consumer), as a passive declare's message_count; NotFound if the
+        queue does not exist.
+        """
 
     def queue_bind(queue, exchange, routing_key):
         """Bind a queue to an exchange (NotFound when either is missing)."""
@@ -169,7 +185,8 @@ class IBrokerConnection(Interface):
         Publish `body` (bytes).  `properties` is a dict with keys from
         PROPERTY_NAMES.  Fires once the message has been handed to the broker.
         A mandatory message that no queue takes is handed to every return
-        listener; that is not a failure of the Deferred.
+        listener; that is not a failure of the Deferred.  With confirms, fails
+        with MessageRefused when a full reject-publish queue refused it.
         """
 
     def consume(queue, callback, prefetch_count=1, no_ack=False, exclusive=False, consumer_tag=None):

@@ -5,8 +5,8 @@ Connections made to the same named broker share its exchanges and queues just
 as connections to one RabbitMQ do, so containers run (and are tested) in one
 process with no broker installed.  `EmbeddedBroker` is the server: it owns
 exchanges, queues and bindings and enforces RabbitMQ's rules (redeclaration,
-exclusivity, auto-delete, dead-lettering).  `MemoryConnection` is a client of
-it implementing IBrokerConnection.
+exclusivity, auto-delete, dead-lettering, length limits).  `MemoryConnection`
+is a client of it implementing IBrokerConnection.
 
 The parts it is built from live beside it: exchange routing in
 memory_routing.py, queues, consumers and deliveries in memory_queue.py, and
@@ -26,18 +26,21 @@ from ion.core.messaging.broker.interface import (
     ChannelError,
     ConnectionLost,
     IBrokerConnection,
+    MessageRefused,
     NotFound,
     PreconditionFailed,
     ResourceLocked,
 )
 from ion.core.messaging.broker.memory_pump import DeliveryPump
 from ion.core.messaging.broker.memory_queue import (
+    OVERFLOW_MODES,
     Consumer,
     Delivery,
     Message,
     Queue,
     copy_properties,
     dead_letter_properties,
+    is_cycle,
 )
 from ion.core.messaging.broker.memory_routing import EXCHANGE_CLASSES, DefaultExchange, queues_reached
 
@@ -54,8 +57,13 @@ _EQUIVALENT_ARGUMENTS = (
     "x-max-length-bytes",
     "x-max-priority",
     "x-message-ttl",
+    "x-overflow",
+    "x-queue-mode",
     "x-queue-type",
+    "x-single-active-consumer",
 )
+
+_LENGTH_ARGUMENTS = ("x-max-length", "x-max-length-bytes")
 
 _PROPERTY_SET = frozenset(PROPERTY_NAMES)
 
@@ -98,6 +106,28 @@ def _inequivalent(arg, kind, name, received, current):
 def _incoming(destination):
     """The (exchange, routing_key) bindings that lead to a queue or exchange."""
     return destination.bindings if isinstance(destination, Queue) else destination.incoming
+
+
+def _check_limit_arguments(name, arguments):
+    """Refuse length-limit arguments RabbitMQ refuses, with its reasons."""
+
+    def invalid(arg, why):
+        return PreconditionFailed("PRECONDITION_FAILED - invalid arg %r for queue %r: %s" % (arg, name, why))
+
+    for arg in _LENGTH_ARGUMENTS:
+        value = arguments.get(arg)
+        if value is None:
+            continue
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise invalid(arg, "expected integer, got %s" % type(value).__name__)
+        if value < 0:
+            raise invalid(arg, "{value_negative,%d}" % value)
+    overflow = arguments.get("x-overflow")
+    if overflow is not None:
+        if not isinstance(overflow, str):
+            raise invalid("x-overflow", "{unacceptable_type,%s}" % type(overflow).__name__)
+        if overflow not in OVERFLOW_MODES:
+            raise invalid("x-overflow", "invalid_overflow")
 
 
 class EmbeddedBroker:
@@ -213,6 +243,7 @@ class EmbeddedBroker:
             # Even a broker-named queue may only be re-declared passively.
             raise _access_refused("queue name %r contains reserved prefix 'amq.*'" % name)
         arguments = dict(arguments or {})
+        _check_limit_arguments(name, arguments)
         owner = conn if exclusive else None
         queue = self.queues.get(name) if name else None
         if queue is None:
@@ -242,7 +273,7 @@ class EmbeddedBroker:
             raise PreconditionFailed("PRECONDITION_FAILED - queue %r in use" % name)
         if if_empty and queue.ready:
             raise PreconditionFailed("PRECONDITION_FAILED - queue %r not empty" % name)
-        count = len(queue.ready)
+        count = queue.purge()
         self._delete_queue(queue)
         return count
 
@@ -256,16 +287,16 @@ class EmbeddedBroker:
             consumer.unacked.clear()
             consumer.connection.consumers.pop(consumer, None)
         queue.consumers.clear()
-        queue.ready.clear()
+        queue.purge()
         for exchange, routing_key in list(queue.bindings):
             self._remove_binding(exchange, queue, routing_key)
         self._pump.forget(queue)
 
     def queue_purge(self, conn, name):
-        queue = self._usable_queue(conn, name)
-        count = len(queue.ready)
-        queue.ready.clear()
-        return count
+        return self._usable_queue(conn, name).purge()
+
+    def queue_depth(self, conn, name):
+        return self._usable_queue(conn, name).depth()
 
     # -- bindings
 
@@ -317,18 +348,37 @@ class EmbeddedBroker:
             raise ValueError("unknown message properties: %s" % ", ".join(sorted(unknown)))
         properties = copy_properties(properties)
         exchange = self._exchange(exchange_name)
-        if not self._route(exchange, exchange_name, routing_key, body, properties) and mandatory:
+        queues = queues_reached(exchange, routing_key)
+        if not queues and mandatory:
             message = Message(body, properties, exchange_name, routing_key, 0)
             self._pump.schedule_return(conn, Delivery(message))
+        if self._enqueue(queues, exchange_name, routing_key, body, properties):
+            # What RabbitMQ's confirm says when a queue refused it; the queues with room keep it.
+            raise MessageRefused("the broker refused the message (basic.nack)")
 
-    def _route(self, exchange, exchange_name, routing_key, body, properties):
-        """Enqueue on every queue the exchange selects; return how many."""
-        queues = queues_reached(exchange, routing_key)
+    def _enqueue(self, queues, exchange_name, routing_key, body, properties):
+        """Put the message on each of `queues` that takes it, enforcing their limits; return how many refused."""
+        refused = 0
         for queue in queues:
+            if queue.refuses(body):
+                refused += 1
+                if queue.overflow == "reject-publish-dlx":
+                    self.dead_letter(queue, Message(body, properties, exchange_name, routing_key, 0), "maxlen")
+                continue
             queue.enqueue(body, properties, exchange_name, routing_key)
+            self._drop_overflow(queue)
             if queue.consumers:
                 self.wake(queue)
-        return len(queues)
+        return refused
+
+    def _drop_overflow(self, queue, requeued=False):
+        for message in queue.drop_overflow(requeued):
+            self.dead_letter(queue, message, "maxlen")
+
+    def requeue(self, queue, messages):
+        """Give messages back to their queue; a drop-head queue then trims its oldest, as RabbitMQ does."""
+        queue.requeue(messages)
+        self._drop_overflow(queue, requeued=True)
 
     def dead_letter(self, queue, message, reason):
         """Republish to the queue's x-dead-letter-exchange with RabbitMQ's x-death headers."""
@@ -337,7 +387,9 @@ class EmbeddedBroker:
             return
         properties = dead_letter_properties(queue, message, reason)
         routing_key = queue.arguments.get("x-dead-letter-routing-key", message.routing_key)
-        self._route(exchange, exchange.name, routing_key, message.body, properties)
+        targets = [target for target in queues_reached(exchange, routing_key) if not is_cycle(target.name, properties)]
+        # A dead letter a queue refuses is gone: RabbitMQ dead-letters at most once, unconfirmed.
+        self._enqueue(targets, exchange.name, routing_key, message.body, properties)
 
     # -- consumers
 
@@ -361,7 +413,7 @@ class EmbeddedBroker:
         consumer.connection.consumers.pop(consumer, None)
         queue = consumer._queue
         queue.consumers.remove(consumer)
-        queue.requeue(consumer.unacked.values())
+        self.requeue(queue, list(consumer.unacked.values()))
         consumer.unacked.clear()
         if queue.auto_delete and not queue.consumers:
             self._delete_queue(queue)
@@ -405,6 +457,9 @@ class MemoryConnection:
 
     def queue_purge(self, queue):
         return self._call(self.broker.queue_purge, queue)
+
+    def queue_depth(self, queue):
+        return self._call(self.broker.queue_depth, queue)
 
     def queue_bind(self, queue, exchange, routing_key):
         return self._call(self.broker.queue_bind, queue, exchange, routing_key)

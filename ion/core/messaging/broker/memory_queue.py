@@ -6,10 +6,17 @@ A `Queue` holds `Message`s in publish order and hands them round-robin to its
 ack or reject settles it with its consumer.  Requeued messages go back ahead
 of newer ones, and `dead_letter_properties` writes the x-death record a
 rejected message carries on to its dead-letter exchange.
+
+Length limits (x-max-length, x-max-length-bytes of bodies, x-overflow) count
+ready messages only, as RabbitMQ's classic queues do.  RabbitMQ hands a
+message straight to a consumer with room for it, so it never counts; here the
+pump hands it over a moment later, and until then such messages at the head
+are not counted either (`_deliverable`).
 """
 
 from collections import deque
 from datetime import datetime, timezone
+from itertools import islice
 
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -17,9 +24,14 @@ from zope.interface import implementer
 
 from ion.core.messaging.broker.interface import IConsumer, IDelivery
 
-__all__ = ["Consumer", "Delivery", "Message", "Queue", "copy_properties", "dead_letter_properties"]
+__all__ = [
+    "OVERFLOW_MODES", "Consumer", "Delivery", "Message", "Queue", "copy_properties", "dead_letter_properties", "is_cycle"
+]
 
 log = Logger()
+
+# x-overflow values: drop the oldest ready messages (the default), refuse the new one, or refuse and dead-letter it.
+OVERFLOW_MODES = ("drop-head", "reject-publish", "reject-publish-dlx")
 
 
 def copy_properties(properties):
@@ -59,6 +71,19 @@ def dead_letter_properties(queue, message, reason):
     return properties
 
 
+def is_cycle(queue_name, properties):
+    """
+    RabbitMQ's rule for dead-lettering into `queue_name` a message with these
+    (updated) x-death headers: a cycle back to a queue it already died in is
+    dropped unless a consumer rejected it somewhere on the way.
+    """
+    deaths = (properties.get("headers") or {}).get("x-death") or []
+    for index, death in enumerate(deaths):
+        if death.get("queue") == queue_name:
+            return all(d.get("reason") != "rejected" for d in deaths[: index + 1])
+    return False
+
+
 class Message:
     """One message as it sits in one queue (each queue keeps its own redelivered flag)."""
 
@@ -82,7 +107,11 @@ class Queue:
         self.owner = owner  # the connection of an exclusive queue, else None
         self.auto_delete = auto_delete
         self.arguments = arguments
+        self.max_length = arguments.get("x-max-length")
+        self.max_bytes = arguments.get("x-max-length-bytes")
+        self.overflow = arguments.get("x-overflow", "drop-head")
         self.ready = deque()
+        self.ready_bytes = 0  # of the ready messages' bodies
         self.consumers = deque()  # round-robin order: the next one is at the left
         self.bindings = set()  # of (exchange, routing_key)
         self._seq = 0
@@ -90,6 +119,7 @@ class Queue:
     def enqueue(self, body, properties, exchange, routing_key):
         self._seq += 1
         self.ready.append(Message(body, properties, exchange, routing_key, self._seq))
+        self.ready_bytes += len(body)
 
     def requeue(self, messages):
         """Put messages back in their original order ahead of newer ones, as RabbitMQ does."""
@@ -97,6 +127,66 @@ class Queue:
             message.redelivered = True
             position = next((i for i, waiting in enumerate(self.ready) if waiting.seq > message.seq), len(self.ready))
             self.ready.insert(position, message)
+            self.ready_bytes += len(message.body)
+
+    def purge(self):
+        """Drop every ready message; return how many there were."""
+        count = len(self.ready)
+        self.ready.clear()
+        self.ready_bytes = 0
+        return count
+
+    # -- length limits
+
+    def _deliverable(self):
+        """How many ready messages at the head consumers with room take on the pump's next turn."""
+        room = 0
+        for consumer in self.consumers:
+            room += consumer.room()
+            if room >= len(self.ready):
+                return len(self.ready)
+        return room
+
+    def _counted(self, skip):
+        """(messages, body bytes) that count against the limits, all but the first `skip` ready ones."""
+        if skip >= len(self.ready):
+            return 0, 0
+        return len(self.ready) - skip, self.ready_bytes - sum(len(m.body) for m in islice(self.ready, skip))
+
+    def _over(self, count, size):
+        return (self.max_length is not None and count > self.max_length) or (
+            self.max_bytes is not None and size > self.max_bytes
+        )
+
+    def depth(self):
+        """Ready messages as RabbitMQ counts them (queue.declare-ok's message_count)."""
+        return len(self.ready) - self._deliverable()
+
+    def refuses(self, body):
+        """True when a reject-publish(-dlx) queue is too full to take a message with `body`."""
+        if self.overflow == "drop-head" or (self.max_length is None and self.max_bytes is None):
+            return False
+        count, size = self._counted(self._deliverable())
+        return self._over(count + 1, size + len(body))
+
+    def drop_overflow(self, requeued=False):
+        """
+        Under drop-head, remove the oldest counted messages while the queue is
+        over its limits; return them (for dead-lettering with reason maxlen).
+        After a requeue RabbitMQ trims before it delivers, so nothing is skipped.
+        """
+        if self.overflow != "drop-head" or (self.max_length is None and self.max_bytes is None):
+            return []
+        skip = 0 if requeued else self._deliverable()
+        count, size = self._counted(skip)
+        dropped = []
+        while self._over(count, size):
+            message = self.ready[skip]
+            del self.ready[skip]
+            self.ready_bytes -= len(message.body)
+            count, size = count - 1, size - len(message.body)
+            dropped.append(message)
+        return dropped
 
     def deliver(self, budget):
         """Hand up to `budget` ready messages to consumers round-robin; return how many went."""
@@ -110,7 +200,9 @@ class Queue:
                     break
             else:
                 break
-            consumer.deliver(ready.popleft())
+            message = ready.popleft()
+            self.ready_bytes -= len(message.body)
+            consumer.deliver(message)
             sent += 1
         return sent
 
@@ -163,6 +255,12 @@ class Consumer:
     def wants_more(self):
         return self._no_ack or not self._prefetch or len(self.unacked) < self._prefetch
 
+    def room(self):
+        """How many more messages it takes now (unbounded without ack or prefetch limit)."""
+        if self._no_ack or not self._prefetch:
+            return float("inf")
+        return max(self._prefetch - len(self.unacked), 0)
+
     def deliver(self, message):
         tag = self._next_tag
         self._next_tag += 1
@@ -179,7 +277,7 @@ class Consumer:
         if message is None:
             return
         if reject and requeue:
-            self._queue.requeue((message,))
+            self._broker.requeue(self._queue, (message,))
         elif reject:
             self._broker.dead_letter(self._queue, message, "rejected")
         if self._queue.ready:

@@ -20,8 +20,18 @@ headers gain:
 
 The exchange and the queue are durable and not auto-deleted: dead letters are
 evidence and must outlive the subscribers and a broker restart (those of
-persistent events do; transient events stay transient).  Nothing removes them
-but `delete()`, which is what a test or an operator calls when done.
+persistent events do; transient events stay transient).  They are kept until
+read (`consume()`) or `delete()`d, within bounds: the queue holds at most
+`max_length` dead letters and `max_length_bytes` of bodies (ion.config,
+this module's section; None lifts a bound).  Past either, the broker drops
+the oldest ones (drop-head), so the newest evidence is kept and a flood of
+them cannot exhaust the broker's memory; those dropped are gone.  Bodies are
+kept byte for byte.
+
+RabbitMQ refuses to declare an existing queue with other arguments, so a
+dead-letter queue declared before with other bounds (or none, by an older
+version) is used as it is, with a warning once saying how to apply the new
+ones.
 """
 
 from dataclasses import dataclass
@@ -30,10 +40,11 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from ion.core import ioninit
-from ion.core.messaging.broker.interface import NotFound
+from ion.core.messaging.broker.interface import NotFound, PreconditionFailed
 from ion.core.messaging.receiver import check_routing_key
 
 log = Logger()
+CONF = ioninit.config(__name__)
 
 REASON = "x-ion-death-reason"
 ATTEMPTS = "x-ion-attempts"
@@ -45,18 +56,55 @@ SUBSCRIBER = "x-ion-subscriber"
 # A reason is for people; a whole traceback or a 64 kB repr is not wanted in every header.
 MAX_REASON_CHARS = 1000
 
+# Bounds used when ion.config does not name them.
+DEFAULT_MAX_LENGTH = 10000
+DEFAULT_MAX_LENGTH_BYTES = 64 * 1024 * 1024
+
+_warned_unbounded = set()  # dead-letter queues already warned about: once per process is enough
+
 
 def dead_letter_name(sys_name=None):
     """`<sys_name>.events.dead`: the name of both the exchange and the queue (this system's by default)."""
     return "%s.events.dead" % (sys_name or ioninit.sys_name,)
 
 
+def queue_arguments():
+    """The x-arguments bounding the dead-letter queue, from ion.config; ValueError naming a bad setting."""
+    arguments = {}
+    for key, arg, default in (
+        ("max_length", "x-max-length", DEFAULT_MAX_LENGTH),
+        ("max_length_bytes", "x-max-length-bytes", DEFAULT_MAX_LENGTH_BYTES),
+    ):
+        value = CONF.getValue(key, default)
+        if value is None:
+            continue
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError("ion.config %r: %s must be None or an int >= 1, not %r" % (__name__, key, value))
+        arguments[arg] = value
+    if arguments:
+        arguments["x-overflow"] = "drop-head"
+    return arguments
+
+
 @defer.inlineCallbacks
 def declare(connection, name=None):
     """Declare the dead-letter exchange and queue `name` and bind them; fires with the name."""
     name = name or dead_letter_name()
+    arguments = queue_arguments()
     yield connection.exchange_declare(name, type="topic", durable=True, auto_delete=False)
-    yield connection.queue_declare(name, durable=True, exclusive=False, auto_delete=False)
+    try:
+        yield connection.queue_declare(name, durable=True, exclusive=False, auto_delete=False, arguments=arguments)
+    except PreconditionFailed as e:
+        yield connection.queue_declare(name, passive=True)  # it exists: use it as it is
+        if name not in _warned_unbounded:
+            _warned_unbounded.add(name)
+            log.warn(
+                "Dead-letter queue {name} exists with other arguments than {arguments} from ion.config ({e}); it is "
+                "used as it is and these bounds are not applied.  To apply them, read its dead letters "
+                "(dead_letters.consume) and delete it (dead_letters.delete): the next subscriber declares it "
+                "again; or on RabbitMQ bound it with a policy (rabbitmqctl set_policy --apply-to queues).",
+                name=name, arguments=arguments, e=e.text,
+            )
     yield connection.queue_bind(name, name, "#")
     return name
 

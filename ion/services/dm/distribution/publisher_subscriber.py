@@ -62,6 +62,7 @@ from ion.core.messaging.exchange import COMPANION_FLAGS, durable_companion
 from ion.core.messaging.messaging import Message
 from ion.core.messaging.receiver import Receiver, WorkerReceiver, check_routing_key
 from ion.services.dm.distribution import dead_letters
+from ion.services.dm.distribution.queue_depth import DepthWatch
 from ion.util.state_object import BasicLifecycleObject, BasicStates
 
 log = Logger()
@@ -78,9 +79,36 @@ COMPANION_QUEUE_FLAGS = {
 }
 
 
+# What a subscriber's full queue does with the next event (x-overflow).
+OVERFLOW_MODES = ("drop-head", "reject-publish")
+
+
 def _require(value, what, who):
     if not value:
         raise AssertionError("%s needs %s" % (who, what))
+
+
+def _queue_arguments(who, max_length, max_length_bytes, overflow):
+    """The x-arguments bounding a subscriber's queue (None when unbounded); ValueError naming a bad one."""
+    arguments = {}
+    for name, value, arg in (
+        ("max_length", max_length, "x-max-length"),
+        ("max_length_bytes", max_length_bytes, "x-max-length-bytes"),
+    ):
+        if value is None:
+            continue
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError("%s: %s must be None or an int >= 1, not %r" % (who, name, value))
+        arguments[arg] = value
+    if overflow is not None and overflow not in OVERFLOW_MODES:
+        raise ValueError("%s: overflow must be one of %s, not %r" % (who, ", ".join(OVERFLOW_MODES), overflow))
+    if overflow is not None and not arguments:
+        raise ValueError("%s: overflow=%r needs max_length or max_length_bytes" % (who, overflow))
+    if not arguments:
+        return None
+    # Always explicit: subscribers sharing the queue then agree whether or not they name the default.
+    arguments["x-overflow"] = overflow or "drop-head"
+    return arguments
 
 
 class Publisher(BasicLifecycleObject):
@@ -178,7 +206,29 @@ class Subscriber(BasicLifecycleObject):
     and a handler that returns a Deferred may then see several at a time.
 
     `clock` times the rate limits of the failure and decode log lines (the
-    reactor by default; tests give a task.Clock).
+    reactor by default; tests give a task.Clock), and the queue depth checks.
+
+    A queue is unbounded unless `max_length` (ready events) and/or
+    `max_length_bytes` (their bodies' bytes) bound it; events handed to the
+    subscriber and not yet acked do not count.  When it is full, `overflow`
+    says what happens to the next event:
+
+    * 'drop-head' (the default): the oldest waiting events are dropped, gone
+      for good; publishers never notice.
+    * 'reject-publish': the new event is refused.  A publisher with confirms
+      (the default on RabbitMQ, always on the embedded broker) then gets a
+      failed publish Deferred (MessageRefused): that is its backpressure
+      signal.  With confirms off the event is dropped silently.  Other queues
+      the event is routed to still get it.
+
+    Subscribers sharing a queue must give it the same limits (the broker
+    refuses the queue's re-declaration otherwise, PreconditionFailed).
+
+    Whatever the limits, the queue's depth is checked every
+    `queue_depth_check_interval` seconds (ion.config) on `clock`, and a
+    warning naming it and its depth is logged once it holds more than
+    `depth_warning` events (default: `queue_depth_warning` in ion.config;
+    0 turns it off); again only after it fell below half of that.
     """
 
     def __init__(
@@ -193,12 +243,21 @@ class Subscriber(BasicLifecycleObject):
         retries=None,
         dead_letter=None,
         prefetch_count=1,
+        max_length=None,
+        max_length_bytes=None,
+        overflow=None,
+        depth_warning=None,
         clock=None,
         *args,
         **kwargs
     ):
         super().__init__()
         who = type(self).__name__
+        arguments = _queue_arguments(who, max_length, max_length_bytes, overflow)
+        if depth_warning is None:
+            depth_warning = CONF.getValue("queue_depth_warning", 10000)
+        if not isinstance(depth_warning, int) or isinstance(depth_warning, bool) or depth_warning < 0:
+            raise ValueError("%s: depth_warning must be None or an int >= 0, not %r" % (who, depth_warning))
         if not isinstance(prefetch_count, int) or isinstance(prefetch_count, bool) or prefetch_count < 1:
             raise ValueError("%s: prefetch_count must be an int >= 1, not %r" % (who, prefetch_count))
         _require(xp_name, "an exchange point (xp_name)", who)
@@ -235,6 +294,7 @@ class Subscriber(BasicLifecycleObject):
             routing_key=binding_key,
             queue=queue_name,
             prefetch_count=prefetch_count,
+            arguments=arguments,
         )
         self._sub_name = "%s_subscriber_recv_%d" % (process.id.full, len(process._registered_life_cycle_objects))
         self._recv = WorkerReceiver(
@@ -247,6 +307,22 @@ class Subscriber(BasicLifecycleObject):
             content_check=self.check_content,
             clock=clock,
         )
+        if clock is None:
+            from twisted.internet import reactor as clock
+        self._depth_watch = None
+        if depth_warning:
+            interval = CONF.getValue("queue_depth_check_interval", 10)
+            if not isinstance(interval, (int, float)) or isinstance(interval, bool) or not interval > 0:
+                raise ValueError("ion.config %r: queue_depth_check_interval must be a number > 0, not %r"
+                                 % (__name__, interval))
+            self._depth_watch = DepthWatch(
+                lambda: self.exchange_manager.connection,
+                lambda: self.queue,
+                depth_warning,
+                interval,
+                clock,
+                "Subscriber %s" % (self._sub_name,),
+            )
 
     @property
     def queue(self):
@@ -269,10 +345,12 @@ class Subscriber(BasicLifecycleObject):
 
     @defer.inlineCallbacks
     def on_terminate(self, *args, **kwargs):
+        self._stop_depth_watch()
         if self._recv.state in (BasicStates.READY, BasicStates.ACTIVE):
             yield self._recv.terminate()
 
     def on_error(self, cause=None, *args, **kwargs):
+        self._stop_depth_watch()
         if cause is None:
             raise RuntimeError("Illegal subscriber state change")
         log.error("Subscriber {key} error: {cause!r}", key=self._binding_key, cause=cause)
@@ -289,6 +367,8 @@ class Subscriber(BasicLifecycleObject):
         if self._durable:
             yield self.exchange_manager.declare_exchange(self._xp_name, type="topic", durable=False, auto_delete=True)
             yield self.exchange_manager.bind_durable_companion(self._xp_name)
+        if self._depth_watch is not None:
+            self._depth_watch.start()
         return self._recv.xname
 
     @defer.inlineCallbacks
@@ -297,6 +377,7 @@ class Subscriber(BasicLifecycleObject):
         Stop receiving: the binding is removed, the consumer cancelled, and an
         auto-delete queue goes away with it.  `subscribe()` starts again.
         """
+        self._stop_depth_watch()
         if self._recv.state != BasicStates.ACTIVE:
             return
         queue = self._recv.queue
@@ -307,6 +388,10 @@ class Subscriber(BasicLifecycleObject):
     @property
     def exchange_manager(self):
         return self._recv.exchange_manager
+
+    def _stop_depth_watch(self):
+        if self._depth_watch is not None:
+            self._depth_watch.stop()
 
     @defer.inlineCallbacks
     def _receive_handler(self, data, msg):
