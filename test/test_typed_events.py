@@ -249,7 +249,7 @@ class TypedEventTests(BrokerTestMixin):
 
     @defer.inlineCallbacks
     def test_pending_summary_written_when_subscriber_stops(self):
-        sub = yield self.subscribe(failing)
+        sub = yield self.subscribe(failing, depth_warning=0)  # only the summary is timed on the clock
         yield self.publish_events(3)
         yield wait_for(lambda: sub.stats["handler_failed"] == 3)
         self.assertEqual(len(self.clock.getDelayedCalls()), 1)
