@@ -38,7 +38,7 @@ class ShippedConfigTest(IoninitTestCase):
         self.assertEqual(conf["ion.core.object.gpb_wrapper"], {"STR_GPBS": True, "VALIDATE_ATTRS": True})
         self.assertEqual(conf["ion.test.iontest"]["broker_host"], "memory")
         self.assertIsNone(conf["ion.test.iontest"]["start_app"])
-        self.assertEqual(conf["ion.core.cc.service"], {"broker_heartbeat": 30})
+        self.assertEqual(conf["ion.core.cc.service"], {"broker_heartbeat": 30, "log_level": "info"})
         self.assertIs(conf["ion.services.dm.distribution.publisher_subscriber"]["register_on_build"], False)
 
     def test_loaded_at_import(self):

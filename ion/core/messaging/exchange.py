@@ -7,17 +7,29 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from ion.core.messaging.broker.interface import BrokerError, ConnectionLost, NotFound, PreconditionFailed
-from ion.core.messaging.serialization import message_properties, pack_body
+from ion.core.messaging.serialization import WireFormatError, message_properties, pack_body, unpack_body
 
 log = Logger()
+
+
+class Unroutable(Exception):
+    """The broker returned a mandatory message: no queue is bound to its routing key."""
+
+    def __init__(self, exchange, routing_key, reply_code, reply_text):
+        super().__init__("no queue takes routing key %r on exchange %r (broker: %s %s)"
+                         % (routing_key, exchange, reply_code, reply_text))
+        self.exchange = exchange
+        self.routing_key = routing_key
 
 
 class ExchangeManager:
     """
     Owns the container's broker connection.
 
-    Mandatory messages no queue takes come back from the broker and are
-    dropped quietly: an event nobody subscribes to is normal.
+    Mandatory messages no queue takes come back from the broker.  One whose
+    conversation id was watched (`watch_returns`, an RPC's request) goes to
+    its watcher; the others are dropped quietly: an event nobody subscribes
+    to is normal.
 
     Exchanges are declared once per connection and flag set (R1 declared on
     every publish).  If an auto-delete exchange vanished meanwhile, the next
@@ -28,9 +40,30 @@ class ExchangeManager:
         self.connection = connection
         self.store = {}  # messaging name -> queue config, for the shell's ms()
         self._exchanges = {}  # name -> (type, durable, auto_delete)
+        self._bound = set()  # exchanges a queue was bound to through this manager
+        self._return_watchers = {}  # conv-id -> callable(Unroutable)
         # Set while the container shuts down: then a lost broker fails sends at
         # once instead of holding the shutdown for the reconnect timeout.
         self.stopping = False
+        connection.add_return_listener(self._returned)
+
+    def watch_returns(self, conv_id, watcher):
+        """Call watcher(Unroutable) if the broker returns a message of conversation `conv_id`."""
+        self._return_watchers[conv_id] = watcher
+
+    def unwatch_returns(self, conv_id):
+        self._return_watchers.pop(conv_id, None)
+
+    def _returned(self, delivery, reply_code, reply_text):
+        if not self._return_watchers:
+            return
+        try:
+            conv_id = unpack_body(delivery.body).get("conv-id")
+        except WireFormatError:
+            return
+        watcher = self._return_watchers.pop(conv_id, None) if isinstance(conv_id, str) else None
+        if watcher is not None:
+            watcher(Unroutable(delivery.exchange, delivery.routing_key, reply_code, reply_text))
 
     @property
     def description(self):
@@ -72,6 +105,7 @@ class ExchangeManager:
             self._exchanges.pop(config["exchange"], None)
             yield self._declare_from(config)
             yield self.connection.queue_bind(queue, config["exchange"], config["routing_key"])
+        self._bound.add(config["exchange"])
 
     def send(self, config, routing_key, message, mandatory=False, delivery_mode=1):
         """
@@ -104,18 +138,22 @@ class ExchangeManager:
     @defer.inlineCallbacks
     def close(self):
         """
-        Delete the auto-delete exchanges declared here that nothing is bound
-        to any more, then close the connection.  RabbitMQ auto-deletes an
-        exchange only when its last binding goes, so one that was published to
-        but never bound (a sysname's events exchange, say) would stay forever.
-        Exchanges others still use are left alone; one deleted under another
-        container's feet is declared again by it on next use.
+        Delete the auto-delete exchanges declared here that were never bound
+        to, then close the connection.  RabbitMQ auto-deletes an exchange only
+        when its last binding goes, so one that was published to but never
+        bound (a sysname's events exchange, say) would stay forever.  One that
+        was bound to is left to that auto-delete: it is gone already once our
+        queues went, and deleting it again would only draw a 404 that closes
+        the channel.  Exchanges others still use are left alone (if_unused);
+        one deleted under another container's feet is declared again by it
+        on next use.
         """
         declared, self._exchanges = self._exchanges, {}
+        self.connection.remove_return_listener(self._returned)
         if not self.connection.connected:
             declared = {}  # the broker is away: do not wait for it just to tidy up
         for name, (_type, _durable, auto_delete) in declared.items():
-            if auto_delete:
+            if auto_delete and name not in self._bound:
                 try:
                     yield self.connection.exchange_delete(name, if_unused=True)
                 except (NotFound, PreconditionFailed):
