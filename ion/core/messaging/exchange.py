@@ -40,7 +40,7 @@ class ExchangeManager:
         self.connection = connection
         self.store = {}  # messaging name -> queue config, for the shell's ms()
         self._exchanges = {}  # name -> (type, durable, auto_delete)
-        self._bound = set()  # exchanges a queue was bound to through this manager
+        self._bindings = {}  # queue -> exchanges it was bound to through this manager
         self._return_watchers = {}  # conv-id -> callable(Unroutable)
         # Set while the container shuts down: then a lost broker fails sends at
         # once instead of holding the shutdown for the reconnect timeout.
@@ -105,7 +105,32 @@ class ExchangeManager:
             self._exchanges.pop(config["exchange"], None)
             yield self._declare_from(config)
             yield self.connection.queue_bind(queue, config["exchange"], config["routing_key"])
-        self._bound.add(config["exchange"])
+        self._bindings.setdefault(queue, set()).add(config["exchange"])
+
+    @defer.inlineCallbacks
+    def unbind(self, queue, exchange, routing_key):
+        """Remove a binding made by declare_queue."""
+        yield self.connection.queue_unbind(queue, exchange, routing_key)
+        self._bindings.get(queue, set()).discard(exchange)
+        self._forget_if_unbound(exchange)
+
+    def queue_deleted(self, queue):
+        """`queue` is gone (an auto-delete queue's consumer was cancelled), and its bindings with it."""
+        for exchange in self._bindings.pop(queue, ()):
+            self._forget_if_unbound(exchange)
+
+    def _is_bound(self, exchange):
+        return any(exchange in exchanges for exchanges in self._bindings.values())
+
+    def _forget_if_unbound(self, exchange):
+        """
+        Our last binding to an auto-delete exchange went: RabbitMQ deletes it
+        unless others bind it too.  The next publish declares it again rather
+        than meet a 404, which would close the channel.
+        """
+        flags = self._exchanges.get(exchange)
+        if flags is not None and flags[2] and not self._is_bound(exchange):
+            del self._exchanges[exchange]
 
     def send(self, config, routing_key, message, mandatory=False, delivery_mode=1):
         """
@@ -138,22 +163,21 @@ class ExchangeManager:
     @defer.inlineCallbacks
     def close(self):
         """
-        Delete the auto-delete exchanges declared here that were never bound
-        to, then close the connection.  RabbitMQ auto-deletes an exchange only
-        when its last binding goes, so one that was published to but never
-        bound (a sysname's events exchange, say) would stay forever.  One that
-        was bound to is left to that auto-delete: it is gone already once our
-        queues went, and deleting it again would only draw a 404 that closes
-        the channel.  Exchanges others still use are left alone (if_unused);
-        one deleted under another container's feet is declared again by it
-        on next use.
+        Delete the auto-delete exchanges declared here that none of our queues
+        is bound to, then close the connection.  RabbitMQ auto-deletes an
+        exchange only when its last binding goes, so one that was published to
+        but never bound (a sysname's events exchange, say) would stay forever.
+        One our queues are still bound to is left to that auto-delete, when
+        the queues go with the connection.  Exchanges others still use are
+        left alone (if_unused); one deleted under another container's feet is
+        declared again by it on next use.
         """
         declared, self._exchanges = self._exchanges, {}
         self.connection.remove_return_listener(self._returned)
         if not self.connection.connected:
             declared = {}  # the broker is away: do not wait for it just to tidy up
         for name, (_type, _durable, auto_delete) in declared.items():
-            if auto_delete and name not in self._bound:
+            if auto_delete and not self._is_bound(name):
                 try:
                     yield self.connection.exchange_delete(name, if_unused=True)
                 except (NotFound, PreconditionFailed):
