@@ -302,3 +302,17 @@ class ApplyArgsTest(IoninitTestCase):
         )
         self.assertIsNone(ioninit.config("m")["a"])
         self.assertEqual(ioninit.config("ion.core.process.process")["rpc_timeout"], 15)
+
+
+class UnknownContainerArgsTest(unittest.TestCase):
+    def test_known_keys(self):
+        args = ioninit.parse_container_args("sysname=x, contid=c, apparg_hello={'a': 1}")
+        self.assertEqual(ioninit.unknown_container_args(args), [])
+        self.assertEqual(ioninit.unknown_container_args(ioninit.parse_container_args("free text")), [])
+
+    def test_misspelt_keys_are_named_with_a_suggestion(self):
+        args = ioninit.parse_container_args("sysname=x,syssname=y,contd=1,appargs_hello=2,colour=red")
+        self.assertEqual(
+            ioninit.unknown_container_args(args),
+            [("syssname", "sysname"), ("contd", "contid"), ("appargs_hello", "apparg_<app>"), ("colour", None)],
+        )

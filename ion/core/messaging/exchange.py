@@ -163,21 +163,22 @@ class ExchangeManager:
     @defer.inlineCallbacks
     def close(self):
         """
-        Delete the auto-delete exchanges declared here that none of our queues
-        is bound to, then close the connection.  RabbitMQ auto-deletes an
-        exchange only when its last binding goes, so one that was published to
-        but never bound (a sysname's events exchange, say) would stay forever.
-        One our queues are still bound to is left to that auto-delete, when
-        the queues go with the connection.  Exchanges others still use are
-        left alone (if_unused); one deleted under another container's feet is
-        declared again by it on next use.
+        Delete the auto-delete exchanges declared here, then close the
+        connection.  RabbitMQ auto-deletes an exchange only when its last
+        binding goes, so one that was published to but never bound (a
+        sysname's events exchange, say) would stay forever.  One whose last
+        binding we removed is not in `_exchanges` any more (see
+        `_forget_if_unbound`): RabbitMQ deleted it, and deleting it again
+        would only draw a 404.  Exchanges others still use are left alone
+        (if_unused); one deleted under another container's feet is declared
+        again by it on next use.
         """
         declared, self._exchanges = self._exchanges, {}
         self.connection.remove_return_listener(self._returned)
         if not self.connection.connected:
             declared = {}  # the broker is away: do not wait for it just to tidy up
         for name, (_type, _durable, auto_delete) in declared.items():
-            if auto_delete and not self._is_bound(name):
+            if auto_delete:
                 try:
                     yield self.connection.exchange_delete(name, if_unused=True)
                 except (NotFound, PreconditionFailed):
