@@ -250,6 +250,17 @@ class EmbeddedBrokerTest(TwistdMixin, unittest.TestCase):
         self.assertIn("Traceback", proto.output())
 
     @defer.inlineCallbacks
+    def test_release_naming_a_missing_module(self):
+        cwd = self.new_directory()
+        with open(os.path.join(cwd, "my.rel"), "w") as f:
+            f.write(USER_REL.replace("my_service", "no_such_module"))
+        proto = self.spawn_twistd("--no_shell", "my.rel", cwd=cwd)
+        code = yield proto.exited(timeout=15)
+        self.assertNotEqual(code, 0, proto.output())
+        yield proto.wait_for(r"#error\] Container startup failed: .*No module named 'no_such_module'")
+        self.assertNoTraceback(proto)
+
+    @defer.inlineCallbacks
     def test_missing_release(self):
         rel = os.path.abspath(self.mktemp() + ".rel")
         proto = self.spawn_twistd("--no_shell", rel)

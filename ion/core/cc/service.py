@@ -259,9 +259,13 @@ class CapabilityContainer(service.Service):
 
 
 def _is_configuration_error(error):
-    """A ConfigurationError, or an error it caused (an app that failed to start over one)."""
+    """
+    A ConfigurationError or an ImportError (a .app or .rel naming a module
+    that is not there), or an error one of them caused (an app that failed
+    to start over one).
+    """
     while error is not None:
-        if isinstance(error, ConfigurationError):
+        if isinstance(error, (ConfigurationError, ImportError)):
             return True
         error = error.__cause__
     return False
