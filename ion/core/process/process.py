@@ -16,9 +16,9 @@ from twisted.logger import Logger
 from ion.core import ioninit
 from ion.core.exception import (
     ApplicationError,
+    NoSuchService,
     ReceivedApplicationError,
     ReceivedContainerError,
-    NoSuchService,
     ReceivedError,
 )
 from ion.core.id import Id
