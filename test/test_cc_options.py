@@ -4,10 +4,12 @@ import io
 import os
 from contextlib import redirect_stdout
 
+from twisted.logger import LogLevel
 from twisted.python import usage
 from twisted.trial import unittest
 
-from ion.core.cc.service import VERSION, Options
+from ion.core import ioninit
+from ion.core.cc.service import VERSION, OptionValueError, Options
 
 
 def parse(*argv):
@@ -82,9 +84,13 @@ class BrokerOptionsTest(unittest.TestCase):
         self.assertEqual((address.host, address.port, address.vhost), ("rabbit", 5999, "ion/dev"))
         self.assertEqual((address.username, address.password, address.heartbeat), ("u", "p", 5))
 
-    def test_broker_url_wins_over_host(self):
-        address = parse("--broker", "amqp://rabbit/", "-h", "other")["broker_address"]
-        self.assertEqual(address.host, "rabbit")
+    def test_broker_url_and_host_is_an_error(self):
+        """Which of two brokers was meant cannot be guessed: the error names both options."""
+        error = self.assertRaises(OptionValueError, parse, "--broker", "amqp://u:secret@rabbit/", "-h", "other")
+        self.assertIn("--broker URL and -h/--broker_host both name the broker", str(error.code))
+        self.assertNotIn("secret", str(error.code))
+        error = self.assertRaises(OptionValueError, parse, "--broker", "memory", "-p", "5673", "--broker_username", "u")
+        self.assertIn("--broker URL and -p/--broker_port, --broker_username both name the broker", str(error.code))
 
     def test_broker_url_memory(self):
         self.assertEqual(parse("--broker", "memory")["broker_address"].kind, "memory")
@@ -164,10 +170,15 @@ class ScriptsAndFlagsTest(unittest.TestCase):
 
 class UsageErrorsTest(unittest.TestCase):
     def assertUsageError(self, argv, *fragments):
-        error = self.assertRaises(usage.UsageError, parse, *argv)
+        """A bad option value is one line for twistd to print (a UsageError would print all of --help too)."""
+        error = self.assertRaises(OptionValueError, parse, *argv)
+        message = error.code
+        self.assertIsInstance(message, str)
+        self.assertTrue(message.startswith("twistd cc: "), message)
+        self.assertNotIn("\n", message)
         for fragment in fragments:
-            self.assertIn(fragment, str(error))
-        return error
+            self.assertIn(fragment, message)
+        return message
 
     def test_bad_port(self):
         self.assertUsageError(["-p", "abc"], "--broker_port", "'abc'")
@@ -191,7 +202,8 @@ class UsageErrorsTest(unittest.TestCase):
         self.assertUsageError(["--sysname", "two words"], "sysname 'two words'")
 
     def test_unknown_script_extension(self):
-        self.assertUsageError(["hello.rel", "notes.txt"], "notes.txt", "expected a .app, .rel or .py file")
+        error = self.assertRaises(usage.UsageError, parse, "hello.rel", "notes.txt")
+        self.assertIn("notes.txt: expected a .app, .rel or .py file", str(error))
 
     def test_bad_broker_url(self):
         self.assertUsageError(["--broker", "http://rabbit/"], "http://rabbit/", "scheme must be amqp")
@@ -199,8 +211,8 @@ class UsageErrorsTest(unittest.TestCase):
         self.assertUsageError(["--broker", "amqp://rabbit/?colour=red"], "unknown setting(s) colour")
 
     def test_bad_broker_url_hides_password(self):
-        error = self.assertUsageError(["--broker", "ftp://me:topsecret@rabbit/"], "ftp://me:***@rabbit/")
-        self.assertNotIn("topsecret", str(error))
+        message = self.assertUsageError(["--broker", "ftp://me:topsecret@rabbit/"], "ftp://me:***@rabbit/")
+        self.assertNotIn("topsecret", message)
 
     def test_bad_credfile(self):
         missing = os.path.join(self.mktemp(), "none")
@@ -211,5 +223,24 @@ class UsageErrorsTest(unittest.TestCase):
         os.chmod(path, 0o600)
         self.assertUsageError(["-h", "rabbit", "--broker_credfile", path], path, "expected 'username password'")
 
+    def test_bad_log_level(self):
+        self.assertUsageError(["--log-level", "loud"], "log level 'loud'", "debug, info, warn, error, critical")
+
     def test_unknown_option(self):
-        self.assertUsageError(["--no_such_option"], "no_such_option")
+        error = self.assertRaises(usage.UsageError, parse, "--no_such_option")
+        self.assertIn("no_such_option", str(error))
+
+
+class LogLevelTest(unittest.TestCase):
+    def test_info_by_default(self):
+        self.assertEqual(parse()["log_level"], LogLevel.info)
+
+    def test_option(self):
+        self.assertEqual(parse("--log-level", "debug")["log_level"], LogLevel.debug)
+        self.assertEqual(parse("--log-level=WARNING")["log_level"], LogLevel.warn)
+
+    def test_config_key(self):
+        self.addCleanup(ioninit.load_config)
+        ioninit.merge_config({"ion.core.cc.service": {"log_level": "error"}})
+        self.assertEqual(parse()["log_level"], LogLevel.error)
+        self.assertEqual(parse("--log-level", "info")["log_level"], LogLevel.info)

@@ -409,6 +409,33 @@ class EventTests(BrokerTestMixin):
         self.assertLessEqual(declared.count(pub._xp_name), 1)
 
     @defer.inlineCallbacks
+    def test_exchange_declared_again_once_our_last_binding_went(self):
+        """
+        RabbitMQ auto-deletes the events exchange with the last binding: the
+        next publish declares it first instead of meeting a 404 that closes
+        the channel (what every RabbitMQ shutdown logged).
+        """
+        connection = self.container.exchange_manager.connection
+        pub = yield self.publisher(origin="again")
+        sub, collector = yield self.subscribe(events.InfoLoggingEventSubscriber, origin="again")
+        yield pub.create_and_publish_event(name="bound")
+        yield collector.wait(1)
+        declared = []
+        original = connection.exchange_declare
+
+        def counting(name, *args, **kwargs):
+            declared.append(name)
+            return original(name, *args, **kwargs)
+
+        self.patch(connection, "exchange_declare", counting)
+        yield pub.create_and_publish_event(name="still bound")
+        self.assertEqual(declared, [])
+        yield sub.unsubscribe()
+        yield pub.create_and_publish_event(name="unbound")
+        yield pub.create_and_publish_event(name="unbound again")
+        self.assertEqual(declared, [pub._xp_name])
+
+    @defer.inlineCallbacks
     def test_failed_publish_fails_deferred(self):
         # The exchange exists with other flags: the broker refuses the declaration.
         connection = self.container.exchange_manager.connection

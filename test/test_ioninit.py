@@ -38,7 +38,7 @@ class ShippedConfigTest(IoninitTestCase):
         self.assertEqual(conf["ion.core.object.gpb_wrapper"], {"STR_GPBS": True, "VALIDATE_ATTRS": True})
         self.assertEqual(conf["ion.test.iontest"]["broker_host"], "memory")
         self.assertIsNone(conf["ion.test.iontest"]["start_app"])
-        self.assertEqual(conf["ion.core.cc.service"], {"broker_heartbeat": 30})
+        self.assertEqual(conf["ion.core.cc.service"], {"broker_heartbeat": 30, "log_level": "info"})
         self.assertIs(conf["ion.services.dm.distribution.publisher_subscriber"]["register_on_build"], False)
 
     def test_loaded_at_import(self):
@@ -302,3 +302,17 @@ class ApplyArgsTest(IoninitTestCase):
         )
         self.assertIsNone(ioninit.config("m")["a"])
         self.assertEqual(ioninit.config("ion.core.process.process")["rpc_timeout"], 15)
+
+
+class UnknownContainerArgsTest(unittest.TestCase):
+    def test_known_keys(self):
+        args = ioninit.parse_container_args("sysname=x, contid=c, apparg_hello={'a': 1}")
+        self.assertEqual(ioninit.unknown_container_args(args), [])
+        self.assertEqual(ioninit.unknown_container_args(ioninit.parse_container_args("free text")), [])
+
+    def test_misspelt_keys_are_named_with_a_suggestion(self):
+        args = ioninit.parse_container_args("sysname=x,syssname=y,contd=1,appargs_hello=2,colour=red")
+        self.assertEqual(
+            ioninit.unknown_container_args(args),
+            [("syssname", "sysname"), ("contd", "contid"), ("appargs_hello", "apparg_<app>"), ("colour", None)],
+        )

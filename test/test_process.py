@@ -3,10 +3,11 @@
 from twisted.internet import defer
 
 from ion.core import ioninit
-from ion.core.exception import ReceivedApplicationError, ReceivedContainerError
+from ion.core.exception import NoSuchService, ReceivedApplicationError, ReceivedContainerError
 from ion.core.messaging.broker.interface import NotFound
 from ion.core.process.process import Process, ProcessError
 from ion.core.process.service_process import ServiceClient
+from ion.services.dm.distribution import events
 from ion.services.examples.hello_service import HelloServiceClient
 from ion.test.iontest import IonTestCase
 from ion.util.state_object import BasicLifecycleObject
@@ -123,6 +124,39 @@ class ProcessTests(BrokerTestMixin):
         error = yield self.assertFailure(self.proc.rpc_send(queue, "ping", None, timeout=0.2), defer.TimeoutError)
         self.assertIn("no reply within 0.2s", str(error))
         self.assertEqual(self.proc._pending_rpcs, {})
+
+    @defer.inlineCallbacks
+    def test_rpc_to_no_such_service_fails_at_once(self):
+        """The mandatory request comes back from the broker: NoSuchService, not a wait for the timeout."""
+        yield self._spawn_processes([HELLO])
+        missing = "%s.no_such_service" % ioninit.sys_name
+        # Timeouts far beyond the test's: only the returned request can end these RPCs in time.
+        failed = self.proc.rpc_send(missing, "ping", None, timeout=3600)
+        answered = self.proc.rpc_send("%s.hello" % ioninit.sys_name, "ping", None, timeout=3600)
+        error = yield self.assertFailure(failed, NoSuchService)
+        self.assertIn("no such service", str(error))
+        self.assertIn("to %s" % missing, str(error))
+        self.assertIn("op=ping", str(error))
+        content, _, _ = yield answered
+        self.assertEqual(content, {"pong": "pong"})
+        self.assertEqual(self.proc._pending_rpcs, {})
+        self.assertEqual(self.container.exchange_manager._return_watchers, {})
+        client = ServiceClient(proc=self.proc, targetname="no_such_service")
+        yield self.assertFailure(client.rpc_send("hello", {}, timeout=3600), NoSuchService)
+
+    @defer.inlineCallbacks
+    def test_returned_events_are_dropped_quietly_during_an_rpc(self):
+        """An event nobody subscribes to comes back too; it is not taken for the pending RPC's request."""
+        connection = self.container.exchange_manager.connection
+        queue = yield connection.queue_declare(self.unique_name("silent"), auto_delete=True)
+        yield connection.queue_bind(queue, "magnet.topic", queue)
+        self.addCleanup(connection.queue_delete, queue)
+        pending = self.proc.rpc_send(queue, "ping", None, timeout=0.5)
+        publisher = events.InfoLoggingEventPublisher(process=self.proc, origin=self.unique_name("nobody"))
+        yield self.proc.register_life_cycle_object(publisher)
+        yield publisher.create_and_publish_event(name="unheard")
+        yield self.assertFailure(pending, defer.TimeoutError)
+        self.assertEqual(self.container.exchange_manager._return_watchers, {})
 
     @defer.inlineCallbacks
     def test_terminate_removes_queues(self):

@@ -481,12 +481,10 @@ class ReconnectTimeoutSettingTest(unittest.TestCase):
         self.assertEqual(options["broker_address"].reconnect_timeout, 7)
 
     def test_bad_values_are_named(self):
-        from twisted.python.usage import UsageError
-
-        from ion.core.cc.service import Options
+        from ion.core.cc.service import OptionValueError, Options
 
         for value in ("soon", "-1", "nan", "inf"):
             error = self.assertRaises(ValueError, BrokerAddress.from_url, "amqp://h/?reconnect_timeout=" + value)
             self.assertIn(repr(value), str(error))
-        error = self.assertRaises(UsageError, Options().parseOptions, ["--broker_reconnect_timeout", "-3"])
-        self.assertIn("--broker_reconnect_timeout", str(error))
+        error = self.assertRaises(OptionValueError, Options().parseOptions, ["--broker_reconnect_timeout", "-3"])
+        self.assertIn("--broker_reconnect_timeout", str(error.code))

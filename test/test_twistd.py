@@ -23,9 +23,39 @@ from test.brokers import RABBIT_URL
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HELLO_REL = resource_path("res/deploy/hello.rel")
+EVENTS_DEMO_REL = resource_path("res/deploy/events-demo.rel")
 # The venv's twistd, run by this interpreter; argv[0] only names it in usage messages.
 TWISTD = [sys.executable, "-c", "import sys; sys.argv[0] = 'twistd'; from twisted.scripts.twistd import run; run()"]
+# The console script itself, as a user runs it: unlike `python -c`, it does not put the cwd on sys.path.
+TWISTD_SCRIPT = os.path.join(os.path.dirname(sys.executable), "twistd")
 STARTED = re.compile(r"Container (\S+) started")
+DEBUG_LINE = re.compile(r"#debug\]")
+
+# A user's own service: a module and a release, alone in the directory the container starts in.
+USER_SERVICE = """\
+from ion.core.process.process import ProcessFactory
+from ion.core.process.service_process import ServiceProcess
+
+
+class EchoService(ServiceProcess):
+    declare = ServiceProcess.service_declare(name="echo", version="0.1", dependencies=[])
+
+    def op_echo(self, content, headers, msg):
+        return self.reply_ok(msg, {"echo": content, "by": self.id.full})
+
+
+factory = ProcessFactory(EchoService)
+"""
+USER_REL = """\
+{
+    "type": "release",
+    "name": "MyRel",
+    "version": "0.1",
+    "apps": [
+        {"name": "echo", "processapp": ("echo", "my_service", "EchoService")},
+    ],
+}
+"""
 
 
 class TwistdProtocol(protocol.ProcessProtocol):
@@ -105,14 +135,20 @@ class TwistdMixin:
 
     timeout = 60
 
-    def spawn_twistd(self, *cc_args):
-        cwd = os.path.abspath(self.mktemp())
-        os.makedirs(cwd)
-        env = dict(os.environ)
+    def new_directory(self):
+        path = os.path.abspath(self.mktemp())
+        os.makedirs(path)
+        return path
+
+    def spawn_twistd(self, *cc_args, cwd=None, console_script=False, env=None):
+        """`twistd -n cc ...` in `cwd` (a new empty directory by default); console_script runs bin/twistd."""
+        cwd = cwd or self.new_directory()
+        env = dict(os.environ, **(env or {}))
         env["PYTHONPATH"] = os.pathsep.join([REPO] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
-        args = TWISTD + ["-n", "--pidfile=", "--logfile=-", "cc"] + list(cc_args)
+        command = [TWISTD_SCRIPT] if console_script else TWISTD
+        args = command + ["-n", "--pidfile=", "--logfile=-", "cc"] + list(cc_args)
         proto = TwistdProtocol()
-        reactor.spawnProcess(proto, sys.executable, args, env=env, path=cwd)
+        reactor.spawnProcess(proto, command[0], args, env=env, path=cwd)
         self.addCleanup(self._kill, proto)
         return proto
 
@@ -184,18 +220,45 @@ class EmbeddedBrokerTest(TwistdMixin, unittest.TestCase):
             fcntl.lockf(f, fcntl.LOCK_UN)
         yield self.stop_with(proto, "TERM")
 
+    def assertNoTraceback(self, proto):
+        self.assertNotIn("Traceback", proto.output())
+        self.assertNotIn("Usage:", proto.output())
+
     @defer.inlineCallbacks
     def test_bad_release(self):
+        """A configuration error is one line (its traceback is logged at debug level, off by default)."""
         rel = os.path.abspath(self.mktemp() + ".rel")
         with open(rel, "w") as f:
             f.write("{'type': 'release',\n 'name': 'Bad',\n 'apps': [{'name': 'hello'}\n}\n")
         proto = self.spawn_twistd("--no_shell", rel)
         code = yield proto.exited(timeout=15)
         self.assertNotEqual(code, 0, proto.output())
-        self.assertIn("Container startup failed", proto.output())
-        failure = yield proto.wait_for(r"ConfigurationError: release file (\S+) \(line (\d+)\)")
+        failure = yield proto.wait_for(r"#error\] Container startup failed: release file (\S+) \(line (\d+)\)")
         self.assertEqual(failure.group(1), rel)
+        self.assertNoTraceback(proto)
         self.assertNotRegex(proto.output(), STARTED)
+
+    @defer.inlineCallbacks
+    def test_bad_release_traceback_at_debug_level(self):
+        rel = os.path.abspath(self.mktemp() + ".rel")
+        with open(rel, "w") as f:
+            f.write("{'type': 'app', 'name': 'NotARelease'}\n")
+        proto = self.spawn_twistd("--no_shell", "--log-level=debug", rel)
+        yield proto.exited(timeout=15)
+        yield proto.wait_for(r"#error\] Container startup failed: %s: 'type' must be 'release'" % re.escape(rel))
+        yield proto.wait_for(r"#debug\] Container startup failed$")
+        self.assertIn("Traceback", proto.output())
+
+    @defer.inlineCallbacks
+    def test_release_naming_a_missing_module(self):
+        cwd = self.new_directory()
+        with open(os.path.join(cwd, "my.rel"), "w") as f:
+            f.write(USER_REL.replace("my_service", "no_such_module"))
+        proto = self.spawn_twistd("--no_shell", "my.rel", cwd=cwd)
+        code = yield proto.exited(timeout=15)
+        self.assertNotEqual(code, 0, proto.output())
+        yield proto.wait_for(r"#error\] Container startup failed: .*No module named 'no_such_module'")
+        self.assertNoTraceback(proto)
 
     @defer.inlineCallbacks
     def test_missing_release(self):
@@ -203,14 +266,77 @@ class EmbeddedBrokerTest(TwistdMixin, unittest.TestCase):
         proto = self.spawn_twistd("--no_shell", rel)
         code = yield proto.exited(timeout=15)
         self.assertNotEqual(code, 0, proto.output())
-        self.assertIn("ConfigurationError: %s: no such file" % rel, proto.output())
+        self.assertIn("Container startup failed: %s: no such file" % rel, proto.output())
+        self.assertNoTraceback(proto)
 
     @defer.inlineCallbacks
     def test_bad_option(self):
         proto = self.spawn_twistd("-p", "abc")
         code = yield proto.exited()
         self.assertEqual(code, 1, proto.output())
-        self.assertIn("--broker_port must be a number, not 'abc'", proto.output())
+        self.assertEqual(proto.output().strip(), "twistd cc: --broker_port must be a number, not 'abc'")
+
+    @defer.inlineCallbacks
+    def test_bad_container_args(self):
+        proto = self.spawn_twistd("--no_shell", "-a", "sysname=x, junk")
+        code = yield proto.exited()
+        self.assertEqual(code, 1, proto.output())
+        self.assertEqual(proto.output().strip(), "twistd cc: container args 'sysname=x, junk': 'junk' is not key=value")
+
+    @defer.inlineCallbacks
+    def test_host_and_broker_url(self):
+        proto = self.spawn_twistd("--no_shell", "-h", "127.0.0.1", "--broker", "memory")
+        code = yield proto.exited()
+        self.assertEqual(code, 1, proto.output())
+        self.assertIn("--broker URL and -h/--broker_host both name the broker", proto.output())
+        self.assertNoTraceback(proto)
+
+    @defer.inlineCallbacks
+    def test_unknown_container_arg_is_warned(self):
+        proto = self.spawn_twistd("--no_shell", "-a", "sysname=x,syssname=y", HELLO_REL)
+        yield proto.wait_for(r"#warn\] Container arg 'syssname' is not known and is ignored \(did you mean 'sysname'\?\)")
+        yield proto.wait_for(r"Container \S+ \(sysname x\) connected")
+        yield self.stop_with(proto, "TERM")
+
+    @defer.inlineCallbacks
+    def test_debug_lines_off_by_default(self):
+        # events-demo's subscriber logs "consuming" at debug level as it starts.
+        quiet = self.spawn_twistd("--no_shell", EVENTS_DEMO_REL)
+        verbose = self.spawn_twistd("--no_shell", "--log-level", "debug", EVENTS_DEMO_REL)
+        yield verbose.wait_for(r"#debug\] EventSubscriber consuming")
+        yield quiet.wait_for(STARTED)
+        yield self.stop_with(quiet, "TERM")
+        self.assertNotRegex(quiet.output(), DEBUG_LINE)
+        yield self.stop_with(verbose, "TERM")
+
+    @defer.inlineCallbacks
+    def test_log_level_from_ion_config(self):
+        local = os.path.join(self.new_directory(), "local.config")
+        with open(local, "w") as f:
+            f.write("{'ion.core.cc.service': {'log_level': 'warn'}}\n")
+        proto = self.spawn_twistd("--no_shell", "-a", "syssname=y", HELLO_REL, env={"ION_LOCAL_CONFIG": local})
+        yield proto.wait_for(r"#warn\] Container arg 'syssname' is not known")
+        proto.transport.signalProcess("TERM")
+        self.assertEqual((yield proto.exited()), 0, proto.output())
+        self.assertNotIn("#info]", proto.output())
+
+    @defer.inlineCallbacks
+    def test_bad_ion_config_is_one_line(self):
+        """
+        The plugin reports a config file that cannot be read (read when
+        ion.core.cc.service is imported) in one line.  Run on the checkout's
+        plugin file: an installed copy of the package may shadow
+        twisted/plugins/cc.py for `twistd` itself.
+        """
+        local = os.path.join(self.new_directory(), "local.config")
+        with open(local, "w") as f:
+            f.write("{'ion.core.cc.service': {\n")
+        plugin = os.path.join(REPO, "twisted", "plugins", "cc.py")
+        code = "import runpy; runpy.run_path(%r)['CapabilityContainer'].options" % (plugin,)
+        env = dict(os.environ, ION_LOCAL_CONFIG=local, PYTHONPATH=REPO)
+        out, err, exit_code = yield utils.getProcessOutputAndValue(sys.executable, ["-c", code], env=env)
+        self.assertEqual(exit_code, 1, err)
+        self.assertEqual(err.decode().strip(), "twistd cc: %s, line 1: syntax error: '{' was never closed" % local)
 
 
 class RabbitTest(TwistdMixin, IonTestCase):
@@ -272,6 +398,48 @@ class RabbitTest(TwistdMixin, IonTestCase):
     def assertNoneContain(self, names, tokens, what):
         for token in tokens:
             self.assertEqual([n for n in names if token in n], [], "%s left on the broker for %s" % (what, token))
+
+    @defer.inlineCallbacks
+    def test_user_service_in_the_start_directory(self):
+        """
+        A module and a .rel in an otherwise empty directory, run there with
+        bin/twistd (which, unlike python -c, does not put the cwd on sys.path).
+        """
+        cwd = self.new_directory()
+        with open(os.path.join(cwd, "my_service.py"), "w") as f:
+            f.write(USER_SERVICE)
+        with open(os.path.join(cwd, "my.rel"), "w") as f:
+            f.write(USER_REL)
+        proto = self.spawn_twistd("--no_shell", "-h", "127.0.0.1", "my.rel", cwd=cwd, console_script=True)
+        connected = yield proto.wait_for(r"Container (\S+) \(sysname (\S+)\) connected to amqp://127\.0\.0\.1:5672/")
+        twistd_id, sysname = connected.groups()
+        self.addCleanup(self.delete_exchange, "%s.events.topic" % sysname)
+        yield proto.wait_for(STARTED)
+
+        yield self._start_container(sysname=sysname)
+        proc = Process(spawnargs={"proc-name": "user-service-tester"})
+        yield proc.spawn()
+        content, _, _ = yield ServiceClient(proc=proc, targetname="echo").rpc_send("echo", {"x": 1})
+        self.assertEqual(content["echo"], {"x": 1})
+        self.assertTrue(content["by"].startswith(twistd_id + "."), content)
+        yield self.stop_with(proto, "TERM")
+        yield self._stop_container()
+
+    @defer.inlineCallbacks
+    def test_no_404_at_shutdown(self):
+        """
+        A subscriber's events exchange is auto-deleted by RabbitMQ with its
+        binding; deleting it again at shutdown drew a 404 that closed a channel.
+        """
+        sysname = "cctest-%s" % uuid.uuid4().hex[:12]
+        self.addCleanup(self.delete_exchange, "%s.events.topic" % sysname)
+        proto = self.spawn_twistd("--no_shell", "--log-level=debug", "-h", "127.0.0.1", "-a", "sysname=" + sysname,
+                                  EVENTS_DEMO_REL)
+        yield proto.wait_for(r"EventSubscriber consuming")
+        yield self.stop_with(proto, "TERM")
+        self.assertNotIn("NOT_FOUND", proto.output())
+        self.assertNotIn("closed channel", proto.output())
+        self.assertNoneContain((yield self.rabbit_names("list_exchanges")), [sysname], "exchanges")
 
     @defer.inlineCallbacks
     def test_rpc_then_no_queues_left(self):

@@ -104,6 +104,21 @@ class ValidationTests(BrokerTestMixin):
             self.assertRaises(TypeError, events.InfoLoggingEventPublisher, process=self.proc, origin=origin)
         self.assertEqual(calls, [])
 
+    # --- event fields --------------------------------------------------------
+    @defer.inlineCallbacks
+    def test_wrong_field_type_names_field_and_type(self):
+        calls = self.watch_broker()
+        error = yield self.assertFailure(self.pub.create_and_publish_event(name=12345), TypeError)
+        self.assertEqual(
+            str(error), "EventMessage field 'name' takes str (protobuf TYPE_STRING), not int 12345"
+        )
+        error = yield self.assertFailure(self.pub.create_event(datetime="now"), TypeError)
+        self.assertIn("field 'datetime' takes float (protobuf TYPE_DOUBLE), not str 'now'", str(error))
+        startup = events.ContainerStartupEventPublisher(process=self.proc, origin="valid")
+        error = yield self.assertFailure(startup.create_event(startup_names=["ok", 7]), TypeError)
+        self.assertIn("ContainerStartupEventMessage field 'startup_names' takes a list of str", str(error))
+        self.assertEqual(calls, [])
+
     @defer.inlineCallbacks
     def test_no_origin_is_r1_assertion(self):
         nameless = events.InfoLoggingEventPublisher(process=self.proc)

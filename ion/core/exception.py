@@ -66,3 +66,7 @@ class ReceivedApplicationError(ReceivedError):
 
 class ReceivedContainerError(ReceivedError):
     """Error reply with a 5xx response code: the receiver failed."""
+
+
+class NoSuchService(IonError):
+    """An RPC's request came back from the broker: no queue, so no service, takes its recipient."""

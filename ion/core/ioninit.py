@@ -16,6 +16,7 @@ handlers, unlike R1.
 
 import ast
 import copy
+import difflib
 import os
 import re
 import socket
@@ -213,6 +214,26 @@ def merge_sysname(args_text, sysname):
         return repr({"sysname": sysname, "args": text})
     merged, found = _SYSNAME_PAIR.subn(lambda m: f"{m[1]}{m[2]}sysname={sysname}", text, count=1)
     return merged if found else f"sysname={sysname}, {text}"
+
+
+# Container args the container reads; `apparg_<app>` keys go to that app's start.
+KNOWN_CONTAINER_ARGS = ("sysname", "contid", "args", "_args")
+APP_ARG_PREFIX = "apparg_"
+
+
+def unknown_container_args(args):
+    """
+    [(key, suggestion or None)] for each container arg nothing reads, so a
+    misspelt key (``syssname``) can be pointed out instead of ignored.
+    """
+    spellings = {"sysname": "sysname", "contid": "contid", APP_ARG_PREFIX: APP_ARG_PREFIX + "<app>"}
+    unknown = []
+    for key in args:
+        if key in KNOWN_CONTAINER_ARGS or (isinstance(key, str) and key.startswith(APP_ARG_PREFIX)):
+            continue
+        close = difflib.get_close_matches(str(key), spellings, n=1)
+        unknown.append((key, spellings[close[0]] if close else None))
+    return unknown
 
 
 def default_container_id():

@@ -40,6 +40,12 @@ class Container(BasicLifecycleObject):
 
     def on_initialize(self, address, args=None, *a, **kw):
         ioninit.apply_container_args(args or {})
+        for key, suggestion in ioninit.unknown_container_args(ioninit.cont_args):
+            log.warn(
+                "Container arg {key!r} is not known and is ignored{hint} (known: sysname, contid, apparg_<app>)",
+                key=key,
+                hint=" (did you mean %r?)" % (suggestion,) if suggestion else "",
+            )
         self.args = ioninit.cont_args
         self.id = ioninit.container_id()
         Id.default_container_id = self.id

@@ -11,11 +11,20 @@ import fcntl
 import os
 import runpy
 import signal
+import sys
 
 from twisted.application import service
 from twisted.internet import defer, reactor
-from twisted.logger import Logger
+from twisted.logger import (
+    FilteringLogObserver,
+    ILogObserver,
+    LegacyLogObserverWrapper,
+    LogLevel,
+    LogLevelFilterPredicate,
+    Logger,
+)
 from twisted.python import usage
+from twisted.python.components import Componentized
 
 from ion.core import ioninit
 from ion.core.cc.container import create_new_container, stop_container
@@ -24,7 +33,31 @@ from ion.core.messaging.broker.address import DEFAULT_RECONNECT_TIMEOUT, BrokerA
 from ion.core.resources import resource_path
 
 log = Logger()
+CONF = ioninit.config(__name__)
 VERSION = "1.1.5.post3"
+LOG_LEVELS = ("debug", "info", "warn", "error", "critical")
+# Options that name a broker piece by piece; --broker names it whole.
+BROKER_PART_OPTIONS = ("broker_host", "broker_port", "broker_vhost", "broker_heartbeat", "broker_reconnect_timeout",
+                       "broker_username", "broker_password", "broker_credfile")
+
+
+class OptionValueError(SystemExit):
+    """
+    A bad option value: twistd prints this one line and exits 1.  (A
+    UsageError would make twistd print the whole --help text before it.)
+    """
+
+    def __init__(self, message):
+        super().__init__("twistd cc: %s" % (message,))
+
+
+def parse_log_level(name):
+    """A LogLevel from its name (debug, info, warn or warning, error, critical)."""
+    text = str(name).strip().lower()
+    text = "warn" if text == "warning" else text
+    if text not in LOG_LEVELS:
+        raise ValueError("log level %r: expected one of %s" % (name, ", ".join(LOG_LEVELS)))
+    return LogLevel.levelWithName(text)
 
 
 def _port(value):
@@ -62,19 +95,21 @@ class Options(usage.Options):
         ["sysname", "s", None, "System (cluster) name; scopes exchanges and queues."],
         ["broker", None, None, "Broker URL: amqp://user:pass@host:port/vhost, amqps://... for TLS, or memory."],
         ["broker_host", "h", None, "AMQP broker host (default: the embedded in-memory broker)."],
-        ["broker_port", "p", 5672, "AMQP broker port.", _port],
+        ["broker_port", "p", 5672, "AMQP broker port."],
         ["broker_vhost", "v", "/", "AMQP virtual host."],
-        ["broker_heartbeat", None, 30, "AMQP heartbeat in seconds (0: off).", _heartbeat],
+        ["broker_heartbeat", None, 30, "AMQP heartbeat in seconds (0: off)."],
         ["broker_reconnect_timeout", None, DEFAULT_RECONNECT_TIMEOUT,
          "Seconds a broker call waits for a lost connection to come back before failing (0: fails at once;"
-         " a --broker URL takes ?reconnect_timeout=S instead).",
-         _reconnect_timeout],
+         " a --broker URL takes ?reconnect_timeout=S instead)."],
         ["broker_username", None, "guest", "AMQP user name."],
         ["broker_password", None, "guest", "AMQP password."],
         ["broker_credfile", None, None, "File holding 'username password' for the broker."],
         ["boot_script", "b", None, "Python file defining boot(); run before the scripts."],
         ["lockfile", None, None, "File locked until startup is complete."],
         ["args", "a", "", "Container args: \"{'k': 'v'}\" or k=v,k2=v2."],
+        ["log-level", None, None,
+         "Lowest level logged: debug, info, warn, error or critical (default: ion.config's"
+         " ion.core.cc.service log_level, else info)."],
     ]
     optFlags = [
         ["no_shell", "n", "Do not start the interactive shell."],
@@ -91,18 +126,26 @@ class Options(usage.Options):
         self["scripts"] = list(scripts)
 
     def postOptions(self):
-        try:
-            self["args"] = ioninit.merge_sysname(self["args"], self["sysname"])
-            self["container_args"] = ioninit.parse_container_args(self["args"])
-            self["broker_address"] = self.broker_address()
-        except ValueError as e:
-            raise usage.UsageError(str(e)) from e
         for script in self["scripts"]:
             if not script.endswith((".app", ".rel", ".py")):
                 raise usage.UsageError("%s: expected a .app, .rel or .py file" % (script,))
+        try:
+            # Checked here, not by usage coercers, so a bad value is one line (see OptionValueError).
+            self["broker_port"] = _port(self["broker_port"])
+            self["broker_heartbeat"] = _heartbeat(self["broker_heartbeat"])
+            self["broker_reconnect_timeout"] = _reconnect_timeout(self["broker_reconnect_timeout"])
+            self["args"] = ioninit.merge_sysname(self["args"], self["sysname"])
+            self["container_args"] = ioninit.parse_container_args(self["args"])
+            self["broker_address"] = self.broker_address()
+            self["log_level"] = parse_log_level(self["log-level"] or CONF.get("log_level", "info"))
+        except ValueError as e:
+            raise OptionValueError(e) from e
 
     def broker_address(self):
         if self["broker"]:
+            given = [_option_name(self, name) for name in BROKER_PART_OPTIONS if self[name] != self.defaults[name]]
+            if given:
+                raise ValueError("--broker URL and %s both name the broker: give one or the other" % (", ".join(given),))
             return BrokerAddress.from_url(self["broker"])
         if not self["broker_host"] or self["broker_host"] == "memory":
             return BrokerAddress.from_url("memory")
@@ -118,6 +161,12 @@ class Options(usage.Options):
         )
 
 
+def _option_name(options, name):
+    """How the user spells an option: -h/--broker_host, or --broker_vhost when it has no short form."""
+    shorts = {long: short for long, short, *_ in options.optParameters if short}
+    return "-%s/--%s" % (shorts[name], name) if name in shorts else "--" + name
+
+
 class CapabilityContainer(service.Service):
     """Runs one Container for the life of the twistd process."""
 
@@ -128,8 +177,19 @@ class CapabilityContainer(service.Service):
         self._starting = None
         self._lock = _Lockfile(options["lockfile"]) if options.get("lockfile") else None
 
+    def setServiceParent(self, parent):
+        """
+        twistd's Application is the parent: a log observer set on it replaces
+        twistd's own, so this one (twistd's, filtered by --log-level) is used.
+        """
+        server_options = getattr(self.options, "parent", None)
+        if server_options is not None and isinstance(parent, Componentized):
+            parent.setComponent(ILogObserver, level_filtered(twistd_log_observer(server_options), self.options["log_level"]))
+        service.Service.setServiceParent(self, parent)
+
     def startService(self):
         service.Service.startService(self)
+        import_from_cwd()
         # twistd calls this before reactor.run(): start once the reactor runs, so our
         # signal handlers are in place before "Container ... started" is logged.
         reactor.callWhenRunning(self._start_when_running)
@@ -172,7 +232,12 @@ class CapabilityContainer(service.Service):
         return defer.maybeDeferred(runpy.run_path, script, run_name="__ion_script__")
 
     def _fatal(self, failure):
-        log.failure("Container startup failed", failure)
+        if _is_configuration_error(failure.value):
+            # The user's mistake: say what it is in one line; the traceback is for debugging.
+            log.error("Container startup failed: {error}", error=failure.value)
+            log.failure("Container startup failed", failure, level=LogLevel.debug)
+        else:
+            log.failure("Container startup failed", failure)
         if not self.started.called:
             self.started.errback(failure)
             self.started.addErrback(lambda _: None)
@@ -191,6 +256,44 @@ class CapabilityContainer(service.Service):
             return
         yield stop_container(container)
         log.info("Container {id} stopped", id=container.id)
+
+
+def _is_configuration_error(error):
+    """
+    A ConfigurationError or an ImportError (a .app or .rel naming a module
+    that is not there), or an error one of them caused (an app that failed
+    to start over one).
+    """
+    while error is not None:
+        if isinstance(error, (ConfigurationError, ImportError)):
+            return True
+        error = error.__cause__
+    return False
+
+
+def import_from_cwd():
+    """
+    Put the directory the container runs in first on sys.path, as `python -m`
+    would: a user's own service modules there are importable by .app and .rel
+    files (R1 users had their checkout, where they started it, on the path).
+    """
+    cwd = os.getcwd()
+    if cwd not in sys.path:
+        sys.path.insert(0, cwd)
+
+
+def twistd_log_observer(server_options):
+    """The observer twistd itself would log to for these options (--logfile, --syslog, -n)."""
+    from twisted.scripts._twistd_unix import UnixAppLogger
+
+    return UnixAppLogger(server_options)._getLogObserver()
+
+
+def level_filtered(observer, level):
+    """`observer` seeing only events at `level` or above (legacy observers are wrapped first)."""
+    if not ILogObserver.providedBy(observer):
+        observer = LegacyLogObserverWrapper(observer)
+    return FilteringLogObserver(observer, [LogLevelFilterPredicate(defaultLogLevel=level)])
 
 
 def _stop_on_signals():

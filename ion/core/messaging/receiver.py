@@ -282,6 +282,8 @@ class Receiver(BasicLifecycleObject):
         consumer, self.consumer = self.consumer, None
         if consumer is not None:
             yield consumer.cancel()
+            if self.full_config().get("auto_delete", True):
+                self.exchange_manager.queue_deleted(self._queue)
             self._queue = None
         self.exchange_manager.store.pop(self.xname, None)
 

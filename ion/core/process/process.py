@@ -17,6 +17,7 @@ from twisted.python.failure import Failure
 from ion.core import ioninit
 from ion.core.exception import (
     ApplicationError,
+    NoSuchService,
     ProcessError,
     ReceivedApplicationError,
     ReceivedContainerError,
@@ -399,8 +400,8 @@ class Process(BasicLifecycleObject):
         return "%s#%d" % (self.id.full, next(_conversation_counter))
 
     @defer.inlineCallbacks
-    def send(self, recv, operation, content, headers=None, send_receiver=None, conv=None, quiet=False):
-        """Send one message; fires with the message dict that went out."""
+    def send(self, recv, operation, content, headers=None, send_receiver=None, conv=None, quiet=False, mandatory=None):
+        """Send one message; fires with the message dict that went out (mandatory: see Receiver.send)."""
         message_headers = {"sender-name": self.proc_name}
         if conv is not None:
             message_headers["conv-id"] = getattr(conv, "conv_id", conv)
@@ -417,24 +418,32 @@ class Process(BasicLifecycleObject):
         if isinstance(content, MessageInstance) and not content.Message.IsFieldSet("response_code"):
             content.MessageResponseCode = OK
         receiver = send_receiver or self.backend_receiver
-        message = yield receiver.send(recv, operation, content, message_headers, sender=receiver.xname)
+        message = yield receiver.send(recv, operation, content, message_headers, sender=receiver.xname, mandatory=mandatory)
         return message
 
     @defer.inlineCallbacks
     def rpc_send(self, recv, operation, content, headers=None, timeout=None, **kwargs):
-        """Request/response; fires with (content, headers, msg), fails on error reply or timeout."""
+        """
+        Request/response; fires with (content, headers, msg), fails on error
+        reply or timeout.  The request is mandatory: one no queue takes comes
+        back from the broker and fails at once with NoSuchService.
+        """
         conv_id = self.new_conversation_id()
         timeout = timeout if timeout is not None else CONF.getValue("rpc_timeout", 15)
         reply = defer.Deferred()
         # timeout=0 waits as long as it takes (R1 armed no timer and then crashed on the reply).
         timer = reactor.callLater(timeout, self._rpc_timeout, conv_id, recv, operation, timeout) if timeout else None
         self._pending_rpcs[conv_id] = (reply, timer)
+        exchange_manager = self.container.exchange_manager if self.container is not None else None
+        if exchange_manager is not None:
+            exchange_manager.watch_returns(conv_id, lambda why: self._rpc_returned(conv_id, recv, operation, why))
         rpc_headers = {"protocol": "rpc", "performative": "request", "reply-to": self.backend_id.full}
         rpc_headers.update(headers or {})
         try:
-            yield self.send(recv, operation, content, rpc_headers, conv=conv_id)
+            yield self.send(recv, operation, content, rpc_headers, conv=conv_id, mandatory=True)
         except Exception:
             self._forget_rpc(conv_id)
+            reply.addErrback(lambda _: None)  # in case it was returned as well: the send's error is the one raised
             raise
         result = yield reply
         return result
@@ -443,10 +452,18 @@ class Process(BasicLifecycleObject):
         reply, timer = self._pending_rpcs.pop(conv_id, (None, None))
         if timer is not None and timer.active():
             timer.cancel()
+        if reply is not None and self.container is not None and self.container.exchange_manager is not None:
+            self.container.exchange_manager.unwatch_returns(conv_id)
         return reply
 
+    def _rpc_returned(self, conv_id, recv, operation, why):
+        reply = self._forget_rpc(conv_id)
+        if reply is not None:
+            error = NoSuchService("rpc %s op=%s to %s: no such service (%s)" % (conv_id, operation, recv, why))
+            reactor.callLater(0, reply.errback, error)  # not from inside the broker's return dispatch
+
     def _rpc_timeout(self, conv_id, recv, operation, timeout):
-        reply, _ = self._pending_rpcs.pop(conv_id, (None, None))
+        reply = self._forget_rpc(conv_id)
         if reply is not None:
             reply.errback(defer.TimeoutError("rpc %s op=%s to %s: no reply within %ss" % (conv_id, operation, recv, timeout)))
 

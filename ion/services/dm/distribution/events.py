@@ -148,10 +148,13 @@ class EventPublisher(Publisher):
                         % (key, value, key, ", ".join(sorted(field.field_enum.lookup.values())))
                     )
                 value = getattr(field.field_enum, value)
-            if isinstance(value, (list, tuple)):
-                getattr(msg, key).extend(value)  # repeated fields are filled, not assigned
-            else:
-                setattr(msg, key, value)
+            try:
+                if isinstance(value, (list, tuple)):
+                    getattr(msg, key).extend(value)  # repeated fields are filled, not assigned
+                else:
+                    setattr(msg, key, value)
+            except (TypeError, ValueError) as e:
+                raise TypeError(_field_type_error(msg, key, field, value, e)) from e
             del msgargs[key]
 
     @defer.inlineCallbacks
@@ -200,6 +203,36 @@ class EventPublisher(Publisher):
         event_msg = yield self.create_event(**kwargs)
         yield self.publish_event(event_msg, origin=kwargs.get("origin"))
         return event_msg
+
+
+# What a Python caller passes for each protobuf scalar type.
+_PYTHON_TYPES = {
+    "TYPE_STRING": "str",
+    "TYPE_BYTES": "bytes",
+    "TYPE_BOOL": "bool",
+    "TYPE_DOUBLE": "float",
+    "TYPE_FLOAT": "float",
+}
+
+
+def _field_type_error(msg, key, field, value, error):
+    """`name=12345` -> "EventMessage field 'name' takes str (protobuf TYPE_STRING), not int 12345"."""
+    if field.field_type == "TYPE_ENUM":
+        expected = "a name of %s or its number" % (key,)
+    else:
+        expected = _PYTHON_TYPES.get(field.field_type, "int" if "INT" in field.field_type else field.field_type)
+    if isinstance(value, (list, tuple)):
+        expected = "a list of " + expected
+    text = "%s field %r takes %s (protobuf %s), not %s %r" % (
+        type(msg).__name__.removesuffix("Instance"),
+        key,
+        expected,
+        field.field_type,
+        type(value).__name__,
+        value,
+    )
+    # protobuf's TypeError says nothing the line above does not; a ValueError (out of range) does.
+    return text + (": %s" % (error,) if isinstance(error, ValueError) else "")
 
 
 class ResourceLifecycleEventPublisher(EventPublisher):

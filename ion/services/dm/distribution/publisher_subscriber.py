@@ -382,7 +382,7 @@ class Subscriber(BasicLifecycleObject):
             return
         queue = self._recv.queue
         if self._binding_key is not None and queue:
-            yield self.exchange_manager.connection.queue_unbind(queue, self.consumer_config["exchange"], self._binding_key)
+            yield self.exchange_manager.unbind(queue, self.consumer_config["exchange"], self._binding_key)
         yield self._recv.deactivate()
 
     @property
