@@ -496,10 +496,10 @@ class AMQPConnection:
         except Exception as e:
             if not self._closing and dropped_under(e):
                 return  # in flight when the connection dropped: made again once reconnected
-            self._turns.popleft()
+            self._turns.remove(turn)  # publishes to send again may have been put before it meanwhile
             turn.done.errback()
         else:
-            self._turns.popleft()
+            self._turns.remove(turn)
             turn.done.callback(result)
 
     @defer.inlineCallbacks
@@ -509,7 +509,7 @@ class AMQPConnection:
             yield self._ops_channel()
         except Exception as e:
             if self._closing or not dropped_under(e):
-                self._turns.popleft()
+                self._turns.remove(turn)
                 turn.done.errback()
 
     def _give_up(self, error, now=None):
@@ -754,10 +754,14 @@ class AMQPConnection:
             self._ops = None
         reported = False
         if self._pending is not None and self._pending.channel is channel:
-            # Every unconfirmed publish on it is lost: their Deferreds carry the broker's reason.
-            reported = bool(self._pending.waiting)
-            self._pending.fail_all(channel_error(msg))
-            self._pending = None
+            pending, self._pending = self._pending, None
+            if culprit(msg) == self._basic["publish"]:
+                # One of the unconfirmed publishes was refused, which one is not said: they all carry the reason.
+                reported = bool(pending.waiting)
+                pending.fail_all(channel_error(msg))
+            else:
+                # A call's error closed the channel: the publishes written before it go again, on a new one.
+                self._turns.extendleft(reversed([_Turn(message=m, done=d) for d, m in pending.take_all()]))
             self._kick()
         consumer = self._channels.get(channel.id)
         if consumer is not None:
