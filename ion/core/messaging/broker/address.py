@@ -15,6 +15,9 @@ from twisted.logger import Logger
 
 log = Logger()
 
+# Seconds between AMQP heartbeats.  A silent broker is noticed within 2 of them (see amqp_protocol):
+# 45-53 s at 30 s.  Not less, because a container's reactor may be busy for seconds (a slow handler, a
+# GC pause, a loaded machine) with nothing wrong with the broker; RabbitMQ's own default is 60 s.
 DEFAULT_HEARTBEAT = 30
 DEFAULT_RECONNECT_TIMEOUT = 30
 # Unconfirmed publishes per connection before publish() calls wait.  1000 keeps RabbitMQ's confirm
