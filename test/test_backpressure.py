@@ -15,6 +15,7 @@ from ion.core.messaging.broker.address import DEFAULT_MAX_IN_FLIGHT, BrokerAddre
 from ion.core.messaging.broker.interface import NotFound
 from test.brokers import BrokerTestMixin, for_each_broker, wait_for
 from test.proxy import TcpProxy
+from test.test_silent_peer import LogLines
 
 log = Logger()
 
@@ -84,6 +85,7 @@ class InFlightTests(BrokerTestMixin):
     def test_publisher_that_never_waits_stays_under_its_bound(self):
         conn = yield self.connect_with(max_in_flight=BOUND)
         queue, inbox = yield self.consumed_queue(conn)
+        warnings = LogLines(self)
         peak = InFlightPeak(conn)
         bodies = [b"%d" % i for i in range(PUBLISHES)]
         fired = []
@@ -104,6 +106,7 @@ class InFlightTests(BrokerTestMixin):
         if self.on_rabbit:
             self.assertEqual(peak.most, BOUND)  # the bound was reached: publishes did wait
             self.assertEqual(waiting_after_loop, PUBLISHES - BOUND)
+            self.assertEqual(len(warnings.matching("publishes and calls are waiting to be sent")), 1)  # once
         figures("publisher that never waits (%s)" % conn.description, publishes=PUBLISHES, max_in_flight=BOUND,
                 in_flight_max_seen=peak.most, waiting_after_loop=waiting_after_loop, all_confirmed_s="%.2f" % took)
 

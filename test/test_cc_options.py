@@ -266,6 +266,7 @@ class MaxInFlightOptionTest(unittest.TestCase):
         self.assertEqual(parse("-h", "rabbit")["broker_address"].max_in_flight, 1000)
         self.assertEqual(parse("-h", "rabbit", "--broker_max_in_flight", "50")["broker_address"].max_in_flight, 50)
         self.assertEqual(parse("--broker", "amqp://rabbit/?max_in_flight=7")["broker_address"].max_in_flight, 7)
+        self.assertEqual(BrokerAddress.from_url("endpoint:tcp:host=h:port=1?max_in_flight=3").max_in_flight, 3)
 
     def test_bad_values_are_named(self):
         for value in ("0", "-1", "many", "1.5"):
