@@ -21,6 +21,12 @@ setup(
     description="ION R1 capability container and event notification as a Twisted plugin",
     long_description=open("README.txt").read(),
     python_requires=">=3.11",
+    # The twistd plugin is twisted/plugins/cc.py: Twisted finds plugins only in a `twisted/plugins`
+    # directory (without __init__.py) under a sys.path entry.  `pip install .` copies it into
+    # site-packages/twisted/plugins.  For `pip install -e .`, package_dir {"": "."} makes setuptools
+    # put this checkout itself on sys.path (a static .pth; its default import hook for a layout without
+    # package_dir maps `twisted.plugins` for imports only, which Twisted's plugin scan never sees).
+    package_dir={"": "."},
     packages=find_packages(include=["ion", "ion.*"]) + ["twisted.plugins"],
     package_data={"twisted.plugins": ["cc.py"]},
     data_files=resource_files(),

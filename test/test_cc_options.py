@@ -4,12 +4,16 @@ import io
 import os
 from contextlib import redirect_stdout
 
+from twisted.internet import defer
 from twisted.logger import LogLevel
 from twisted.python import usage
 from twisted.trial import unittest
 
 from ion.core import ioninit
-from ion.core.cc.service import VERSION, OptionValueError, Options
+from ion.core.cc.service import PASSWORD_VARIABLE, VERSION, OptionValueError, Options
+from ion.core.messaging.broker.address import BrokerAddress
+from test.brokers import RABBIT_URL
+from test.test_twistd import TwistdMixin
 
 
 def parse(*argv):
@@ -244,3 +248,83 @@ class LogLevelTest(unittest.TestCase):
         ioninit.merge_config({"ion.core.cc.service": {"log_level": "error"}})
         self.assertEqual(parse()["log_level"], LogLevel.error)
         self.assertEqual(parse("--log-level", "info")["log_level"], LogLevel.info)
+
+
+class PasswordFromEnvironmentTest(unittest.TestCase):
+    """$ION_BROKER_PASSWORD: a password that, unlike --broker_password, other local users cannot read in ps."""
+
+    def setUp(self):
+        previous = os.environ.pop(PASSWORD_VARIABLE, None)
+        self.addCleanup(self.restore, previous)
+        os.environ[PASSWORD_VARIABLE] = "from-env"
+
+    def restore(self, previous):
+        os.environ.pop(PASSWORD_VARIABLE, None)
+        if previous is not None:
+            os.environ[PASSWORD_VARIABLE] = previous
+
+    def test_used_when_no_password_option(self):
+        self.assertEqual(PASSWORD_VARIABLE, "ION_BROKER_PASSWORD")
+        self.assertEqual(parse("-h", "rabbit", "--broker_username", "alice")["broker_address"].password, "from-env")
+
+    def test_password_option_and_credfile_win(self):
+        self.assertEqual(parse("-h", "rabbit", "--broker_password", "cli")["broker_address"].password, "cli")
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write("bob hunter2\n")
+        os.chmod(path, 0o600)
+        self.assertEqual(parse("-h", "rabbit", "--broker_credfile", path)["broker_address"].password, "hunter2")
+
+    def test_fills_in_a_url_without_password(self):
+        self.assertEqual(parse("--broker", "amqp://alice@rabbit/")["broker_address"].password, "from-env")
+        self.assertEqual(parse("--broker", "amqp://alice:own@rabbit/")["broker_address"].password, "own")
+        self.assertEqual(parse("--broker", "endpoint:tcp:host=h:port=1?password=own")["broker_address"].password, "own")
+        self.assertEqual(parse("--broker", "endpoint:tcp:host=h:port=1")["broker_address"].password, "from-env")
+
+    def test_default_without_it_is_guest(self):
+        del os.environ[PASSWORD_VARIABLE]
+        self.assertEqual(parse("-h", "rabbit")["broker_address"].password, "guest")
+
+    def test_help_says_the_option_is_visible(self):
+        out = io.StringIO()
+        with redirect_stdout(out):
+            self.assertRaises(SystemExit, Options().parseOptions, ["--help"])
+        self.assertIn(PASSWORD_VARIABLE, " ".join(out.getvalue().split()))
+
+
+class MaxInFlightOptionTest(unittest.TestCase):
+    def test_default_option_and_url(self):
+        self.assertEqual(parse("-h", "rabbit")["broker_address"].max_in_flight, 1000)
+        self.assertEqual(parse("-h", "rabbit", "--broker_max_in_flight", "50")["broker_address"].max_in_flight, 50)
+        self.assertEqual(parse("--broker", "amqp://rabbit/?max_in_flight=7")["broker_address"].max_in_flight, 7)
+        self.assertEqual(BrokerAddress.from_url("endpoint:tcp:host=h:port=1?max_in_flight=3").max_in_flight, 3)
+
+    def test_bad_values_are_named(self):
+        for value in ("0", "-1", "many", "1.5"):
+            error = self.assertRaises(OptionValueError, parse, "-h", "rabbit", "--broker_max_in_flight", value)
+            self.assertIn("--broker_max_in_flight", str(error))
+            self.assertIn(repr(value), str(error))
+            error = self.assertRaises(OptionValueError, parse, "--broker", "amqp://rabbit/?max_in_flight=" + value)
+            self.assertIn("max_in_flight", str(error))
+
+
+class PasswordFromEnvironmentTwistdTest(TwistdMixin, unittest.TestCase):
+    """A real twistd: the password in $ION_BROKER_PASSWORD is the one it logs in with."""
+
+    @defer.inlineCallbacks
+    def test_twistd_logs_in_with_the_environment_password(self):
+        address = BrokerAddress.from_url(RABBIT_URL)
+        secret = "not-%s-%s" % (address.password, os.urandom(4).hex())
+        previous = os.environ.get(PASSWORD_VARIABLE)
+        os.environ[PASSWORD_VARIABLE] = secret  # spawn_twistd passes its own environment on
+        try:
+            proto = self.spawn_twistd("--no_shell", "-h", address.host, "-p", str(address.port),
+                                      "--broker_username", address.username)
+        finally:
+            os.environ.pop(PASSWORD_VARIABLE)
+            if previous is not None:
+                os.environ[PASSWORD_VARIABLE] = previous
+        code = yield proto.exited()
+        self.assertNotEqual(code, 0, proto.output())
+        self.assertIn("refused to open as %r" % address.username, proto.output())  # the wrong password was used
+        self.assertNotIn(secret, proto.output())

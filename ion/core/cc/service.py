@@ -7,11 +7,13 @@ With no broker named the container runs on the embedded in-memory broker;
 `-h HOST` (with -p/-v/--broker_* options) or `--broker URL` selects RabbitMQ.
 """
 
+import dataclasses
 import fcntl
 import os
 import runpy
 import signal
 import sys
+from urllib.parse import parse_qs, urlsplit
 
 from twisted.application import service
 from twisted.internet import defer, reactor
@@ -29,16 +31,25 @@ from twisted.python.components import Componentized
 from ion.core import ioninit
 from ion.core.cc.container import create_new_container, stop_container
 from ion.core.exception import ConfigurationError
-from ion.core.messaging.broker.address import DEFAULT_RECONNECT_TIMEOUT, BrokerAddress, parse_reconnect_timeout
+from ion.core.messaging.broker.address import (
+    DEFAULT_MAX_IN_FLIGHT,
+    DEFAULT_RECONNECT_TIMEOUT,
+    BrokerAddress,
+    parse_max_in_flight,
+    parse_reconnect_timeout,
+)
 from ion.core.resources import resource_path
 
 log = Logger()
 CONF = ioninit.config(__name__)
+# The broker password from the environment: unlike --broker_password, not shown to other local users
+# (a process's arguments are in /proc/<pid>/cmdline and ps; its environment is readable only by its owner).
+PASSWORD_VARIABLE = "ION_BROKER_PASSWORD"
 VERSION = "1.1.5.post3"
 LOG_LEVELS = ("debug", "info", "warn", "error", "critical")
 # Options that name a broker piece by piece; --broker names it whole.
 BROKER_PART_OPTIONS = ("broker_host", "broker_port", "broker_vhost", "broker_heartbeat", "broker_reconnect_timeout",
-                       "broker_username", "broker_password", "broker_credfile")
+                       "broker_max_in_flight", "broker_username", "broker_password", "broker_credfile")
 
 
 class OptionValueError(SystemExit):
@@ -87,6 +98,13 @@ def _reconnect_timeout(value):
         raise ValueError("--broker_reconnect_timeout must be 0 or more seconds, not %r" % (value,)) from None
 
 
+def _max_in_flight(value):
+    try:
+        return parse_max_in_flight(value)
+    except ValueError:
+        raise ValueError("--broker_max_in_flight must be a whole number, 1 or more, not %r" % (value,)) from None
+
+
 class Options(usage.Options):
     synopsis = "[options] [file.app|file.rel|script.py ...]"
     longdesc = "Starts an ION capability container with the given apps, releases and scripts."
@@ -101,8 +119,12 @@ class Options(usage.Options):
         ["broker_reconnect_timeout", None, DEFAULT_RECONNECT_TIMEOUT,
          "Seconds a broker call waits for a lost connection to come back before failing (0: fails at once;"
          " a --broker URL takes ?reconnect_timeout=S instead)."],
+        ["broker_max_in_flight", None, DEFAULT_MAX_IN_FLIGHT,
+         "Unconfirmed publishes per connection before publishing waits (a --broker URL takes ?max_in_flight=N)."],
         ["broker_username", None, "guest", "AMQP user name."],
-        ["broker_password", None, "guest", "AMQP password."],
+        ["broker_password", None, None,
+         "AMQP password (default guest).  Other local users can read it in ps; use $%s or"
+         " --broker_credfile instead." % PASSWORD_VARIABLE],
         ["broker_credfile", None, None, "File holding 'username password' for the broker."],
         ["boot_script", "b", None, "Python file defining boot(); run before the scripts."],
         ["lockfile", None, None, "File locked until startup is complete."],
@@ -134,6 +156,7 @@ class Options(usage.Options):
             self["broker_port"] = _port(self["broker_port"])
             self["broker_heartbeat"] = _heartbeat(self["broker_heartbeat"])
             self["broker_reconnect_timeout"] = _reconnect_timeout(self["broker_reconnect_timeout"])
+            self["broker_max_in_flight"] = _max_in_flight(self["broker_max_in_flight"])
             self["args"] = ioninit.merge_sysname(self["args"], self["sysname"])
             self["container_args"] = ioninit.parse_container_args(self["args"])
             self["broker_address"] = self.broker_address()
@@ -142,11 +165,16 @@ class Options(usage.Options):
             raise OptionValueError(e) from e
 
     def broker_address(self):
+        """From --broker or the --broker_* options; $ION_BROKER_PASSWORD fills in a password not given."""
+        from_environment = os.environ.get(PASSWORD_VARIABLE)
         if self["broker"]:
             given = [_option_name(self, name) for name in BROKER_PART_OPTIONS if self[name] != self.defaults[name]]
             if given:
                 raise ValueError("--broker URL and %s both name the broker: give one or the other" % (", ".join(given),))
-            return BrokerAddress.from_url(self["broker"])
+            address = BrokerAddress.from_url(self["broker"])
+            if from_environment is not None and address.kind == "amqp" and not _names_password(self["broker"]):
+                address = dataclasses.replace(address, password=from_environment)
+            return address
         if not self["broker_host"] or self["broker_host"] == "memory":
             return BrokerAddress.from_url("memory")
         return BrokerAddress.from_options(
@@ -154,10 +182,11 @@ class Options(usage.Options):
             port=self["broker_port"],
             vhost=self["broker_vhost"],
             username=self["broker_username"],
-            password=self["broker_password"],
+            password=_first(self["broker_password"], from_environment, "guest"),
             credfile=self["broker_credfile"],
             heartbeat=self["broker_heartbeat"],
             reconnect_timeout=self["broker_reconnect_timeout"],
+            max_in_flight=self["broker_max_in_flight"],
         )
 
 
@@ -165,6 +194,20 @@ def _option_name(options, name):
     """How the user spells an option: -h/--broker_host, or --broker_vhost when it has no short form."""
     shorts = {long: short for long, short, *_ in options.optParameters if short}
     return "-%s/--%s" % (shorts[name], name) if name in shorts else "--" + name
+
+
+def _first(*values):
+    return next(v for v in values if v is not None)
+
+
+def _names_password(url):
+    """True when a broker URL carries a password itself (amqp://user:PASS@... or endpoint:...?password=)."""
+    if url.startswith("endpoint:"):
+        return "password" in parse_qs(url.partition("?")[2])
+    try:
+        return urlsplit(url).password is not None
+    except ValueError:
+        return False
 
 
 class CapabilityContainer(service.Service):

@@ -15,8 +15,16 @@ from twisted.logger import Logger
 
 log = Logger()
 
+# Seconds between AMQP heartbeats.  A silent broker is noticed within 2 of them (see amqp_protocol):
+# 45-53 s at 30 s.  Not less, because a container's reactor may be busy for seconds (a slow handler, a
+# GC pause, a loaded machine) with nothing wrong with the broker; RabbitMQ's own default is 60 s.
 DEFAULT_HEARTBEAT = 30
 DEFAULT_RECONNECT_TIMEOUT = 30
+# Unconfirmed publishes per connection before publish() calls wait.  1000 keeps RabbitMQ's confirm
+# pipeline full (on localhost throughput stops growing past a few hundred; see bench/bench_backpressure.py)
+# while bounding what a publisher that never waits holds in the broker connection, and what is sent
+# again after a reconnect, to 1000 messages.
+DEFAULT_MAX_IN_FLIGHT = 1000
 _SCHEMES = {"amqp": 5672, "amqps": 5671}
 _TLS_KEYS = {"cafile", "certfile", "keyfile", "server_name"}
 
@@ -46,6 +54,8 @@ class BrokerAddress:
     confirms: bool = True  # wait for RabbitMQ's publisher confirm on every publish
     # Seconds a call made while the connection is down waits for the reconnect before failing (0: fails at once).
     reconnect_timeout: float = DEFAULT_RECONNECT_TIMEOUT
+    # Publishes written and not yet confirmed before further publishes wait (see amqp.AMQPConnection).
+    max_in_flight: int = DEFAULT_MAX_IN_FLIGHT
 
     def __post_init__(self):
         if self.kind not in ("memory", "amqp"):
@@ -53,6 +63,7 @@ class BrokerAddress:
         object.__setattr__(self, "port", _port(self.port))
         object.__setattr__(self, "heartbeat", _heartbeat(self.heartbeat))
         object.__setattr__(self, "reconnect_timeout", parse_reconnect_timeout(self.reconnect_timeout))
+        object.__setattr__(self, "max_in_flight", parse_max_in_flight(self.max_in_flight))
         if self.kind == "amqp" and not self.endpoint_string and not self.host:
             raise ValueError("broker host is empty")
 
@@ -64,7 +75,7 @@ class BrokerAddress:
         Accepted forms:
 
           memory | memory://NAME              the embedded broker (NAME default 'default')
-          amqp://USER:PASS@HOST:PORT/VHOST?heartbeat=N&confirms=0&reconnect_timeout=S
+          amqp://USER:PASS@HOST:PORT/VHOST?heartbeat=N&confirms=0&reconnect_timeout=S&max_in_flight=N
           amqps://...?cafile=F&certfile=F&keyfile=F&server_name=NAME&heartbeat=N
           endpoint:DESCRIPTION?vhost=V&username=U&password=P&heartbeat=N
 
@@ -75,7 +86,7 @@ class BrokerAddress:
         (default HOST).  `endpoint:` takes any Twisted client endpoint
         description, e.g. 'endpoint:tcp:host=10.0.0.5:port=5672' or
         'endpoint:tls:host=broker:port=5671:trustRoots=/etc/ca'.
-        heartbeat, confirms and reconnect_timeout are accepted by every amqp form.
+        heartbeat, confirms, reconnect_timeout and max_in_flight are accepted by every amqp form.
         """
         if url == "memory":
             return cls(kind="memory")
@@ -99,7 +110,7 @@ class BrokerAddress:
             port = parts.port
         except ValueError:
             raise ValueError("invalid broker URL %s: bad port" % shown) from None
-        allowed = {"heartbeat", "confirms", "reconnect_timeout"} | (_TLS_KEYS if tls else set())
+        allowed = {"heartbeat", "confirms", "reconnect_timeout", "max_in_flight"} | (_TLS_KEYS if tls else set())
         settings = _query(parts.query, shown, allowed)
         vhost = unquote(parts.path[1:]) if len(parts.path) > 1 else "/"
         return cls(
@@ -117,6 +128,7 @@ class BrokerAddress:
             server_name=settings.get("server_name"),
             confirms=_flag(settings.get("confirms", "1"), "confirms", shown),
             reconnect_timeout=settings.get("reconnect_timeout", DEFAULT_RECONNECT_TIMEOUT),
+            max_in_flight=settings.get("max_in_flight", DEFAULT_MAX_IN_FLIGHT),
         )
 
     @classmethod
@@ -125,7 +137,7 @@ class BrokerAddress:
         if not description:
             raise ValueError("invalid broker URL %s: empty endpoint description" % _redact(url))
         settings = _query(query, _redact(url), {"vhost", "username", "password", "heartbeat", "confirms",
-                                                "reconnect_timeout"})
+                                                "reconnect_timeout", "max_in_flight"})
         return cls(
             kind="amqp",
             vhost=settings.get("vhost", "/"),
@@ -135,12 +147,13 @@ class BrokerAddress:
             endpoint_string=description,
             confirms=_flag(settings.get("confirms", "1"), "confirms", _redact(url)),
             reconnect_timeout=settings.get("reconnect_timeout", DEFAULT_RECONNECT_TIMEOUT),
+            max_in_flight=settings.get("max_in_flight", DEFAULT_MAX_IN_FLIGHT),
         )
 
     @classmethod
     def from_options(cls, host="localhost", port=5672, vhost="/", username="guest", password="guest",
                      credfile=None, heartbeat=DEFAULT_HEARTBEAT, url=None, confirms=True,
-                     reconnect_timeout=DEFAULT_RECONNECT_TIMEOUT):
+                     reconnect_timeout=DEFAULT_RECONNECT_TIMEOUT, max_in_flight=DEFAULT_MAX_IN_FLIGHT):
         """
         From the container's --broker_* options.  `url` wins when given;
         otherwise `credfile` (a file holding 'username password') overrides
@@ -151,7 +164,8 @@ class BrokerAddress:
         if credfile:
             username, password = read_credfile(credfile)
         return cls(kind="amqp", host=host, port=port, vhost=vhost, username=username, password=password,
-                   heartbeat=heartbeat, confirms=confirms, reconnect_timeout=reconnect_timeout)
+                   heartbeat=heartbeat, confirms=confirms, reconnect_timeout=reconnect_timeout,
+                   max_in_flight=max_in_flight)
 
     # -- presentation -------------------------------------------------------
 
@@ -257,6 +271,17 @@ def parse_reconnect_timeout(value):
     if not 0 <= seconds < float("inf"):
         raise ValueError("invalid broker reconnect_timeout %r: must be 0 (fail at once) or more" % (value,))
     return seconds
+
+
+def parse_max_in_flight(value):
+    """A whole number of publishes, at least 1; raises ValueError naming the bad value."""
+    try:
+        count = int(value)
+    except (TypeError, ValueError):
+        raise ValueError("invalid broker max_in_flight %r: not a whole number of publishes" % (value,)) from None
+    if count < 1:
+        raise ValueError("invalid broker max_in_flight %r: must be 1 or more" % (value,))
+    return count
 
 
 def _flag(value, name, shown_url):

@@ -16,6 +16,7 @@ declare again) and amqp_consumer (Consumer and Delivery).
 """
 
 import itertools
+from collections import deque
 from random import random
 
 from twisted.application.internet import ClientService, backoffPolicy
@@ -56,7 +57,11 @@ __all__ = ["SPEC_PATH", "AMQPConnection", "Consumer", "Delivery", "connect", "lo
 
 log = Logger()
 
-HANDSHAKE_TIMEOUT = 30
+# A peer that takes the TCP connection but does not speak AMQP (wrong port, a proxy with nothing
+# behind it, a hung broker) is given up on after HANDSHAKE_TIMEOUT s; after HANDSHAKE_NOTICE s the log
+# says which handshake step is awaited.  A broker answers the whole handshake in milliseconds.
+HANDSHAKE_TIMEOUT = 10
+HANDSHAKE_NOTICE = 3
 CLOSE_TIMEOUT = 5
 # Waits between connection attempts: 0.375 s, growing by half each time up to 3 s, plus up to 0.5 s
 # of jitter, so a restarted broker is back in use within about 4 s and containers do not reconnect in step.
@@ -98,6 +103,20 @@ class _PendingConfirms:
             d.errback(error)
 
 
+class _Turn:
+    """
+    A publish (`message`) or a synchronous method (`call`: name, kwargs) waiting for its turn on the
+    shared channel; `done` fires with its outcome.  `deadline` is when it gives up waiting for a
+    lost connection (None while connected).
+    """
+
+    __slots__ = ("done", "message", "call", "deadline")
+
+    def __init__(self, message=None, call=None, done=None, deadline=None):
+        self.done = defer.Deferred() if done is None else done
+        self.message, self.call, self.deadline = message, call, deadline
+
+
 @implementer(IBrokerConnection)
 class AMQPConnection:
     """
@@ -118,6 +137,15 @@ class AMQPConnection:
     Deliveries of the old connection can no longer be acked: the broker
     redelivers them with redelivered=True.  With confirms off, publishes
     written just before a drop may be lost.
+
+    Backpressure: at most the address's `max_in_flight` publishes are
+    written and unconfirmed at a time (`in_flight`); while the transport's
+    write buffer is full (it pauses us, as our IPushProducer) nothing more is
+    written.  Publishes past either limit wait in call order (`waiting`) and
+    their Deferreds fire once they are written and confirmed, so a publisher
+    that waits for its publishes is slowed to what the broker takes.
+    Calls and publishes take their turns on the shared channel in the order
+    they were made, across reconnects too.
 
     The first connection must succeed: `connect()` fails at once with the
     reason if the broker cannot be reached or refuses the login.
@@ -144,7 +172,11 @@ class AMQPConnection:
         self._waiters = []  # Deferreds of calls waiting for _ready
         self._ops = None  # channel for declarations, binds and publishes
         self._pending = None  # _PendingConfirms of the ops channel, with confirms on
-        self._ops_lock = defer.DeferredLock()
+        self._turns = deque()  # _Turns of calls and publishes waiting for the ops channel, in call order
+        self._taking_turns = False  # _take_turns is running
+        self._wake = None  # Deferred _take_turns waits on until something changes
+        self._paused = False  # the transport's write buffer is full
+        self._warned_waiting = False  # about publishes piling up, since the queue was last empty
         self._topology = Topology()
         self._consumers = []  # every running Consumer, resumed after a reconnect
         self._channels = {}  # channel id -> Consumer, on the current connection
@@ -156,6 +188,20 @@ class AMQPConnection:
 
     def __repr__(self):
         return "<AMQPConnection %s>" % self.description
+
+    @property
+    def max_in_flight(self):
+        return self._address.max_in_flight
+
+    @property
+    def in_flight(self):
+        """Publishes written on the current connection and not yet confirmed (0 with confirms off)."""
+        return len(self._pending.waiting) if self._pending is not None else 0
+
+    @property
+    def waiting(self):
+        """Calls and publishes made and not yet written (past the bounds, or while disconnected)."""
+        return len(self._turns)
 
     # -- connecting
 
@@ -188,6 +234,7 @@ class AMQPConnection:
     def _setup(self, client):
         """Log in on a new TCP connection, declare everything again and resume consumers; then calls go on."""
         self._client = client
+        self._paused = False
         try:
             yield self._login(client)
             yield self._ops_channel()
@@ -209,6 +256,9 @@ class AMQPConnection:
         waiters, self._waiters = self._waiters, []
         for d in waiters:
             d.callback(None)
+        for turn in self._turns:
+            turn.deadline = None
+        self._kick()
 
     def _setup_failed(self, client, e):
         if self._first is not None and not self._first.called:
@@ -224,16 +274,25 @@ class AMQPConnection:
     @defer.inlineCallbacks
     def _login(self, client):
         address = self._address
+        peer = _peer_of(client, self.description)
         login = client.authenticate(address.username, address.password, mechanism="PLAIN")
         login.addTimeout(HANDSHAKE_TIMEOUT, self._reactor)
+        notice = self._reactor.callLater(
+            HANDSHAKE_NOTICE, lambda: log.info("{conn}: connected to {peer}, still waiting for AMQP {step} after {s} s"
+                                               " (giving up after {limit} s)", conn=self.description, peer=peer,
+                                               step=client.waiting_for, s=HANDSHAKE_NOTICE, limit=HANDSHAKE_TIMEOUT))
         try:
             yield login
         except Exception as e:
             if isinstance(e, defer.TimeoutError):
-                raise ConnectionLost("no AMQP handshake from %s within %d s" % (self.description, HANDSHAKE_TIMEOUT)) from None
+                raise ConnectionLost("no AMQP %s from %s within %d s (is it an AMQP 0-9-1 broker?)"
+                                     % (client.waiting_for, peer, HANDSHAKE_TIMEOUT)) from None
             if isinstance(e, Closed) and e.args and isinstance(e.args[0], Message):  # the broker said no
                 raise BrokerError("%s refused to open as %r: %s" % (self.description, address.username, reason_text(e))) from None
             raise ConnectionLost("cannot connect to %s: %s" % (self.description, reason_text(e))) from None
+        finally:
+            if notice.active():
+                notice.cancel()
 
     @defer.inlineCallbacks
     def _restore(self):
@@ -357,24 +416,120 @@ class AMQPConnection:
 
     def _call(self, name, **kwargs):
         """One synchronous method on the shared channel; calls queue up so an error belongs to one call."""
-        return self._locked_call(name, kwargs).addErrback(broker_error)
+        return self._enqueue(_Turn(call=(name, kwargs))).addErrback(broker_error)
+
+    # -- turns on the shared channel
+
+    def _enqueue(self, turn):
+        if not self._ready:
+            turn.deadline = self._reactor.seconds() + self._address.reconnect_timeout
+        self._turns.append(turn)
+        if len(self._turns) > self._address.max_in_flight and not self._warned_waiting:
+            self._warned_waiting = True
+            log.warn("{conn}: {count} publishes and calls are waiting to be sent ({why}); a publisher that does not"
+                     " wait for publish() to fire keeps adding to them", conn=self.description, count=len(self._turns),
+                     why=self._why_waiting())
+        self._kick()
+        return turn.done
+
+    def _why_waiting(self):
+        if not self._ready:
+            return "not connected"
+        if self._paused:
+            return "the connection's write buffer is full"
+        return "%d publishes await the broker's confirm, max_in_flight" % self.in_flight
+
+    def _room(self):
+        """May one more publish be written now?"""
+        return not self._paused and (self._pending is None or len(self._pending.waiting) < self._address.max_in_flight)
+
+    def _kick(self):
+        """Something changed (a confirm, the transport, the connection): waiting turns may go on."""
+        if self._taking_turns:
+            wake, self._wake = self._wake, None
+            if wake is not None:
+                wake.callback(None)
+        elif self._turns:
+            self._take_turns()
+
+    def _until_kicked(self, timeout=None):
+        self._wake = d = defer.Deferred()
+        if timeout is not None:
+            timer = self._reactor.callLater(timeout, self._kick)
+            d.addCallback(lambda _: timer.cancel() if timer.active() else None)
+        return d
 
     @defer.inlineCallbacks
-    def _locked_call(self, name, kwargs):
-        while True:
-            yield self._when_ready()
-            yield self._ops_lock.acquire()
-            try:
-                if self._ready:
-                    if "queue" in kwargs:
-                        kwargs["queue"] = self._topology.current(kwargs["queue"])
-                    return (yield self._call_once(name, kwargs))
-            except Exception as e:
-                if self._closing or not dropped_under(e):
-                    raise
-                # In flight when the connection dropped: made again once reconnected.
-            finally:
-                self._ops_lock.release()
+    def _take_turns(self):
+        """Write waiting publishes and make waiting calls, oldest first, as the bounds and the connection allow."""
+        self._taking_turns = True
+        try:
+            while self._turns:
+                turn = self._turns[0]
+                if self._closing:
+                    self._give_up(self._not_connected())
+                elif not self._ready:
+                    if turn.deadline is None:
+                        turn.deadline = self._reactor.seconds() + self._address.reconnect_timeout
+                    left = turn.deadline - self._reactor.seconds()
+                    if left > 0:
+                        yield self._until_kicked(left)
+                    else:
+                        self._give_up(self._not_reconnected(), self._reactor.seconds())
+                elif turn.call is not None:
+                    yield self._take_call(turn)
+                elif self._ops is None or self._ops.closed:
+                    yield self._open_ops_for(turn)
+                elif self._room():
+                    self._turns.popleft()
+                    defer.maybeDeferred(self._send, turn.message).chainDeferred(turn.done)
+                else:
+                    yield self._until_kicked()
+        except Exception:
+            log.failure("{conn}: sending waiting publishes failed", conn=self.description)
+            self._give_up(BrokerError("internal error sending to %s" % self.description))
+        finally:
+            self._taking_turns = False
+            self._wake = None
+            if not self._turns:
+                self._warned_waiting = False
+
+    @defer.inlineCallbacks
+    def _take_call(self, turn):
+        name, kwargs = turn.call
+        if "queue" in kwargs:
+            kwargs["queue"] = self._topology.current(kwargs["queue"])
+        try:
+            result = yield self._call_once(name, kwargs)
+        except Exception as e:
+            if not self._closing and dropped_under(e):
+                return  # in flight when the connection dropped: made again once reconnected
+            self._turns.remove(turn)  # publishes to send again may have been put before it meanwhile
+            turn.done.errback()
+        else:
+            self._turns.remove(turn)
+            turn.done.callback(result)
+
+    @defer.inlineCallbacks
+    def _open_ops_for(self, turn):
+        """(Re)open the shared channel for a waiting publish; a refusal is that publish's failure."""
+        try:
+            yield self._ops_channel()
+        except Exception as e:
+            if self._closing or not dropped_under(e):
+                self._turns.remove(turn)
+                turn.done.errback()
+
+    def _give_up(self, error, now=None):
+        """Fail every waiting turn, or (with `now`) those whose reconnect deadline has passed."""
+        while self._turns and (now is None or self._turns[0].deadline <= now):
+            self._turns.popleft().done.errback(error)
+
+    def _not_reconnected(self):
+        timeout = self._address.reconnect_timeout
+        if timeout <= 0:
+            return self._not_connected()
+        return ConnectionLost("not reconnected to %s within %g s (reconnect_timeout)" % (self.description, timeout))
 
     @defer.inlineCallbacks
     def _call_once(self, name, kwargs):
@@ -469,27 +624,9 @@ class AMQPConnection:
         except Exception:
             return defer.fail()
         message = (exchange, routing_key, body, properties, mandatory)
-        if self._ready and self._ops is not None and not self._ops.closed and not self._ops_lock.locked:
-            return self._send(message).addErrback(broker_error)
-        return self._publish_later(message).addErrback(broker_error)
-
-    @defer.inlineCallbacks
-    def _publish_later(self, message):
-        """Publish once connected and the shared channel is ours; the lock is not held while the confirm comes."""
-        while True:
-            yield self._when_ready()
-            yield self._ops_lock.acquire()
-            try:
-                if self._ready:
-                    yield self._ops_channel()
-                    confirmed = self._send(message)
-                    break
-            except Exception as e:
-                if self._closing or not dropped_under(e):
-                    raise
-            finally:
-                self._ops_lock.release()
-        return (yield confirmed)
+        if not self._turns and self._ready and self._ops is not None and not self._ops.closed and self._room():
+            return defer.maybeDeferred(self._send, message).addErrback(broker_error)
+        return self._enqueue(_Turn(message=message)).addErrback(broker_error)
 
     def _send(self, message):
         """Write one publish on the ops channel; a Deferred for its confirm (or already fired)."""
@@ -497,9 +634,10 @@ class AMQPConnection:
         exchange, routing_key, body, properties, mandatory = message
         if not exchange:  # straight to a queue, which may be a broker-named one renamed since
             routing_key = self._topology.current(routing_key)
-        confirmed = self._pending.add(message) if self._address.confirms else defer.succeed(None)
         args = (0, exchange, routing_key, mandatory, False)
-        self._client.write(self._client.content_frames(self._ops.id, self._basic["publish"], args, body, properties))
+        frames = self._client.content_frames(self._ops.id, self._basic["publish"], args, body, properties)
+        confirmed = self._pending.add(message) if self._address.confirms else defer.succeed(None)
+        self._client.write(frames)
         return confirmed
 
     @defer.inlineCallbacks
@@ -572,6 +710,7 @@ class AMQPConnection:
             waiters, self._waiters = self._waiters, []
             for d in waiters:
                 d.errback(self._not_connected())
+            self._kick()  # waiting publishes and calls fail
             if self._ready:
                 yield defer.DeferredList([c.cancel() for c in list(self._consumers)])
             if self._ready:
@@ -624,6 +763,15 @@ class AMQPConnection:
     def _confirmed(self, channel, delivery_tag, multiple, ack):
         if self._pending is not None and self._pending.channel is channel:
             self._pending.settle(delivery_tag, multiple, ack)
+            if self._turns:
+                self._kick()
+
+    def _writing_paused(self, client, paused):
+        """From the transport, through Client: its write buffer is full (or has room again)."""
+        if client is self._client:
+            self._paused = paused
+            if not paused:
+                self._kick()
 
     def _channel_closed(self, channel, msg):
         """The broker closed a channel: a call failed (and reports it) or something failed unasked (log it)."""
@@ -631,10 +779,15 @@ class AMQPConnection:
             self._ops = None
         reported = False
         if self._pending is not None and self._pending.channel is channel:
-            # Every unconfirmed publish on it is lost: their Deferreds carry the broker's reason.
-            reported = bool(self._pending.waiting)
-            self._pending.fail_all(channel_error(msg))
-            self._pending = None
+            pending, self._pending = self._pending, None
+            if culprit(msg) == self._basic["publish"]:
+                # One of the unconfirmed publishes was refused, which one is not said: they all carry the reason.
+                reported = bool(pending.waiting)
+                pending.fail_all(channel_error(msg))
+            else:
+                # A call's error closed the channel: the publishes written before it go again, on a new one.
+                self._turns.extendleft(reversed([_Turn(message=m, done=d) for d, m in pending.take_all()]))
+            self._kick()
         consumer = self._channels.get(channel.id)
         if consumer is not None:
             consumer._stop()
@@ -656,12 +809,29 @@ class AMQPConnection:
         if self._closing:
             if pending is not None:
                 pending.fail_all(self._not_connected())
+            self._kick()
             return
         if was_ready:
             self._lost_at = self._reactor.seconds()
             log.warn("connection to {conn} lost: {why}; reconnecting", conn=self.description, why=reason_text(reason))
-        for confirmed, message in pending.take_all() if pending is not None else ():
-            self._publish_later(message).chainDeferred(confirmed)
+        # Unconfirmed publishes go again first, in their order: they were made before anything waiting.
+        deadline = self._reactor.seconds() + self._address.reconnect_timeout
+        again = [_Turn(message=message, done=confirmed) for confirmed, message in
+                 (pending.take_all() if pending is not None else ())]
+        self._turns.extendleft(reversed(again))
+        for turn in self._turns:
+            if turn.deadline is None:
+                turn.deadline = deadline
+        self._kick()
+
+
+def _peer_of(client, fallback):
+    """'host:port' of the other end of a client's transport, for messages about the handshake."""
+    try:
+        peer = client.transport.getPeer()
+        return "%s:%d" % (peer.host, peer.port)
+    except (AttributeError, TypeError):
+        return fallback
 
 
 @defer.inlineCallbacks

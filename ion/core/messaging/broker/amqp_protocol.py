@@ -17,6 +17,7 @@ import functools
 import struct
 
 from twisted.internet import defer
+from twisted.internet.interfaces import IPushProducer
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from txamqp import spec as txspec
@@ -26,6 +27,7 @@ from txamqp.content import Content
 from txamqp.message import Message
 from txamqp.protocol import AMQClient
 from txamqp.queue import Closed as QueueClosed
+from zope.interface import implementer
 
 from ion.core.messaging.broker.amqp_codec import (
     FRAME_BODY,
@@ -50,6 +52,12 @@ log = Logger()
 
 SPEC_PATH = "res/amqp/amqp0-9-1.rabbitmq.xml"
 CLIENT_FRAME_MAX = 131072
+# Heartbeats (interval H, negotiated in connection.tune).  RabbitMQ sends a heartbeat every H/2 when it
+# has nothing else to send, so a healthy broker is never silent much longer than H/2.  We look every
+# H/4 and give up after DEAD_AFTER * H of silence: three of the broker's heartbeats missed, noticed
+# between 1.5 H and 1.75 H after the last byte, within the 2 H AMQP allows.
+CHECKS_PER_INTERVAL = 4
+DEAD_AFTER = 1.5
 
 
 @functools.lru_cache(maxsize=None)
@@ -58,8 +66,13 @@ def load_spec():
     return txspec.load(resource_path(SPEC_PATH))
 
 
+@implementer(IPushProducer)
 class Client(AMQClient):
-    """txamqp's AMQClient with our frame codec, cheap heartbeats and TCP_NODELAY."""
+    """
+    txamqp's AMQClient with our frame codec, heartbeats timed from the last
+    byte heard and TCP_NODELAY.  It is the producer registered on its
+    transport: a full write buffer pauses the AMQPConnection's publishing.
+    """
 
     def __init__(self, delegate, vhost, spec, heartbeat, clock):
         super().__init__(delegate, vhost, spec, heartbeat=0, clock=clock)
@@ -70,16 +83,28 @@ class Client(AMQClient):
         # Content properties per class id as (python name, type), in header order.
         self._properties = {c.id: [(txspec.pythonize(f.name), f.type) for f in c.fields] for c in spec.classes}
         self._chunks, self._buffered, self._needed = [], 0, 0
-        self._heard = self._spoke = False
-        self._silent_ticks = 0
+        self._heard_at = self._spoke_at = clock.seconds()
         self._heartbeat_loop = None
+        self.waiting_for = "connection.start"  # the handshake step the broker has to answer next
 
     def connectionMade(self):
         try:
             self.transport.setTcpNoDelay(True)
         except (AttributeError, OSError):  # not a TCP transport
             pass
-        self.transport.write(PROTOCOL_HEADER)
+        self.transport.registerProducer(self, True)
+        self.write(PROTOCOL_HEADER)
+
+    # -- IPushProducer: the transport's write buffer
+
+    def pauseProducing(self):
+        self.delegate.connection._writing_paused(self, True)
+
+    def resumeProducing(self):
+        self.delegate.connection._writing_paused(self, False)
+
+    def stopProducing(self):
+        """The connection is going; connectionLost tells the AMQPConnection."""
 
     def connectionLost(self, reason):
         if self._heartbeat_loop is not None and self._heartbeat_loop.running:
@@ -97,7 +122,7 @@ class Client(AMQClient):
 
     def dataReceived(self, data):
         """Split the stream into frames; a partial frame waits until enough bytes arrived."""
-        self._heard = True
+        self._heard_at = self.clock.seconds()
         if self._chunks:
             self._chunks.append(data)
             self._buffered += len(data)
@@ -172,7 +197,7 @@ class Client(AMQClient):
     # -- writing
 
     def write(self, data):
-        self._spoke = True
+        self._spoke_at = self.clock.seconds()
         self.transport.write(data)
 
     def send_frame(self, frame):
@@ -220,23 +245,30 @@ class Client(AMQClient):
     # -- heartbeats
 
     def start_heartbeat(self, interval):
-        """Beat every interval/2 s when idle; give up after 2*interval s without hearing from the broker."""
+        """Look every interval/4 s: beat when we said nothing for interval/2 s, give up on a silent broker."""
         if interval <= 0:
             return
-        self._heartbeat_loop = LoopingCall(self._beat)
+        self._heartbeat_loop = LoopingCall(self._check)
         self._heartbeat_loop.clock = self.clock
-        self._heartbeat_loop.start(interval / 2.0, now=False)
+        self._heartbeat_loop.start(interval / CHECKS_PER_INTERVAL, now=False)
 
-    def _beat(self):
-        if not self._spoke:
-            self.transport.write(HEARTBEAT_FRAME)
-        self._spoke = False
-        self._silent_ticks = 0 if self._heard else self._silent_ticks + 1
-        self._heard = False
-        if self._silent_ticks >= 4:
-            log.error("no heartbeat from the AMQP broker for {s} s; dropping the connection", s=2 * self.heartbeat)
-            self._heartbeat_loop.stop()
-            self.transport.abortConnection()
+    def _check(self):
+        now = self.clock.seconds()
+        if now - self._spoke_at >= self.heartbeat / 2:
+            self.write(HEARTBEAT_FRAME)
+        if now - self._heard_at >= DEAD_AFTER * self.heartbeat:
+            # Timers run before the reactor reads: after a long busy spell of ours the broker's bytes may be
+            # waiting unread.  Decide after one more pass over the sockets.
+            self.clock.callLater(0, self._give_up_if_silent)
+
+    def _give_up_if_silent(self):
+        silent = self.clock.seconds() - self._heard_at
+        if silent < DEAD_AFTER * self.heartbeat or self._heartbeat_loop is None or not self._heartbeat_loop.running:
+            return
+        log.error("{conn}: nothing from the AMQP broker for {silent:.1f} s (heartbeat {interval} s); dropping the"
+                  " connection", conn=self.delegate.connection.description, silent=silent, interval=self.heartbeat)
+        self._heartbeat_loop.stop()
+        self.transport.abortConnection()
 
 
 class _Body:
@@ -257,6 +289,7 @@ class Delegate(TwistedDelegate):
         self.connection = connection
 
     def connection_start(self, ch, msg):
+        self.client.waiting_for = "connection.tune"
         capabilities = {
             "authentication_failure_close": True,
             "basic.nack": True,
@@ -272,6 +305,7 @@ class Delegate(TwistedDelegate):
         client = self.client
         client.frame_max = min(msg.frame_max or CLIENT_FRAME_MAX, CLIENT_FRAME_MAX)
         client.channel_max = min(msg.channel_max or 2047, 2047)
+        client.waiting_for = "connection.open-ok"
         ch.connection_tune_ok(channel_max=client.channel_max, frame_max=client.frame_max, heartbeat=client.heartbeat)
         client.start_heartbeat(client.heartbeat)
         client.started.fire()

@@ -129,6 +129,8 @@ class IBrokerConnection(Interface):
 
     description = Attribute("Human-readable, credential-free description, e.g. 'amqp://127.0.0.1:5672/' or 'embedded broker'.")
     connected = Attribute("True while calls go through at once; False while closed or waiting to reconnect.")
+    in_flight = Attribute("Publishes handed to the broker and not yet confirmed by it; at most a bound per connection.")
+    waiting = Attribute("Publishes and calls made but not yet sent (past the in-flight bound, or while disconnected).")
 
     def exchange_declare(exchange, type="topic", durable=False, auto_delete=True, passive=False):
         """
@@ -183,7 +185,9 @@ class IBrokerConnection(Interface):
     def publish(exchange, routing_key, body, properties=None, mandatory=False):
         """
         Publish `body` (bytes).  `properties` is a dict with keys from
-        PROPERTY_NAMES.  Fires once the message has been handed to the broker.
+        PROPERTY_NAMES.  Fires once the message has been handed to the broker
+        (and confirmed, where the broker confirms).  Past the connection's
+        in-flight bound the publish waits its turn, in call order.
         A mandatory message that no queue takes is handed to every return
         listener; that is not a failure of the Deferred.  With confirms, fails
         with MessageRefused when a full reject-publish queue refused it.

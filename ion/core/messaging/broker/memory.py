@@ -438,6 +438,10 @@ class MemoryConnection:
     def connected(self):
         return not self.closed
 
+    # A publish is routed before publish() returns: nothing is ever in flight or waiting.
+    in_flight = 0
+    waiting = 0
+
     def _call(self, operation, *args):
         if self.closed:
             return defer.fail(ConnectionLost("connection to %s is closed" % self.description))
