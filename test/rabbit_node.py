@@ -16,6 +16,7 @@ import tempfile
 
 from twisted.internet import defer, reactor, task
 from twisted.internet.utils import getProcessOutputAndValue
+from twisted.trial import unittest
 
 RABBITMQ_SERVER = "/usr/lib/rabbitmq/bin/rabbitmq-server"
 COOKIE = "/var/lib/rabbitmq/.erlang.cookie"
@@ -29,6 +30,22 @@ def available():
     if not os.access(COOKIE, os.R_OK):
         return "cannot read the Erlang cookie %s" % COOKIE
     return None
+
+
+@defer.inlineCallbacks
+def start_for(testcase):
+    """
+    A running private node for `testcase` (skipped where none can start),
+    stopped by a cleanup registered now: it runs after the test's later
+    cleanups, so containers using the node stop before it does.
+    """
+    why = available()
+    if why:
+        raise unittest.SkipTest(why)
+    node = RabbitNode()
+    testcase.addCleanup(node.stop)
+    yield node.start()
+    return node
 
 
 def _free_port():

@@ -14,7 +14,6 @@ import os
 import sys
 
 from twisted.internet import defer, protocol, reactor, task
-from twisted.trial import unittest
 
 from ion.core.messaging.broker.address import BrokerAddress
 from ion.core.process.process import Process
@@ -85,12 +84,7 @@ class DurableRestartTest(IonTestCase):
 
     @defer.inlineCallbacks
     def setUp(self):
-        why = rabbit_node.available()
-        if why:
-            raise unittest.SkipTest(why)
-        self.node = rabbit_node.RabbitNode()
-        self.addCleanup(self.node.stop)  # the first cleanup registered runs last
-        yield self.node.start()
+        self.node = yield rabbit_node.start_for(self)
         self.node_address = BrokerAddress.from_url(self.node.url)
 
     def proxy(self):

@@ -164,12 +164,7 @@ class BrokerRestartTest(ReconnectTestBase):
 
     @defer.inlineCallbacks
     def setUp(self):
-        why = rabbit_node.available()
-        if why:
-            raise unittest.SkipTest(why)
-        self.node = rabbit_node.RabbitNode()
-        self.addCleanup(self.node.stop)  # the first cleanup registered runs last
-        yield self.node.start()
+        self.node = yield rabbit_node.start_for(self)
         self.broker_url = self.node.url
 
     @defer.inlineCallbacks
