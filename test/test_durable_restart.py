@@ -5,78 +5,26 @@ published while the subscriber is away (across the restart) wait for it.
 
 The broker is a private RabbitMQ node (test/rabbit_node.py), so restarting
 it disturbs nobody.  The subscriber runs in an OS process of its own
-(test/durable_subscriber.py) and each side reaches the node through a TCP
+(test/event_peer.py) and each side reaches the node through a TCP
 proxy, which the test uses to hold one side back while the other reconnects.
 The tests print FIGURES lines for the closing note.
 """
 
-import os
-import sys
-
-from twisted.internet import defer, protocol, reactor, task
+from twisted.internet import defer, reactor, task
 
 from ion.core.messaging.broker.address import BrokerAddress
 from ion.core.process.process import Process
 from ion.services.dm.distribution import events
 from ion.services.dm.distribution.publisher_subscriber import SubscriberFactory
 from ion.test.iontest import IonTestCase
-from test import rabbit_node
+from test import event_peer, rabbit_node
 from test.brokers import wait_for
 from test.proxy import TcpProxy
 from test.test_reconnect import Collector, figures, unique
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EVENTS = 10000
 WINDOW = 200  # publishes awaiting their confirm at once
 AWAY_EVENTS = 1000
-
-
-class SubscriberProcess(protocol.ProcessProtocol):
-    """test/durable_subscriber.py in a child process: what it received, in order."""
-
-    def __init__(self):
-        self.names = []
-        self.distinct = set()
-        self.queue = None
-        self.subscribed = defer.Deferred()
-        self.ended = defer.Deferred()
-        self._buffer = b""
-        self._stderr = []
-
-    def outReceived(self, data):
-        *lines, self._buffer = (self._buffer + data).split(b"\n")
-        for line in lines:
-            kind, _, rest = line.decode("utf-8").partition(" ")
-            if kind == "EVENT":
-                self.names.append(rest)
-                self.distinct.add(rest)
-            elif kind == "SUBSCRIBED":
-                self.queue = rest
-                self.subscribed.callback(rest)
-            elif kind == "FAILED" and not self.subscribed.called:
-                self.subscribed.errback(AssertionError("the subscriber failed: %s\n%s" % (rest, self.log())))
-
-    def errReceived(self, data):
-        self._stderr.append(data)
-
-    def log(self):
-        return b"".join(self._stderr).decode("utf-8", "replace")[-4000:]
-
-    def processEnded(self, reason):
-        if not self.subscribed.called:
-            self.subscribed.errback(AssertionError("the subscriber exited early:\n" + self.log()))
-        self.ended.callback(None)
-
-    @defer.inlineCallbacks
-    def stop(self):
-        if self.ended.called:
-            return
-        self.transport.closeStdin()
-        try:
-            yield wait_for(lambda: self.ended.called, timeout=20)
-        except AssertionError:
-            self.transport.signalProcess("KILL")
-            yield self.ended
 
 
 class DurableRestartTest(IonTestCase):
@@ -108,23 +56,13 @@ class DurableRestartTest(IonTestCase):
         return pub
 
     @defer.inlineCallbacks
-    def spawn_subscriber(self, url, sysname, queue, origin):
-        child = SubscriberProcess()
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join([REPO] + [p for p in [os.environ.get("PYTHONPATH")] if p]))
-        args = [sys.executable, "-m", "test.durable_subscriber", url, sysname, queue, origin]
-        reactor.spawnProcess(child, sys.executable, args, env=env, path=REPO)
-        self.addCleanup(child.stop)
-        yield child.subscribed
-        return child
-
-    @defer.inlineCallbacks
     def restart_while_publishing(self, first):
         """10,000 confirmed persistent events; the broker restarts; `first` ('publisher' or 'subscriber') is back first."""
         pub_proxy, sub_proxy = self.proxy(), self.proxy()
         sysname, origin, queue = unique("sys"), unique("restart"), unique("durable")
         proc = yield self.start_container(pub_proxy.url(), sysname)
         pub = yield self.persistent_publisher(proc, origin)
-        child = yield self.spawn_subscriber(sub_proxy.url(), sysname, queue, origin)
+        child = yield event_peer.spawn(self, "subscribe", sub_proxy.url(), sysname, queue, origin)
         held_back = sub_proxy if first == "publisher" else pub_proxy
         published = defer.Deferred()
         times = {}
