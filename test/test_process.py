@@ -123,7 +123,7 @@ class ProcessTests(BrokerTestMixin):
         self.addCleanup(connection.queue_delete, queue)
         error = yield self.assertFailure(self.proc.rpc_send(queue, "ping", None, timeout=0.2), defer.TimeoutError)
         self.assertIn("no reply within 0.2s", str(error))
-        self.assertEqual(self.proc._pending_rpcs, {})
+        self.assertEqual(self.proc.rpc.pending, {})
 
     @defer.inlineCallbacks
     def test_rpc_to_no_such_service_fails_at_once(self):
@@ -139,7 +139,7 @@ class ProcessTests(BrokerTestMixin):
         self.assertIn("op=ping", str(error))
         content, _, _ = yield answered
         self.assertEqual(content, {"pong": "pong"})
-        self.assertEqual(self.proc._pending_rpcs, {})
+        self.assertEqual(self.proc.rpc.pending, {})
         self.assertEqual(self.container.exchange_manager._return_watchers, {})
         client = ServiceClient(proc=self.proc, targetname="no_such_service")
         yield self.assertFailure(client.rpc_send("hello", {}, timeout=3600), NoSuchService)
