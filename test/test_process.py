@@ -1,6 +1,6 @@
 """Processes, services and RPC in a real container, on both brokers."""
 
-from twisted.internet import defer
+from twisted.internet import defer, reactor, task
 
 from ion.core import ioninit
 from ion.core.exception import NoSuchService, ReceivedApplicationError, ReceivedContainerError
@@ -11,7 +11,7 @@ from ion.services.dm.distribution import events
 from ion.services.examples.hello_service import HelloServiceClient
 from ion.test.iontest import IonTestCase
 from ion.util.state_object import BasicLifecycleObject
-from test.brokers import BrokerTestMixin, for_each_broker
+from test.brokers import BrokerTestMixin, for_each_broker, wait_for
 
 HELLO = {"name": "hello", "module": "ion.services.examples.hello_service", "class": "HelloService"}
 
@@ -115,15 +115,36 @@ class ProcessTests(BrokerTestMixin):
         self.assertIn("does not define op=no_such_op", error.reason)
 
     @defer.inlineCallbacks
-    def test_rpc_timeout(self):
-        # A service queue with no consumer: the request waits there, unanswered.
+    def silent_queue(self):
+        """A service queue with no consumer: a request waits there, unanswered."""
         connection = self.container.exchange_manager.connection
         queue = yield connection.queue_declare(self.unique_name("silent"), auto_delete=True)
         yield connection.queue_bind(queue, "magnet.topic", queue)
         self.addCleanup(connection.queue_delete, queue)
-        error = yield self.assertFailure(self.proc.rpc_send(queue, "ping", None, timeout=0.2), defer.TimeoutError)
+        return queue
+
+    @defer.inlineCallbacks
+    def process_on(self, clock):
+        proc = Process(spawnargs={"proc-name": "timed"}, clock=clock)
+        yield proc.spawn()
+        self.addCleanup(proc.terminate)
+        return proc
+
+    @defer.inlineCallbacks
+    def test_rpc_timeout(self):
+        queue = yield self.silent_queue()
+        clock = task.Clock()
+        proc = yield self.process_on(clock)
+        pending = proc.rpc_send(queue, "ping", None, timeout=0.2)
+        connection = self.container.exchange_manager.connection
+        while (yield connection.queue_depth(queue)) < 1:
+            yield task.deferLater(reactor, 0.01, lambda: None)
+        clock.advance(0.19)
+        self.assertFalse(pending.called)
+        clock.advance(0.01)
+        error = yield self.assertFailure(pending, defer.TimeoutError)
         self.assertIn("no reply within 0.2s", str(error))
-        self.assertEqual(self.proc.rpc.pending, {})
+        self.assertEqual(proc.rpc.pending, {})
 
     @defer.inlineCallbacks
     def test_rpc_to_no_such_service_fails_at_once(self):
@@ -147,14 +168,20 @@ class ProcessTests(BrokerTestMixin):
     @defer.inlineCallbacks
     def test_returned_events_are_dropped_quietly_during_an_rpc(self):
         """An event nobody subscribes to comes back too; it is not taken for the pending RPC's request."""
-        connection = self.container.exchange_manager.connection
-        queue = yield connection.queue_declare(self.unique_name("silent"), auto_delete=True)
-        yield connection.queue_bind(queue, "magnet.topic", queue)
-        self.addCleanup(connection.queue_delete, queue)
-        pending = self.proc.rpc_send(queue, "ping", None, timeout=0.5)
-        publisher = events.InfoLoggingEventPublisher(process=self.proc, origin=self.unique_name("nobody"))
-        yield self.proc.register_life_cycle_object(publisher)
+        queue = yield self.silent_queue()
+        clock = task.Clock()
+        proc = yield self.process_on(clock)
+        pending = proc.rpc_send(queue, "ping", None, timeout=0.5)
+        publisher = events.InfoLoggingEventPublisher(process=proc, origin=self.unique_name("nobody"))
+        yield proc.register_life_cycle_object(publisher)
         yield publisher.create_and_publish_event(name="unheard")
+        # Returns come back in order: once this later request is back, so is the event.
+        marker = proc.rpc_send("%s.no_such_service" % ioninit.sys_name, "ping", None, timeout=0)
+        yield wait_for(lambda: len(proc.rpc) == 1)
+        clock.advance(0)
+        yield self.assertFailure(marker, NoSuchService)
+        self.assertFalse(pending.called)
+        clock.advance(0.5)
         yield self.assertFailure(pending, defer.TimeoutError)
         self.assertEqual(self.container.exchange_manager._return_watchers, {})
 
