@@ -1,6 +1,7 @@
 """Processes, services and RPC in a real container, on both brokers."""
 
 from twisted.internet import defer, reactor, task
+from twisted.logger import LogLevel, globalLogPublisher
 
 from ion.core import ioninit
 from ion.core.exception import NoSuchService, ReceivedApplicationError, ReceivedContainerError
@@ -145,6 +146,29 @@ class ProcessTests(BrokerTestMixin):
         error = yield self.assertFailure(pending, defer.TimeoutError)
         self.assertIn("no reply within 0.2s", str(error))
         self.assertEqual(proc.rpc.pending, {})
+
+    @defer.inlineCallbacks
+    def test_late_reply_is_dropped_and_logged(self):
+        """The reply to an RPC that timed out is acked and logged, not dispatched as a request (R1)."""
+        yield self._spawn_processes([HELLO])
+        clock = task.Clock()
+        proc = yield self.process_on(clock)
+        logged = []
+        globalLogPublisher.addObserver(logged.append)
+        self.addCleanup(globalLogPublisher.removeObserver, logged.append)
+        pending = proc.rpc_send("%s.hello" % ioninit.sys_name, "ping", None, timeout=1)
+        clock.advance(1)
+        yield self.assertFailure(pending, defer.TimeoutError)
+        yield wait_for(lambda: any("already ended" in e.get("log_format", "") for e in logged))
+        (late,) = [e for e in logged if "already ended" in e.get("log_format", "")]
+        self.assertEqual(late["log_level"], LogLevel.warn)
+        self.assertEqual(proc.rpc.pending, {})
+        # The late reply was acked: the next reply reaches the backend queue's consumer.
+        answered = proc.rpc_send("%s.hello" % ioninit.sys_name, "ping", None, timeout=0)
+        yield wait_for(lambda: len(proc.rpc) == 0)
+        clock.advance(0)
+        content, _, _ = yield answered
+        self.assertEqual(content, {"pong": "pong"})
 
     @defer.inlineCallbacks
     def test_rpc_to_no_such_service_fails_at_once(self):

@@ -218,3 +218,26 @@ class PendingCallsTests(unittest.TestCase):
         in_flight.callback(None)
         self.assertEqual(self.successResultOf(d), ("fast", payload, msg))
         self.assertNothingLeft()
+
+
+class ClockPassedDownTests(unittest.TestCase):
+    """A process's clock reaches what it owns: its RPCs, its receivers' log limits, its subscribers."""
+
+    def test_process_clock(self):
+        from ion.core.process.process import Process
+        from ion.core.process.service_process import ServiceProcess
+        from ion.services.dm.distribution.publisher_subscriber import Subscriber
+
+        clock = task.Clock()
+        clock.advance(7)
+        proc = ServiceProcess(spawnargs={"proc-name": "clocked"}, clock=clock)
+        self.assertIs(proc.clock, clock)
+        self.assertIs(proc.rpc.clock, clock)
+        self.assertEqual(proc.proc_init_time, 7000)
+        self.assertEqual(len(proc.receivers), 3)
+        for receiver in proc.receivers.values():
+            self.assertIs(receiver.handler_failures.clock, clock)
+        subscriber = Subscriber(xp_name="events.topic", binding_key="#", process=proc)
+        self.assertIs(subscriber._recv.handler_failures.clock, clock)
+        self.assertIs(subscriber._depth_watch._clock, clock)
+        self.assertIs(Process().clock, reactor)
