@@ -5,7 +5,8 @@ A Process owns two exclusive queues: its main queue `<container>.<n>` for
 requests and its backend queue `<container>.<n>b` for the replies to its own
 requests, so an RPC made while handling a message never waits behind that
 message (prefetch is 1).  Operations are methods named `op_<name>`; RPCs are
-conversations with ids `<process id>#<n>`.
+conversations with ids `<process id>#<n>`, kept by the process's
+`rpc` (ion.core.process.rpc.PendingCalls) on the process's `clock`.
 """
 
 import itertools
@@ -429,10 +430,10 @@ class Process(BasicLifecycleObject):
         request is mandatory: one no queue takes comes back from the broker
         and fails at once with NoSuchService.
         """
-        rpc_headers = {"protocol": "rpc", "performative": "request", "reply-to": self.backend_id.full}
-        rpc_headers.update(headers or {})
 
         def send_request(conv_id):
+            rpc_headers = {"protocol": "rpc", "performative": "request", "reply-to": self.backend_id.full}
+            rpc_headers.update(headers or {})
             return self.send(recv, operation, content, rpc_headers, conv=conv_id, mandatory=True)
 
         timeout = timeout if timeout is not None else CONF.getValue("rpc_timeout", 15)
