@@ -1,6 +1,7 @@
 """Processes, services and RPC in a real container, on both brokers."""
 
-from twisted.internet import defer
+from twisted.internet import defer, reactor, task
+from twisted.logger import LogLevel, globalLogPublisher
 
 from ion.core import ioninit
 from ion.core.exception import NoSuchService, ReceivedApplicationError, ReceivedContainerError
@@ -11,7 +12,7 @@ from ion.services.dm.distribution import events
 from ion.services.examples.hello_service import HelloServiceClient
 from ion.test.iontest import IonTestCase
 from ion.util.state_object import BasicLifecycleObject
-from test.brokers import BrokerTestMixin, for_each_broker
+from test.brokers import BrokerTestMixin, for_each_broker, wait_for
 
 HELLO = {"name": "hello", "module": "ion.services.examples.hello_service", "class": "HelloService"}
 
@@ -115,15 +116,59 @@ class ProcessTests(BrokerTestMixin):
         self.assertIn("does not define op=no_such_op", error.reason)
 
     @defer.inlineCallbacks
-    def test_rpc_timeout(self):
-        # A service queue with no consumer: the request waits there, unanswered.
+    def silent_queue(self):
+        """A service queue with no consumer: a request waits there, unanswered."""
         connection = self.container.exchange_manager.connection
         queue = yield connection.queue_declare(self.unique_name("silent"), auto_delete=True)
         yield connection.queue_bind(queue, "magnet.topic", queue)
         self.addCleanup(connection.queue_delete, queue)
-        error = yield self.assertFailure(self.proc.rpc_send(queue, "ping", None, timeout=0.2), defer.TimeoutError)
+        return queue
+
+    @defer.inlineCallbacks
+    def process_on(self, clock):
+        proc = Process(spawnargs={"proc-name": "timed"}, clock=clock)
+        yield proc.spawn()
+        self.addCleanup(proc.terminate)
+        return proc
+
+    @defer.inlineCallbacks
+    def test_rpc_timeout(self):
+        queue = yield self.silent_queue()
+        clock = task.Clock()
+        proc = yield self.process_on(clock)
+        pending = proc.rpc_send(queue, "ping", None, timeout=0.2)
+        connection = self.container.exchange_manager.connection
+        while (yield connection.queue_depth(queue)) < 1:
+            yield task.deferLater(reactor, 0.01, lambda: None)
+        clock.advance(0.19)
+        self.assertFalse(pending.called)
+        clock.advance(0.01)
+        error = yield self.assertFailure(pending, defer.TimeoutError)
         self.assertIn("no reply within 0.2s", str(error))
-        self.assertEqual(self.proc._pending_rpcs, {})
+        self.assertEqual(proc.rpc.pending, {})
+
+    @defer.inlineCallbacks
+    def test_late_reply_is_dropped_and_logged(self):
+        """The reply to an RPC that timed out is acked and logged, not dispatched as a request (R1)."""
+        yield self._spawn_processes([HELLO])
+        clock = task.Clock()
+        proc = yield self.process_on(clock)
+        logged = []
+        globalLogPublisher.addObserver(logged.append)
+        self.addCleanup(globalLogPublisher.removeObserver, logged.append)
+        pending = proc.rpc_send("%s.hello" % ioninit.sys_name, "ping", None, timeout=1)
+        clock.advance(1)
+        yield self.assertFailure(pending, defer.TimeoutError)
+        yield wait_for(lambda: any("already ended" in e.get("log_format", "") for e in logged))
+        (late,) = [e for e in logged if "already ended" in e.get("log_format", "")]
+        self.assertEqual(late["log_level"], LogLevel.warn)
+        self.assertEqual(proc.rpc.pending, {})
+        # The late reply was acked: the next reply reaches the backend queue's consumer.
+        answered = proc.rpc_send("%s.hello" % ioninit.sys_name, "ping", None, timeout=0)
+        yield wait_for(lambda: len(proc.rpc) == 0)
+        clock.advance(0)
+        content, _, _ = yield answered
+        self.assertEqual(content, {"pong": "pong"})
 
     @defer.inlineCallbacks
     def test_rpc_to_no_such_service_fails_at_once(self):
@@ -139,7 +184,7 @@ class ProcessTests(BrokerTestMixin):
         self.assertIn("op=ping", str(error))
         content, _, _ = yield answered
         self.assertEqual(content, {"pong": "pong"})
-        self.assertEqual(self.proc._pending_rpcs, {})
+        self.assertEqual(self.proc.rpc.pending, {})
         self.assertEqual(self.container.exchange_manager._return_watchers, {})
         client = ServiceClient(proc=self.proc, targetname="no_such_service")
         yield self.assertFailure(client.rpc_send("hello", {}, timeout=3600), NoSuchService)
@@ -147,14 +192,20 @@ class ProcessTests(BrokerTestMixin):
     @defer.inlineCallbacks
     def test_returned_events_are_dropped_quietly_during_an_rpc(self):
         """An event nobody subscribes to comes back too; it is not taken for the pending RPC's request."""
-        connection = self.container.exchange_manager.connection
-        queue = yield connection.queue_declare(self.unique_name("silent"), auto_delete=True)
-        yield connection.queue_bind(queue, "magnet.topic", queue)
-        self.addCleanup(connection.queue_delete, queue)
-        pending = self.proc.rpc_send(queue, "ping", None, timeout=0.5)
-        publisher = events.InfoLoggingEventPublisher(process=self.proc, origin=self.unique_name("nobody"))
-        yield self.proc.register_life_cycle_object(publisher)
+        queue = yield self.silent_queue()
+        clock = task.Clock()
+        proc = yield self.process_on(clock)
+        pending = proc.rpc_send(queue, "ping", None, timeout=0.5)
+        publisher = events.InfoLoggingEventPublisher(process=proc, origin=self.unique_name("nobody"))
+        yield proc.register_life_cycle_object(publisher)
         yield publisher.create_and_publish_event(name="unheard")
+        # Returns come back in order: once this later request is back, so is the event.
+        marker = proc.rpc_send("%s.no_such_service" % ioninit.sys_name, "ping", None, timeout=0)
+        yield wait_for(lambda: len(proc.rpc) == 1)
+        clock.advance(0)
+        yield self.assertFailure(marker, NoSuchService)
+        self.assertFalse(pending.called)
+        clock.advance(0.5)
         yield self.assertFailure(pending, defer.TimeoutError)
         self.assertEqual(self.container.exchange_manager._return_watchers, {})
 

@@ -12,7 +12,7 @@ below from its R1 module path.
 import logging
 import unittest as pyunit
 
-from twisted.internet import defer
+from twisted.internet import defer, task
 from twisted.logger import LogLevel, globalLogPublisher
 from twisted.trial import unittest
 
@@ -158,9 +158,12 @@ class SpawnedServicesTests(BrokerTestMixin):
         desc = ProcessDesc(name="sleeper", module="ion.core.process.process", procclass="Process")
         yield self.sup.spawn_child(desc, activate=False)
         self.assertEqual((desc._get_state(), desc.process._get_state()), ("READY", "READY"))
-        proc = Process()
+        clock = task.Clock()
+        proc = Process(clock=clock)
         yield proc.spawn()
-        yield self.assertFailure(proc.rpc_send(str(desc.proc_id), "ping", None, timeout=1), defer.TimeoutError)
+        pending = proc.rpc_send(str(desc.proc_id), "ping", None, timeout=1)
+        clock.advance(1)
+        yield self.assertFailure(pending, defer.TimeoutError)
         yield proc.terminate()
 
     @defer.inlineCallbacks
@@ -450,6 +453,12 @@ class R1NamesTest(unittest.TestCase):
     @defer.inlineCallbacks
     def test_asleep(self):
         self.assertIsNone((yield pu.asleep(0.01)))
+        clock = task.Clock()
+        d = pu.asleep(10, clock=clock)
+        clock.advance(9.99)
+        self.assertFalse(d.called)
+        clock.advance(0.01)
+        self.assertIsNone(self.successResultOf(d))
         d = pu.asleep(10)
         d.cancel()
         yield self.assertFailure(d, defer.CancelledError)

@@ -15,7 +15,7 @@ import time
 import uuid
 from collections import defaultdict
 
-from twisted.internet import defer, reactor
+from twisted.internet import defer
 from twisted.logger import Logger
 
 from ion.core.id import Id
@@ -24,10 +24,15 @@ from ion.core.process import procutils as _naming
 log = Logger()
 
 
-def asleep(secs):
-    """A Deferred that fires with None after `secs` seconds; cancelling it cancels the timer."""
+def asleep(secs, clock=None):
+    """
+    A Deferred that fires with None after `secs` seconds on `clock` (an
+    IReactorTime, the reactor by default); cancelling it cancels the timer.
+    """
+    if clock is None:
+        from twisted.internet import reactor as clock
     d = defer.Deferred(lambda _: timer.cancel())
-    timer = reactor.callLater(secs, d.callback, None)
+    timer = clock.callLater(secs, d.callback, None)
     return d
 
 

@@ -5,30 +5,25 @@ A Process owns two exclusive queues: its main queue `<container>.<n>` for
 requests and its backend queue `<container>.<n>b` for the replies to its own
 requests, so an RPC made while handling a message never waits behind that
 message (prefetch is 1).  Operations are methods named `op_<name>`; RPCs are
-conversations with ids `<process id>#<n>`.
+conversations with ids `<process id>#<n>`, kept by the process's
+`rpc` (ion.core.process.rpc.PendingCalls) on the process's `clock`.
 """
 
 import itertools
 
-from twisted.internet import defer, reactor
+from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from ion.core import ioninit
-from ion.core.exception import (
-    ApplicationError,
-    NoSuchService,
-    ProcessError,
-    ReceivedApplicationError,
-    ReceivedContainerError,
-    ReceivedError,
-)
+from ion.core.exception import ApplicationError, ProcessError
 from ion.core.id import Id
 from ion.core.messaging.broker.interface import ConnectionLost
 from ion.core.messaging.message_client import MessageClient, MessageInstance
 from ion.core.messaging.messaging import Message
 from ion.core.messaging.receiver import ProcessReceiver
 from ion.core.process.procutils import get_scoped_name
+from ion.core.process.rpc import PendingCalls
 from ion.util.state_object import BasicLifecycleObject, BasicStates
 
 log = Logger()
@@ -41,7 +36,6 @@ UNAUTHORIZED = 401
 INTERNAL_SERVER_ERROR = 500
 
 _process_counter = itertools.count(1)
-_conversation_counter = itertools.count(1)
 
 # Registered process classes by declared name (filled by ProcessFactory).
 processes = {}
@@ -79,10 +73,14 @@ class Process(BasicLifecycleObject):
     # event publisher each process owns (§4.3); None publishes nothing.
     lifecycle_publisher_factory = None
 
-    def __init__(self, receiver=None, spawnargs=None, **kwargs):
+    def __init__(self, receiver=None, spawnargs=None, clock=None, **kwargs):
+        """`clock` (an IReactorTime, the reactor by default) times RPCs and the receivers' log limits."""
         super().__init__()
+        if clock is None:
+            from twisted.internet import reactor as clock
+        self.clock = clock
         self.spawn_args = dict(spawnargs or {})
-        self.proc_init_time = int(reactor.seconds() * 1000)
+        self.proc_init_time = int(clock.seconds() * 1000)
         proc_id = self.spawn_args.get("proc-id")
         self.id = Id.parse(proc_id) if isinstance(proc_id, str) else (proc_id or create_process_id())
         self.proc_name = self.spawn_args.get("proc-name", __name__)
@@ -92,7 +90,12 @@ class Process(BasicLifecycleObject):
         self.container = ioninit.container_instance
 
         self.receiver = ProcessReceiver(
-            self.id.full, label=self.proc_name, process=self, handler=self.receive, error_handler=self.receive_error
+            self.id.full,
+            label=self.proc_name,
+            process=self,
+            handler=self.receive,
+            error_handler=self.receive_error,
+            clock=clock,
         )
         self.backend_id = Id(self.id.local + "b", self.id.container)
         self.backend_receiver = ProcessReceiver(
@@ -101,6 +104,7 @@ class Process(BasicLifecycleObject):
             process=self,
             handler=self.receive,
             error_handler=self.receive_error,
+            clock=clock,
         )
         self.receivers = {r.xname: r for r in (self.receiver, self.backend_receiver)}
         self.child_procs = []
@@ -110,7 +114,7 @@ class Process(BasicLifecycleObject):
         self.op_cbs_before = []
         self.op_cbs_after = []
         self._registered_life_cycle_objects = []
-        self._pending_rpcs = {}  # conv-id -> (Deferred, timeout DelayedCall)
+        self.rpc = PendingCalls(self.id.full, clock)
         self._spawned = False
 
         self._plcc_pub = None
@@ -172,7 +176,7 @@ class Process(BasicLifecycleObject):
         yield self.shutdown_child_procs()
         yield defer.maybeDeferred(self.plc_terminate)
         yield self._close_receivers(exclude=msg)
-        self._fail_pending_rpcs(ProcessError("process %s terminated" % (self.id,)))
+        self.rpc.fail_all("process %s terminated" % (self.id,))
         if self.container is not None:
             self.container.proc_manager.unregister_process(self)
 
@@ -283,9 +287,7 @@ class Process(BasicLifecycleObject):
         """Handler of the process's receivers: replies settle RPCs, requests dispatch ops."""
         try:
             self._take_context(payload)
-            conv_id = payload.get("conv-id")
-            if conv_id in self._pending_rpcs and payload.get("performative") in ("inform_result", "failure"):
-                self._settle_rpc(conv_id, payload, msg)
+            if self.rpc.settle(payload, msg):
                 return
             if (yield self._check_state(payload, msg)):
                 yield self._dispatch_message_op(payload, msg)
@@ -397,7 +399,7 @@ class Process(BasicLifecycleObject):
         return get_scoped_name(name, scope)
 
     def new_conversation_id(self):
-        return "%s#%d" % (self.id.full, next(_conversation_counter))
+        return self.rpc.new_conversation_id()
 
     @defer.inlineCallbacks
     def send(self, recv, operation, content, headers=None, send_receiver=None, conv=None, quiet=False, mandatory=None):
@@ -421,74 +423,22 @@ class Process(BasicLifecycleObject):
         message = yield receiver.send(recv, operation, content, message_headers, sender=receiver.xname, mandatory=mandatory)
         return message
 
-    @defer.inlineCallbacks
     def rpc_send(self, recv, operation, content, headers=None, timeout=None, **kwargs):
         """
         Request/response; fires with (content, headers, msg), fails on error
-        reply or timeout.  The request is mandatory: one no queue takes comes
-        back from the broker and fails at once with NoSuchService.
+        reply or timeout (`rpc_timeout` in ion.config, 15 s; 0: none).  The
+        request is mandatory: one no queue takes comes back from the broker
+        and fails at once with NoSuchService.
         """
-        conv_id = self.new_conversation_id()
+
+        def send_request(conv_id):
+            rpc_headers = {"protocol": "rpc", "performative": "request", "reply-to": self.backend_id.full}
+            rpc_headers.update(headers or {})
+            return self.send(recv, operation, content, rpc_headers, conv=conv_id, mandatory=True)
+
         timeout = timeout if timeout is not None else CONF.getValue("rpc_timeout", 15)
-        reply = defer.Deferred()
-        # timeout=0 waits as long as it takes (R1 armed no timer and then crashed on the reply).
-        timer = reactor.callLater(timeout, self._rpc_timeout, conv_id, recv, operation, timeout) if timeout else None
-        self._pending_rpcs[conv_id] = (reply, timer)
-        exchange_manager = self.container.exchange_manager if self.container is not None else None
-        if exchange_manager is not None:
-            exchange_manager.watch_returns(conv_id, lambda why: self._rpc_returned(conv_id, recv, operation, why))
-        rpc_headers = {"protocol": "rpc", "performative": "request", "reply-to": self.backend_id.full}
-        rpc_headers.update(headers or {})
-        try:
-            yield self.send(recv, operation, content, rpc_headers, conv=conv_id, mandatory=True)
-        except Exception:
-            self._forget_rpc(conv_id)
-            reply.addErrback(lambda _: None)  # in case it was returned as well: the send's error is the one raised
-            raise
-        result = yield reply
-        return result
-
-    def _forget_rpc(self, conv_id):
-        reply, timer = self._pending_rpcs.pop(conv_id, (None, None))
-        if timer is not None and timer.active():
-            timer.cancel()
-        if reply is not None and self.container is not None and self.container.exchange_manager is not None:
-            self.container.exchange_manager.unwatch_returns(conv_id)
-        return reply
-
-    def _rpc_returned(self, conv_id, recv, operation, why):
-        reply = self._forget_rpc(conv_id)
-        if reply is not None:
-            error = NoSuchService("rpc %s op=%s to %s: no such service (%s)" % (conv_id, operation, recv, why))
-            reactor.callLater(0, reply.errback, error)  # not from inside the broker's return dispatch
-
-    def _rpc_timeout(self, conv_id, recv, operation, timeout):
-        reply = self._forget_rpc(conv_id)
-        if reply is not None:
-            reply.errback(defer.TimeoutError("rpc %s op=%s to %s: no reply within %ss" % (conv_id, operation, recv, timeout)))
-
-    def _fail_pending_rpcs(self, error):
-        for conv_id in list(self._pending_rpcs):
-            reply = self._forget_rpc(conv_id)
-            reply.errback(error)
-
-    def _settle_rpc(self, conv_id, payload, msg):
-        reply = self._forget_rpc(conv_id)
-        msg.ack()
-        content = payload.get("content")
-        if payload.get("status", "OK") == "OK":
-            result = (content, payload, msg)
-            reactor.callLater(0, reply.callback, result)
-            return
-        code = getattr(content, "MessageResponseCode", None)
-        reason = getattr(content, "MessageResponseBody", None) or (content if isinstance(content, str) else None)
-        if isinstance(code, int) and 400 <= code < 500:
-            kind = ReceivedApplicationError
-        elif isinstance(code, int) and 500 <= code < 600:
-            kind = ReceivedContainerError
-        else:
-            kind = ReceivedError
-        reactor.callLater(0, reply.errback, kind(payload, content, code, reason))
+        returns = self.container.exchange_manager if self.container is not None else None
+        return self.rpc.call(recv, operation, send_request, timeout, returns=returns)
 
     def reply(self, msg, operation="result", content=None, headers=None, performative="inform_result", quiet=False):
         """Answer the request `msg` on its reply-to, through the main receiver."""

@@ -32,6 +32,7 @@ class ServiceProcess(Process):
             process=self,
             handler=self.receive,
             error_handler=self.receive_error,
+            clock=self.clock,
         )
         self.receivers[self.svc_receiver.xname] = self.svc_receiver
 

@@ -43,6 +43,7 @@ class EventsDemoPublisher(Process):
         self.interval = float(self.spawn_args.get("interval", 1.0))
         self.ticks = 0
         self._loop = LoopingCall(self._tick)
+        self._loop.clock = self.clock
         self._loop_done = None
         build = PublisherFactory(process=self).build
         self.info = yield build(publisher_type=events.InfoLoggingEventPublisher, origin=self.proc_name)

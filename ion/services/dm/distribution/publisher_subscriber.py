@@ -206,7 +206,7 @@ class Subscriber(BasicLifecycleObject):
     and a handler that returns a Deferred may then see several at a time.
 
     `clock` times the rate limits of the failure and decode log lines (the
-    reactor by default; tests give a task.Clock), and the queue depth checks.
+    process's clock by default; tests give a task.Clock), and the queue depth checks.
 
     A queue is unbounded unless `max_length` (ready events) and/or
     `max_length_bytes` (their bodies' bytes) bound it; events handed to the
@@ -262,6 +262,8 @@ class Subscriber(BasicLifecycleObject):
             raise ValueError("%s: prefetch_count must be an int >= 1, not %r" % (who, prefetch_count))
         _require(xp_name, "an exchange point (xp_name)", who)
         _require(process, "a process", who)
+        if clock is None:
+            clock = getattr(process, "clock", None)
         if retries is not None and (not isinstance(retries, int) or isinstance(retries, bool) or retries < 0):
             raise ValueError("%s: retries must be None or an int >= 0, not %r" % (who, retries))
         self._retries = retries
