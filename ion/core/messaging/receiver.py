@@ -21,6 +21,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from ion.core import ioninit
+from ion.core.exception import IonError
 from ion.core.messaging import messaging
 from ion.core.messaging.ionmessage import build_message
 from ion.core.messaging.messaging import Message
@@ -119,7 +120,7 @@ class FailureThrottle:
             self._counted = 0
 
 
-class ReceiverError(Exception):
+class ReceiverError(IonError):
     """The receiver cannot do what was asked (no container, no consumer config, ...)."""
 
 

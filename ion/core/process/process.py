@@ -22,6 +22,7 @@ from ion.core.exception import (
     ReceivedApplicationError,
     ReceivedContainerError,
     ReceivedError,
+    UsageError,
 )
 from ion.core.id import Id
 from ion.core.messaging.broker.interface import ConnectionLost
@@ -678,7 +679,7 @@ class ProcessClient(ProcessClientBase):
     def rpc_send_protected(self, operation, content, user_id="ANONYMOUS", expiry="0", headers=None, **kwargs):
         """rpc_send with the security headers; `expiry` must be a string of digits (AssertionError otherwise)."""
         if not (isinstance(expiry, str) and expiry.isdigit()):
-            raise AssertionError("expiry must be a string of digits, not %r" % (expiry,))
+            raise UsageError("expiry must be a string of digits, not %r" % (expiry,))
         headers = dict(headers or {}, **{"user-id": user_id, "expiry": expiry})
         return self.rpc_send(operation, content, headers, **kwargs)
 

@@ -58,6 +58,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from ion.core import ioninit
+from ion.core.exception import UsageError
 from ion.core.messaging.exchange import COMPANION_FLAGS, durable_companion
 from ion.core.messaging.messaging import Message
 from ion.core.messaging.receiver import Receiver, WorkerReceiver, check_routing_key
@@ -85,7 +86,7 @@ OVERFLOW_MODES = ("drop-head", "reject-publish")
 
 def _require(value, what, who):
     if not value:
-        raise AssertionError("%s needs %s" % (who, what))
+        raise UsageError("%s needs %s" % (who, what))
 
 
 def _queue_arguments(who, max_length, max_length_bytes, overflow):
