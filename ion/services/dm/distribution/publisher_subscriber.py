@@ -53,6 +53,8 @@ peers, non-durable subscribers, non-persistent publishers) sees only `X`.
 The companion goes away with the last durable queue bound to it.
 """
 
+import itertools
+
 from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -79,6 +81,10 @@ COMPANION_QUEUE_FLAGS = {
     "exchange_auto_delete": COMPANION_FLAGS["auto_delete"],
 }
 
+
+# Numbers the subscribers' receivers, so each has its own name and store entry.  R1 used the count
+# of the process's registered lifecycle objects, which subscribers built before registering shared.
+_subscriber_numbers = itertools.count()
 
 # What a subscriber's full queue does with the next event (x-overflow).
 OVERFLOW_MODES = ("drop-head", "reject-publish")
@@ -297,7 +303,7 @@ class Subscriber(BasicLifecycleObject):
             prefetch_count=prefetch_count,
             arguments=arguments,
         )
-        self._sub_name = "%s_subscriber_recv_%d" % (process.id.full, len(process._registered_life_cycle_objects))
+        self._sub_name = "%s_subscriber_recv_%d" % (process.id.full, next(_subscriber_numbers))
         self._recv = WorkerReceiver(
             self._sub_name,
             process=process,
