@@ -125,6 +125,8 @@ class Publisher(BasicLifecycleObject):
     so a durable queue keeps them across a broker restart.
     """
 
+    lifecycle_noun = "publisher"
+
     def __init__(
         self, xp_name=None, routing_key=None, credentials=None, process=None, persistent=False, *args, **kwargs
     ):
@@ -168,10 +170,8 @@ class Publisher(BasicLifecycleObject):
     def on_terminate(self, *args, **kwargs):
         return self._recv.terminate()
 
-    def on_error(self, cause=None, *args, **kwargs):
-        if cause is None:
-            raise RuntimeError("Illegal publisher state change")
-        log.error("Publisher {xp} error: {cause!r}", xp=self._xp_name, cause=cause)
+    def _lifecycle_name(self):
+        return self._xp_name
 
     def publish(self, data, routing_key=None, **kwargs):
         """
@@ -237,6 +237,8 @@ class Subscriber(BasicLifecycleObject):
     `depth_warning` events (default: `queue_depth_warning` in ion.config;
     0 turns it off); again only after it fell below half of that.
     """
+
+    lifecycle_noun = "subscriber"
 
     def __init__(
         self,
@@ -353,14 +355,14 @@ class Subscriber(BasicLifecycleObject):
     @defer.inlineCallbacks
     def on_terminate(self, *args, **kwargs):
         self._stop_depth_watch()
-        if self._recv.state in (BasicStates.READY, BasicStates.ACTIVE):
-            yield self._recv.terminate()
+        yield self._recv.terminate_unless_over()
 
     def on_error(self, cause=None, *args, **kwargs):
         self._stop_depth_watch()
-        if cause is None:
-            raise RuntimeError("Illegal subscriber state change")
-        log.error("Subscriber {key} error: {cause!r}", key=self._binding_key, cause=cause)
+        return super().on_error(cause, *args, **kwargs)
+
+    def _lifecycle_name(self):
+        return self._binding_key
 
     @defer.inlineCallbacks
     def subscribe(self):
