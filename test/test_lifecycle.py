@@ -5,8 +5,10 @@ exception comes back directly, a Deferred action's as a Deferred.
 """
 
 from twisted.internet.defer import Deferred, fail, inlineCallbacks, succeed
+from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.trial import unittest
 
+from ion.core.exception import IllegalStateChange, IllegalStateError
 from ion.util.state_object import BasicLifecycleObject, BasicStates as S
 
 
@@ -340,3 +342,89 @@ class BasicStatesTest(unittest.TestCase):
             ["initialize", "activate", "deactivate", "terminate", "error"],
         )
         self.assertEqual((S.S_ACTIVE, S.E_ERROR), ("ACTIVE", "error"))
+
+
+class Widget(Recorder):
+    """A Recorder with the base class's usual on_error, naming itself."""
+
+    lifecycle_noun = "widget"
+    on_error = BasicLifecycleObject.on_error
+
+    def _lifecycle_name(self):
+        return "w1"
+
+
+class UsualOnErrorTest(unittest.TestCase):
+    def test_illegal_input_raises_illegal_state_change(self):
+        obj = Widget()
+        err = self.assertRaises(RuntimeError, obj.activate)
+        self.assertIsInstance(err, IllegalStateChange)
+        self.assertIsInstance(err, IllegalStateError)
+        self.assertEqual(str(err), "Illegal widget state change")
+        self.assertEqual(obj.state, S.ERROR)
+
+    def test_failed_action_logs_the_cause_naming_the_object(self):
+        seen = []
+        globalLogPublisher.addObserver(seen.append)
+        self.addCleanup(globalLogPublisher.removeObserver, seen.append)
+        boom = ValueError("broken")
+        obj = Widget(on_initialize=boom)
+        self.assertRaises(ValueError, obj.initialize)
+        self.assertEqual(obj.state, S.ERROR)
+        (event,) = [e for e in seen if e.get("log_level") == LogLevel.error]
+        self.assertEqual(formatEvent(event), "Widget w1 error: %r" % (boom,))
+
+    def test_without_a_noun_on_error_stays_unimplemented(self):
+        self.assertIsNone(BasicLifecycleObject.lifecycle_noun)
+        self.assertRaises(NotImplementedError, BasicLifecycleObject().on_error, None)
+
+    def test_nouns_of_the_lifecycle_classes(self):
+        """The words of R1's "Illegal ... state change" messages."""
+        from ion.core.cc.container import Container
+        from ion.core.messaging.receiver import Receiver
+        from ion.core.process.process import Process, ProcessDesc
+        from ion.services.dm.distribution.publisher_subscriber import Publisher, Subscriber
+
+        nouns = {
+            cls.__name__: cls.lifecycle_noun for cls in (Receiver, Publisher, Subscriber, Process, ProcessDesc, Container)
+        }
+        self.assertEqual(
+            nouns,
+            {
+                "Receiver": "receiver",
+                "Publisher": "publisher",
+                "Subscriber": "subscriber",
+                "Process": "process",
+                "ProcessDesc": "ProcessDesc",
+                "Container": "container",
+            },
+        )
+
+
+class TerminateUnlessOverTest(unittest.TestCase):
+    def test_terminates_ready_and_active(self):
+        for start in (S.READY, S.ACTIVE):
+            obj = Recorder(on_terminate="bye")
+            force(obj, start)
+            self.assertEqual(obj.terminate_unless_over(5), "bye")
+            self.assertEqual(obj.state, S.TERMINATED)
+            self.assertEqual(obj.calls[-1], ("on_terminate", (5,), {}))
+
+    def test_skips_what_is_over_or_never_started(self):
+        for start in (S.INIT, S.TERMINATED, S.ERROR):
+            obj = Recorder()
+            force(obj, start)
+            before = list(obj.calls)
+            self.assertIsNone(obj.terminate_unless_over())
+            self.assertEqual((obj.state, obj.calls), (start, before), start)
+
+    def test_waits_for_an_initialize_under_way(self):
+        pending = Deferred()
+        obj = Recorder(on_initialize=lambda: pending)
+        obj.initialize()
+        done = obj.terminate_unless_over()
+        self.assertIsInstance(done, Deferred)
+        self.assertNoResult(done)
+        pending.callback(None)
+        self.successResultOf(done)
+        self.assertEqual(obj.state, S.TERMINATED)

@@ -1,4 +1,13 @@
-"""Exceptions shared across the container (names as in ION R1)."""
+"""
+Exceptions shared across the container (names as in ION R1).
+
+Every exception the project defines derives from IonError, except R1's
+FatalError and ProcessError, which R1 derived from Exception.  A class that
+R1 (or an earlier version here) raised as a builtin keeps that builtin as a
+second base, so ``except ValueError`` or ``except AssertionError`` still
+catches it.  This module imports nothing from the project: every floor may
+import it.
+"""
 
 
 class IonError(Exception):
@@ -17,12 +26,20 @@ class IllegalStateError(IonError):
     """An object was asked something it cannot do in its current state."""
 
 
+class IllegalStateChange(IllegalStateError, RuntimeError):
+    """A lifecycle object got an input its state has no transition for (R1: RuntimeError)."""
+
+
+class UsageError(IonError, AssertionError):
+    """An API was called without something it needs, or with a value it cannot take (R1 asserted these)."""
+
+
 class FatalError(Exception):
-    """The container cannot go on."""
+    """The container cannot go on.  Outside IonError, as in R1."""
 
 
 class ProcessError(Exception):
-    """A process was asked something it cannot do in its state."""
+    """A process was asked something it cannot do in its state.  Outside IonError, as in R1."""
 
 
 class ApplicationError(IonError):

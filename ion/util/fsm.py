@@ -8,8 +8,10 @@ default transition; with none of them the input is an `ExceptionFSM`.
 transition up and run their own actions (see `ion.util.state_object`).
 """
 
+from ion.core.exception import IonError
 
-class ExceptionFSM(Exception):
+
+class ExceptionFSM(IonError):
     """An input the machine has no transition for in its current state."""
 
 

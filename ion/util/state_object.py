@@ -25,6 +25,7 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from ion.core.exception import IllegalStateChange
 from ion.util.fsm import FSM
 
 log = Logger()
@@ -248,7 +249,15 @@ class BasicLifecycleObject(StateObject):
     Subclasses must call ``BasicLifecycleObject.__init__``.  An illegal input
     (including ``error``) runs ``on_error`` with the input's own arguments and
     no cause, and moves to ERROR, which has no way out.
+
+    A subclass that names itself in ``lifecycle_noun`` (e.g. ``"receiver"``)
+    gets the usual ``on_error``: an illegal input raises IllegalStateChange
+    (a RuntimeError, as in R1), a failed action's cause is logged naming the
+    object (``_lifecycle_name``).  Without a noun on_error stays unimplemented,
+    as in R1.
     """
+
+    lifecycle_noun = None
 
     def __init__(self):
         super().__init__(BasicFSMFactory())
@@ -283,3 +292,31 @@ class BasicLifecycleObject(StateObject):
     def on_terminate_active(self, *args, **kwargs):
         """Terminating from ACTIVE; most objects need no special case."""
         return self.on_terminate(*args, **kwargs)
+
+    def on_error(self, cause=None, *args, **kwargs):
+        if self.lifecycle_noun is None:
+            raise NotImplementedError("on_error")
+        if cause is None:
+            raise IllegalStateChange("Illegal %s state change" % (self.lifecycle_noun,))
+        log.error(
+            "{noun} {name} error: {cause!r}",
+            noun=self.lifecycle_noun[:1].upper() + self.lifecycle_noun[1:],
+            name=self._lifecycle_name(),
+            cause=cause,
+        )
+
+    def _lifecycle_name(self):
+        """What tells this object from others of its kind in a log line."""
+        return hex(id(self))
+
+    def terminate_unless_over(self, *args, **kwargs):
+        """
+        Terminate, unless there is nothing to stop: already TERMINATED or in
+        ERROR, or still INIT with no initialize under way.  Returns what
+        terminate returns, or None when skipped.  (An initialize under way
+        gets the terminate queued behind it.)
+        """
+        state = self.state
+        if state in (BasicStates.TERMINATED, BasicStates.ERROR) or (state == BasicStates.INIT and not self._so_busy):
+            return None
+        return self.terminate(*args, **kwargs)

@@ -28,6 +28,8 @@ class Container(BasicLifecycleObject):
     terminate stops apps (reverse order), processes, then the connection.
     """
 
+    lifecycle_noun = "container"
+
     def __init__(self):
         super().__init__()
         self.id = None
@@ -76,10 +78,8 @@ class Container(BasicLifecycleObject):
 
     on_terminate_active = on_terminate
 
-    def on_error(self, cause=None, *args, **kwargs):
-        if cause is None:
-            raise RuntimeError("Illegal container state change")
-        log.error("Container {id} error: {cause!r}", id=self.id, cause=cause)
+    def _lifecycle_name(self):
+        return self.id
 
     def _publish_app_started(self, app_name):
         return publish_from_temporary_process(

@@ -6,13 +6,14 @@ the registry of messaging names the shell lists.
 from twisted.internet import defer
 from twisted.logger import Logger
 
+from ion.core.exception import IonError
 from ion.core.messaging.broker.interface import BrokerError, ConnectionLost, NotFound, PreconditionFailed
 from ion.core.messaging.serialization import WireFormatError, message_properties, pack_body, unpack_body
 
 log = Logger()
 
 
-class Unroutable(Exception):
+class Unroutable(IonError):
     """The broker returned a mandatory message: no queue is bound to its routing key."""
 
     def __init__(self, exchange, routing_key, reply_code, reply_text):

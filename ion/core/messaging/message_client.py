@@ -9,6 +9,7 @@ import functools
 
 from twisted.internet import defer
 
+from ion.core.exception import IonError
 from ion.core.object.gpb.net.ooici.core.message import ion_message_pb2
 from ion.core.object.gpb_wrapper import enum_object
 from ion.core.object.object_utils import create_type_identifier
@@ -17,7 +18,7 @@ from ion.core.object.repository import Repository
 ION_MESSAGE_TYPE = create_type_identifier(object_id=11, version=1)
 
 
-class MessageClientError(Exception):
+class MessageClientError(IonError):
     """A MessageClient used without a process."""
 
 

@@ -2,6 +2,7 @@
 A received AMQP message and the R1 queue configurations (§5.4, §5.6).
 """
 
+from ion.core.exception import IonError
 from ion.core.messaging.broker.interface import PROPERTY_NAMES
 from ion.core.messaging.serialization import unpack_body
 
@@ -19,7 +20,7 @@ PROCESS_EXCHANGE = {
 _PROPERTY_SET = frozenset(PROPERTY_NAMES)
 
 
-class MessageStateError(Exception):
+class MessageStateError(IonError):
     """A message was acked, rejected or requeued a second time."""
 
 

@@ -21,6 +21,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from ion.core import ioninit
+from ion.core.exception import IonError
 from ion.core.messaging import messaging
 from ion.core.messaging.ionmessage import build_message
 from ion.core.messaging.messaging import Message
@@ -119,7 +120,7 @@ class FailureThrottle:
             self._counted = 0
 
 
-class ReceiverError(Exception):
+class ReceiverError(IonError):
     """The receiver cannot do what was asked (no container, no consumer config, ...)."""
 
 
@@ -135,6 +136,7 @@ class Receiver(BasicLifecycleObject):
     """
 
     queue_factory = None  # one of messaging.process / worker / fanout
+    lifecycle_noun = "receiver"
 
     SCOPE_GLOBAL, SCOPE_SYSTEM, SCOPE_LOCAL = "global", "system", "local"
     # Set (by a test, say) to ack and drop every new delivery instead of handling it (R1).
@@ -268,10 +270,8 @@ class Receiver(BasicLifecycleObject):
     def on_terminate_active(self, *args, **kwargs):
         return self._stop_consuming(kwargs.get("exclude"))
 
-    def on_error(self, cause=None, *args, **kwargs):
-        if cause is None:
-            raise RuntimeError("Illegal receiver state change")
-        log.error("Receiver {name} error: {cause}", name=self.xname, cause=cause)
+    def _lifecycle_name(self):
+        return self.xname
 
     @defer.inlineCallbacks
     def _stop_consuming(self, exclude=None):

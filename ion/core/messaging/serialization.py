@@ -10,13 +10,14 @@ UTF-8 becomes `str`, which is what a Python 3 handler expects of R1 text.
 
 import msgpack
 
+from ion.core.exception import IonError
 from ion.core.object.codec import ION_R1_GPB
 
 CONTENT_TYPE = "application/msgpack"
 CONTENT_ENCODING = "binary"
 
 
-class WireFormatError(ValueError):
+class WireFormatError(IonError, ValueError):
     """An AMQP body that is not an ION message; the reason says why."""
 
 

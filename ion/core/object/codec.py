@@ -9,6 +9,7 @@ checked, and any inconsistency is a CodecError naming the problem.
 
 from google.protobuf.message import DecodeError, EncodeError
 
+from ion.core.exception import IonError
 from ion.core.messaging.message_client import ION_MESSAGE_TYPE, MessageInstance
 from ion.core.object import object_utils
 from ion.core.object.gpb.net.ooici.core.container.container_pb2 import Structure
@@ -19,7 +20,7 @@ from ion.core.object.repository import Repository, content_key
 ION_R1_GPB = "ION R1 GPB"
 
 
-class CodecError(Exception):
+class CodecError(IonError):
     """Content could not be packed, or received content is malformed or forged."""
 
 

@@ -10,12 +10,13 @@ import functools
 import importlib
 from dataclasses import dataclass, field
 
+from ion.core.exception import IonError
 from ion.core.object import gpb
 from ion.core.object.gpb.net.ooici.core.link.link_pb2 import CASRef
 from ion.core.object.gpb.net.ooici.core.type.type_pb2 import GPBType
 
 
-class ObjectUtilException(Exception):
+class ObjectUtilException(IonError):
     """A bad type identifier, an unknown object id, or an inconsistent registry."""
 
 

@@ -12,12 +12,13 @@ import itertools
 import uuid
 from typing import NamedTuple
 
+from ion.core.exception import IonError
 from ion.core.object import object_utils
 from ion.core.object.gpb_wrapper import Wrapper, wrapper_class
 from ion.core.object.object_utils import TypeIdentifier, iter_links
 
 
-class RepositoryError(Exception):
+class RepositoryError(IonError):
     """A link that cannot be made or followed."""
 
 

@@ -7,7 +7,6 @@ from twisted.logger import Logger
 
 from ion.core import ioninit
 from ion.core.process.process import Process, ProcessFactory
-from ion.util.state_object import BasicStates
 
 log = Logger()
 
@@ -89,10 +88,8 @@ class ProcessManager:
 
     @defer.inlineCallbacks
     def _terminate(self, process):
-        if process._get_state() in (BasicStates.TERMINATED, BasicStates.ERROR):
-            return
         try:
-            yield process.terminate()
+            yield process.terminate_unless_over()
         except Exception:
             log.failure("Process {id} did not terminate cleanly", id=process.id)
 

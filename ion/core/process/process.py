@@ -16,7 +16,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from ion.core import ioninit
-from ion.core.exception import ApplicationError, ProcessError
+from ion.core.exception import ApplicationError, ProcessError, UsageError
 from ion.core.id import Id
 from ion.core.messaging.broker.interface import ConnectionLost
 from ion.core.messaging.message_client import MessageClient, MessageInstance
@@ -72,6 +72,7 @@ class Process(BasicLifecycleObject):
     # Set by the container to a callable(process) returning the lifecycle
     # event publisher each process owns (§4.3); None publishes nothing.
     lifecycle_publisher_factory = None
+    lifecycle_noun = "process"
 
     def __init__(self, receiver=None, spawnargs=None, clock=None, **kwargs):
         """`clock` (an IReactorTime, the reactor by default) times RPCs and the receivers' log limits."""
@@ -187,17 +188,17 @@ class Process(BasicLifecycleObject):
             yield self._advance_life_cycle_objects(BasicStates.TERMINATED)
         except Exception:
             log.failure("Process {id}: could not terminate its lifecycle objects", id=self.id)
-        if cause is None:
-            raise RuntimeError("Illegal process state change")
-        log.error("Process {name} {id} error: {cause!r}", name=self.proc_name, id=self.id, cause=cause)
+        super().on_error(cause)
+
+    def _lifecycle_name(self):
+        return "%s %s" % (self.proc_name, self.id)
 
     shutdown = BasicLifecycleObject.terminate
 
     @defer.inlineCallbacks
     def _close_receivers(self, exclude=None):
         for receiver in list(self.receivers.values()):
-            if receiver._get_state() in (BasicStates.READY, BasicStates.ACTIVE):
-                yield receiver.terminate(exclude=exclude)
+            yield receiver.terminate_unless_over(exclude=exclude)
 
     def _publish_lifecycle_event(self, state):
         if self._plcc_pub is None:
@@ -272,10 +273,8 @@ class Process(BasicLifecycleObject):
         """Shut the children down, newest first; one that fails is logged and the rest go on."""
         children, self.child_procs = self.child_procs, []
         for desc in reversed(children):
-            if desc._get_state() in (BasicStates.INIT, BasicStates.TERMINATED, BasicStates.ERROR):
-                continue
             try:
-                yield desc.terminate()
+                yield desc.terminate_unless_over()
             except Exception as e:
                 log.error("Process {id}: child {child} did not shut down: {e!r}", id=self.id, child=desc.proc_name, e=e)
 
@@ -537,6 +536,8 @@ class ProcessDesc(BasicLifecycleObject):
     (READY with activate=False; a later activate() activates the process).
     """
 
+    lifecycle_noun = "ProcessDesc"
+
     def __init__(self, name=None, module=None, procclass=None, node=None, spawnargs=None, **kwargs):
         super().__init__()
         if node is not None:
@@ -580,15 +581,13 @@ class ProcessDesc(BasicLifecycleObject):
             return self.process.deactivate()
 
     def on_terminate(self, *args, **kwargs):
-        if self.process is not None and self.process._get_state() not in (BasicStates.TERMINATED, BasicStates.ERROR):
-            return self.process.terminate()
+        if self.process is not None:
+            return self.process.terminate_unless_over()
 
     on_terminate_active = on_terminate
 
-    def on_error(self, cause=None, *args, **kwargs):
-        if cause is None:
-            raise RuntimeError("Illegal ProcessDesc state change")
-        log.error("ProcessDesc {name}: {cause!r}", name=self.proc_name, cause=cause)
+    def _lifecycle_name(self):
+        return self.proc_name
 
 
 class ProcessClientBase:
@@ -628,7 +627,7 @@ class ProcessClient(ProcessClientBase):
     def rpc_send_protected(self, operation, content, user_id="ANONYMOUS", expiry="0", headers=None, **kwargs):
         """rpc_send with the security headers; `expiry` must be a string of digits (AssertionError otherwise)."""
         if not (isinstance(expiry, str) and expiry.isdigit()):
-            raise AssertionError("expiry must be a string of digits, not %r" % (expiry,))
+            raise UsageError("expiry must be a string of digits, not %r" % (expiry,))
         headers = dict(headers or {}, **{"user-id": user_id, "expiry": expiry})
         return self.rpc_send(operation, content, headers, **kwargs)
 

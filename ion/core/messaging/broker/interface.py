@@ -18,8 +18,10 @@ embedded-broker internals.
 
 from zope.interface import Attribute, Interface
 
+from ion.core.exception import IonError
 
-class BrokerError(Exception):
+
+class BrokerError(IonError):
     """Any failure reported by a broker."""
 
 

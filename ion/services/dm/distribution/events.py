@@ -31,6 +31,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from ion.core import ioninit
+from ion.core.exception import IonError, UsageError
 from ion.core.messaging.message_client import MessageClient, MessageInstance
 from ion.core.messaging.receiver import check_routing_key
 from ion.core.object.codec import ION_R1_GPB, CodecError
@@ -39,6 +40,10 @@ from ion.core.object.object_utils import create_type_identifier
 from ion.services.dm.distribution.publisher_subscriber import Publisher, Subscriber
 
 log = Logger()
+
+
+class UnknownEventFields(IonError):
+    """create_event got keyword arguments that neither the event message nor its payload has (R1: Exception)."""
 
 
 def get_events_exchange_point():
@@ -116,9 +121,9 @@ class EventPublisher(Publisher):
     def topic(self, origin):
         """The routing key `<event_id>.<origin>`; raises if the origin cannot be published under."""
         if not self.event_id:
-            raise AssertionError("%s has no event_id: it cannot publish" % (type(self).__name__,))
+            raise UsageError("%s has no event_id: it cannot publish" % (type(self).__name__,))
         if origin is None or origin == "":
-            raise AssertionError("%s: no origin for the topic" % (type(self).__name__,))
+            raise UsageError("%s: no origin for the topic" % (type(self).__name__,))
         self._check_origin(origin)
         return check_routing_key("%s.%s" % (self.event_id, origin))
 
@@ -143,7 +148,7 @@ class EventPublisher(Publisher):
                 continue
             if field.field_type == "TYPE_ENUM" and isinstance(value, str):
                 if not hasattr(field.field_enum, value):
-                    raise AssertionError(
+                    raise UsageError(
                         "%s=%r is not a name of %s (known: %s)"
                         % (key, value, key, ", ".join(sorted(field.field_enum.lookup.values())))
                     )
@@ -165,7 +170,7 @@ class EventPublisher(Publisher):
         defaults to now; a kwarg neither message has is an error.
         """
         if not self.msg_type:
-            raise AssertionError("%s has no msg_type: it cannot create events" % (type(self).__name__,))
+            raise UsageError("%s has no msg_type: it cannot create events" % (type(self).__name__,))
         kwargs.setdefault("datetime", time.time())
         remaining = dict(kwargs)
         event_msg = yield self._mc.create_instance(EVENT_MESSAGE_TYPE)
@@ -173,7 +178,7 @@ class EventPublisher(Publisher):
         payload = event_msg.CreateObject(self.msg_type)
         self._set_msg_fields(payload, remaining)
         if remaining:
-            raise Exception(
+            raise UnknownEventFields(
                 "create_event: unused kwargs remaining (%s), unused by base event message and msg type id %s"
                 % (remaining, self.msg_type.object_id)
             )

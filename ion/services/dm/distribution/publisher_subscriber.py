@@ -53,11 +53,14 @@ peers, non-durable subscribers, non-persistent publishers) sees only `X`.
 The companion goes away with the last durable queue bound to it.
 """
 
+import itertools
+
 from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from ion.core import ioninit
+from ion.core.exception import UsageError
 from ion.core.messaging.exchange import COMPANION_FLAGS, durable_companion
 from ion.core.messaging.messaging import Message
 from ion.core.messaging.receiver import Receiver, WorkerReceiver, check_routing_key
@@ -79,13 +82,17 @@ COMPANION_QUEUE_FLAGS = {
 }
 
 
+# Numbers the subscribers' receivers, so each has its own name and store entry.  R1 used the count
+# of the process's registered lifecycle objects, which subscribers built before registering shared.
+_subscriber_numbers = itertools.count()
+
 # What a subscriber's full queue does with the next event (x-overflow).
 OVERFLOW_MODES = ("drop-head", "reject-publish")
 
 
 def _require(value, what, who):
     if not value:
-        raise AssertionError("%s needs %s" % (who, what))
+        raise UsageError("%s needs %s" % (who, what))
 
 
 def _queue_arguments(who, max_length, max_length_bytes, overflow):
@@ -117,6 +124,8 @@ class Publisher(BasicLifecycleObject):
     default topic).  `persistent=True` publishes them with delivery_mode 2,
     so a durable queue keeps them across a broker restart.
     """
+
+    lifecycle_noun = "publisher"
 
     def __init__(
         self, xp_name=None, routing_key=None, credentials=None, process=None, persistent=False, *args, **kwargs
@@ -161,10 +170,8 @@ class Publisher(BasicLifecycleObject):
     def on_terminate(self, *args, **kwargs):
         return self._recv.terminate()
 
-    def on_error(self, cause=None, *args, **kwargs):
-        if cause is None:
-            raise RuntimeError("Illegal publisher state change")
-        log.error("Publisher {xp} error: {cause!r}", xp=self._xp_name, cause=cause)
+    def _lifecycle_name(self):
+        return self._xp_name
 
     def publish(self, data, routing_key=None, **kwargs):
         """
@@ -230,6 +237,8 @@ class Subscriber(BasicLifecycleObject):
     `depth_warning` events (default: `queue_depth_warning` in ion.config;
     0 turns it off); again only after it fell below half of that.
     """
+
+    lifecycle_noun = "subscriber"
 
     def __init__(
         self,
@@ -298,7 +307,7 @@ class Subscriber(BasicLifecycleObject):
             prefetch_count=prefetch_count,
             arguments=arguments,
         )
-        self._sub_name = "%s_subscriber_recv_%d" % (process.id.full, len(process._registered_life_cycle_objects))
+        self._sub_name = "%s_subscriber_recv_%d" % (process.id.full, next(_subscriber_numbers))
         self._recv = WorkerReceiver(
             self._sub_name,
             process=process,
@@ -348,14 +357,14 @@ class Subscriber(BasicLifecycleObject):
     @defer.inlineCallbacks
     def on_terminate(self, *args, **kwargs):
         self._stop_depth_watch()
-        if self._recv.state in (BasicStates.READY, BasicStates.ACTIVE):
-            yield self._recv.terminate()
+        yield self._recv.terminate_unless_over()
 
     def on_error(self, cause=None, *args, **kwargs):
         self._stop_depth_watch()
-        if cause is None:
-            raise RuntimeError("Illegal subscriber state change")
-        log.error("Subscriber {key} error: {cause!r}", key=self._binding_key, cause=cause)
+        return super().on_error(cause, *args, **kwargs)
+
+    def _lifecycle_name(self):
+        return self._binding_key
 
     @defer.inlineCallbacks
     def subscribe(self):
