@@ -1,6 +1,6 @@
 """
 One exception family: every exception class defined in ion/ derives from
-IonError (R1's FatalError and ProcessError excepted, as R1 had them), each
+IonError (R1's FatalError and ProcessError, plain Exceptions in R1, too), each
 name stays where R1 had it, and what R1 raised as a builtin is still that
 builtin, so existing ``except AssertionError`` code keeps working.
 """
@@ -17,8 +17,8 @@ from ion.core.exception import IllegalStateChange, IonError, UsageError
 from ion.core.messaging.receiver import Receiver
 from ion.services.dm.distribution.publisher_subscriber import Publisher
 
-# R1 derived these two from Exception, not IonError (reference §12.2).
-OUTSIDE_IONERROR = {("ion.core.exception", "FatalError"), ("ion.core.exception", "ProcessError")}
+# None: even R1's FatalError and ProcessError (R1: plain Exceptions, reference §12.2) are IonErrors now.
+OUTSIDE_IONERROR = set()
 
 # (R1 module, name, the builtin R1 raised in its place or derived it from).
 R1_NAMES = (

@@ -1,11 +1,11 @@
 """
 Exceptions shared across the container (names as in ION R1).
 
-Every exception the project defines derives from IonError, except R1's
-FatalError and ProcessError, which R1 derived from Exception.  A class that
-R1 (or an earlier version here) raised as a builtin keeps that builtin as a
-second base, so ``except ValueError`` or ``except AssertionError`` still
-catches it.  This module imports nothing from the project: every floor may
+Every exception the project defines derives from IonError, R1's
+FatalError and ProcessError too (R1 derived them from Exception directly;
+they still are Exceptions).  A class that R1 (or an earlier version here)
+raised as a builtin keeps that builtin as a second base, so
+``except ValueError`` or ``except AssertionError`` still catches it.  This module imports nothing from the project: every floor may
 import it.
 """
 
@@ -34,12 +34,12 @@ class UsageError(IonError, AssertionError):
     """An API was called without something it needs, or with a value it cannot take (R1 asserted these)."""
 
 
-class FatalError(Exception):
-    """The container cannot go on.  Outside IonError, as in R1."""
+class FatalError(IonError):
+    """The container cannot go on."""
 
 
-class ProcessError(Exception):
-    """A process was asked something it cannot do in its state.  Outside IonError, as in R1."""
+class ProcessError(IonError):
+    """A process was asked something it cannot do in its state."""
 
 
 class ApplicationError(IonError):
