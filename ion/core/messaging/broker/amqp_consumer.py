@@ -239,7 +239,8 @@ class Consumers:
     def cancelled_by_broker(self, channel):
         consumer = self._channels.get(channel.id)
         if consumer is not None:
-            log.warn("broker cancelled consumer {tag} on {queue} (queue deleted?)", tag=consumer.tag, queue=consumer.queue)
+            log.warn("broker cancelled consumer {tag} on {queue} (queue deleted?)", tag=consumer.tag,
+                     queue=consumer.queue)
             self._topology.remove_queue(consumer.queue)
             consumer.cancel()
 

@@ -66,7 +66,8 @@ class Topology:
     @defer.inlineCallbacks
     def replay(self, ops_channel, description):
         """
-        Declare again on a new connection, on the channel `ops_channel()` gives: exchanges, exchange bindings, queues, queue bindings, as
+        Declare again on a new connection, on the channel `ops_channel()`
+        gives: exchanges, exchange bindings, queues, queue bindings, as
         recorded.  What the broker refuses for good is logged and forgotten;
         ResourceLocked (the broker has not yet noticed the old connection is
         gone) fails the replay, to be tried again on the next connection.
