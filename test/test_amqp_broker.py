@@ -337,7 +337,7 @@ class RabbitConnectionTest(unittest.TestCase):
         confirms = [conn.publish("", queue, b"%d" % i) for i in range(500)]
         self.assertFalse(all(d.called for d in confirms))  # they wait for the broker's acks
         yield defer.gatherResults(confirms)
-        self.assertEqual(conn._pending.waiting, {})
+        self.assertEqual(conn._pipeline.pending.waiting, {})
         self.assertEqual((yield conn.queue_purge(queue)), 500)
 
     @defer.inlineCallbacks
@@ -347,14 +347,14 @@ class RabbitConnectionTest(unittest.TestCase):
         yield conn.publish("", queue, b"first")  # opens the channel
         published = conn.publish("", queue, b"second")
         self.assertTrue(published.called)
-        self.assertIsNone(conn._pending)
+        self.assertIsNone(conn._pipeline.pending)
         yield published
 
     @defer.inlineCallbacks
     def test_tcp_nodelay_and_heartbeat(self):
         conn = yield self.open()
-        self.assertTrue(conn._client.transport.getTcpNoDelay())
-        self.assertEqual(conn._client.heartbeat, 30)
+        self.assertTrue(conn._state.client.transport.getTcpNoDelay())
+        self.assertEqual(conn._state.client.heartbeat, 30)
         self.assertNotIn(self.address.password, conn.description)
 
     @defer.inlineCallbacks
@@ -364,11 +364,11 @@ class RabbitConnectionTest(unittest.TestCase):
         for i in range(20):
             yield conn.queue_bind(queue, "amq.topic", "k%d" % i)
             yield conn.publish("amq.topic", "k%d" % i, b"x")
-        self.assertEqual(sorted(conn._client.channels), [0, 1])
+        self.assertEqual(sorted(conn._state.client.channels), [0, 1])
         consumers = yield defer.gatherResults([conn.consume(queue, Collector()) for _ in range(3)])
-        self.assertEqual(len(conn._client.channels), 5)
+        self.assertEqual(len(conn._state.client.channels), 5)
         yield defer.gatherResults([c.cancel() for c in consumers])
-        self.assertEqual(sorted(conn._client.channels), [0, 1])
+        self.assertEqual(sorted(conn._state.client.channels), [0, 1])
 
     @defer.inlineCallbacks
     def test_publish_to_missing_exchange_does_not_break_later_calls(self):
@@ -388,7 +388,7 @@ class RabbitConnectionTest(unittest.TestCase):
         # reconnect_timeout=0: calls do not wait for the reconnect (test_reconnect covers waiting).
         conn = yield self.open(BrokerAddress.from_url(self.url("amqp", self.address.port, "?reconnect_timeout=0")))
         pending = conn.queue_declare(self.unique_name(), exclusive=True)
-        conn._client.transport.abortConnection()
+        conn._state.client.transport.abortConnection()
         yield self.assertFailure(pending, ConnectionLost)
         yield self.assertFailure(conn.publish("", "q", b"x"), ConnectionLost)
         yield conn.close()
@@ -436,7 +436,7 @@ class RabbitConnectionTest(unittest.TestCase):
         proxy = self.proxy(paths["server_cert"], paths["server_key"])
         address = BrokerAddress.from_url(self.url("amqps", proxy.port, "?cafile=%s&server_name=localhost" % paths["ca"]))
         conn = yield self.open(address)
-        self.assertTrue(conn._client.transport.getTcpNoDelay())
+        self.assertTrue(conn._state.client.transport.getTcpNoDelay())
         queue = yield conn.queue_declare(self.unique_name(), exclusive=True)
         collector = Collector()
         yield conn.consume(queue, collector)

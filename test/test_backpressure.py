@@ -32,22 +32,23 @@ def figures(test, **values):
 class InFlightPeak:
     """
     The most publishes ever in flight on a connection: checked after every write (each goes
-    through the connection's _send) and every time a publish's Deferred fires.
+    through the connection's Pipeline.send) and every time a publish's Deferred fires.
     """
 
     def __init__(self, conn):
         self.conn = conn
         self.most = 0
         self.most_waiting = 0
-        send = getattr(conn, "_send", None)
-        if send is not None:  # RabbitMQ; the embedded broker routes each publish at once
+        pipeline = getattr(conn, "_pipeline", None)
+        if pipeline is not None:  # RabbitMQ; the embedded broker routes each publish at once
+            send = pipeline.send
 
             def checked_send(message):
                 confirmed = send(message)
                 self.sample()
                 return confirmed
 
-            conn._send = checked_send
+            pipeline.send = checked_send
 
     def sample(self, result=None):
         self.most = max(self.most, self.conn.in_flight)

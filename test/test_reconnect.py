@@ -104,7 +104,7 @@ class InboxCollector:
 
 
 def ready(connection):
-    return connection._ready
+    return connection._state.ready
 
 
 def unique(prefix):
@@ -399,7 +399,7 @@ class ConnectionReconnectTest(unittest.TestCase):
 
         def cut_now(_):
             # Right when the 200th publish is confirmed: later ones are still waiting for theirs.
-            cut.update(at=reactor.seconds(), unconfirmed=len(conn._pending.waiting), connections=self.proxy.cut())
+            cut.update(at=reactor.seconds(), unconfirmed=len(conn._pipeline.pending.waiting), connections=self.proxy.cut())
 
         confirms[199].addCallback(cut_now)
         yield defer.gatherResults(confirms, consumeErrors=True)
@@ -423,9 +423,9 @@ class ConnectionReconnectTest(unittest.TestCase):
         yield conn.close()
         error = yield self.assertFailure(waiting, ConnectionLost)
         self.assertIn("closed", str(error))
-        self.assertFalse(conn._service.running)
+        self.assertFalse(conn._link.service.running)
         # The ClientService is stopped: it will not connect again.
-        yield self.assertFailure(conn._service.whenConnected(), defer.CancelledError)
+        yield self.assertFailure(conn._link.service.whenConnected(), defer.CancelledError)
         yield self.assertFailure(conn.publish("", "q", b"x"), ConnectionLost)
         yield wait_for(lambda: not self.proxy.clients(), timeout=5)  # and its connection is closed
 

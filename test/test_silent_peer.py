@@ -194,22 +194,6 @@ class _Mute(protocol.Protocol):
         self.received += data
 
 
-class _ClockedReactor:
-    """The real reactor for network I/O with a fake clock for every timer."""
-
-    def __init__(self, clock):
-        self._clock = clock
-
-    def callLater(self, *args, **kwargs):
-        return self._clock.callLater(*args, **kwargs)
-
-    def seconds(self):
-        return self._clock.seconds()
-
-    def __getattr__(self, name):
-        return getattr(reactor, name)
-
-
 class MutePeerTest(unittest.TestCase):
     timeout = 30
 
@@ -223,7 +207,7 @@ class MutePeerTest(unittest.TestCase):
         number = port.getHost().port
         clock = task.Clock()
         address = BrokerAddress.from_url("endpoint:tcp:host=127.0.0.1:port=%d" % number)
-        connecting = connect(address, _ClockedReactor(clock))
+        connecting = amqp.connect(address, clock=clock)
         yield wait_for(lambda: factory.connections and factory.connections[0].received == PROTOCOL_HEADER)
         clock.advance(amqp.HANDSHAKE_NOTICE)
         [waiting] = log.matching("waiting for AMQP connection.start", "127.0.0.1:%d" % number)

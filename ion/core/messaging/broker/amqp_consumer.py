@@ -1,6 +1,7 @@
 """
-The consuming side of an AMQPConnection: a Consumer on its own channel, and
-the Deliveries it hands to its callback (returned messages are Deliveries too).
+The consuming side of an AMQPConnection: a Consumer on its own channel, the
+Deliveries it hands to its callback (returned messages are Deliveries too),
+and the Consumers registry that starts them and resumes them after a reconnect.
 """
 
 from twisted.internet import defer
@@ -8,7 +9,9 @@ from twisted.logger import Logger
 from txamqp.client import TwistedEvent
 from zope.interface import implementer
 
-from ion.core.messaging.broker.interface import BrokerError, IConsumer, IDelivery
+from ion.core.messaging.broker.amqp_channel import BASIC, close_channel, invoke, open_channel
+from ion.core.messaging.broker.amqp_errors import dropped_under
+from ion.core.messaging.broker.interface import BrokerError, ChannelError, IConsumer, IDelivery, ResourceLocked
 
 log = Logger()
 
@@ -58,10 +61,10 @@ class Consumer:
     the broker named it, under a new tag unless the caller chose one.
     """
 
-    def __init__(self, connection, queue, callback, prefetch_count, no_ack, exclusive, requested_tag):
+    def __init__(self, registry, queue, callback, prefetch_count, no_ack, exclusive, requested_tag):
         self.queue = queue
         self.tag = None
-        self._connection = connection
+        self._registry = registry
         self._channel = None
         self._callback = callback
         self._prefetch_count = prefetch_count
@@ -84,8 +87,8 @@ class Consumer:
         try:
             if channel is not None and not channel.closed:
                 if self.tag is not None:
-                    yield self._connection._invoke(channel, "basic_cancel", consumer_tag=self.tag)
-                yield self._connection._close_channel(channel)
+                    yield invoke(channel, "basic_cancel", consumer_tag=self.tag)
+                yield close_channel(channel)
         except BrokerError as e:  # the broker requeues anyway once the channel or connection is gone
             log.debug("cancelling consumer {tag}: {e}", tag=self.tag, e=e)
         finally:
@@ -94,7 +97,7 @@ class Consumer:
     def _stop(self):
         """No more deliveries, not even after a reconnect; cancel() waiters fire."""
         self._stopping = True
-        self._connection._forget_consumer(self)
+        self._registry.forget(self)
         if not self._done:
             self._done = True
             self._stopped.fire()
@@ -122,9 +125,128 @@ class Consumer:
             log.debug("consumer {tag} is cancelled: {what} of {dtag} ignored", tag=self.tag, what=what,
                       dtag=delivery_tag)
             return
-        basic = self._connection._basic
         if ack:
-            data = channel.client.method_frame(channel.id, basic["ack"], (delivery_tag, False))
+            data = channel.client.method_frame(channel.id, BASIC["ack"], (delivery_tag, False))
         else:
-            data = channel.client.method_frame(channel.id, basic["reject"], (delivery_tag, requeue))
+            data = channel.client.method_frame(channel.id, BASIC["reject"], (delivery_tag, requeue))
         channel.client.write(data)
+
+
+class Consumers:
+    """
+    Every running Consumer of an AMQPConnection, and which channel of the
+    current TCP connection each is on; each is started again (`resume`) on a
+    new connection.
+    """
+
+    def __init__(self, state, address, topology):
+        self.description = address.description
+        self._state = state
+        self._address = address
+        self._topology = topology
+        self._running = []  # every running Consumer, resumed after a reconnect
+        self._channels = {}  # channel id -> Consumer, on the current connection
+
+    @defer.inlineCallbacks
+    def consume(self, queue, callback, prefetch_count, no_ack, exclusive, consumer_tag):
+        """A new running Consumer; waits for READY, and starts again if the connection dropped under it."""
+        consumer = Consumer(self, self._topology.current(queue), callback, prefetch_count, no_ack, exclusive,
+                            consumer_tag)
+        while True:
+            yield self._state.when_ready(self._address.reconnect_timeout)
+            try:
+                yield self._start(consumer)
+                break
+            except Exception as e:
+                if self._state.closing or not dropped_under(e):
+                    raise
+        if not consumer._stopping:
+            self._running.append(consumer)
+        return consumer
+
+    @defer.inlineCallbacks
+    def _start(self, consumer):
+        """basic.consume on a new channel of the current connection."""
+        channel = yield open_channel(self._state)
+        consumer.queue = self._topology.current(consumer.queue)
+        consumer._channel = channel
+        self._channels[channel.id] = consumer
+        try:
+            yield invoke(channel, "basic_qos", prefetch_size=0, prefetch_count=consumer._prefetch_count, global_=False)
+            reply = yield invoke(channel, "basic_consume", queue=consumer.queue,
+                                 consumer_tag=consumer._requested_tag or "", no_ack=consumer._no_ack,
+                                 exclusive=consumer._exclusive)
+        except BaseException:
+            if self._channels.get(channel.id) is consumer:
+                del self._channels[channel.id]
+            if not channel.closed:
+                yield close_channel(channel).addErrback(lambda _: None)
+            raise
+        consumer.tag = reply.consumer_tag
+        if consumer._stopping:  # cancelled meanwhile
+            yield consumer._cancel()
+
+    @defer.inlineCallbacks
+    def resume(self):
+        """Start every running consumer on the new connection; fires with how many were."""
+        resumed = 0
+        for consumer in list(self._running):
+            if consumer._stopping:
+                continue
+            try:
+                yield self._start(consumer)
+                resumed += 1
+            except ChannelError as e:
+                if isinstance(e, ResourceLocked):
+                    raise  # an exclusive consumer of the old connection, not yet noticed gone
+                log.error("{conn}: cannot resume consumer {tag} on {queue}: {e}; it is stopped", conn=self.description,
+                          tag=consumer.tag, queue=consumer.queue, e=e)
+                consumer._stop()
+        return resumed
+
+    def forget(self, consumer):
+        """`consumer` stopped: not resumed again, and its auto-delete queue not declared again."""
+        if consumer in self._running:
+            self._running.remove(consumer)
+        channel = consumer._channel
+        if channel is not None and self._channels.get(channel.id) is consumer:
+            del self._channels[channel.id]
+        # The broker deletes an auto-delete queue with its last consumer: do not declare it again.
+        flags, _ = self._topology.queues.get(consumer.queue, ({}, False))
+        if flags.get("auto_delete") and not any(c.queue == consumer.queue for c in self._running):
+            self._topology.remove_queue(consumer.queue)
+
+    def cancel_all(self):
+        return defer.DeferredList([c.cancel() for c in list(self._running)])
+
+    def stop_all(self):
+        for consumer in list(self._running):
+            consumer._stop()
+
+    def lost(self):
+        """The TCP connection is gone, and with it every consumer's channel."""
+        self._channels = {}
+
+    # -- from the broker
+
+    def deliver(self, channel, msg):
+        consumer = self._channels.get(channel.id)
+        if consumer is None or consumer._channel is not channel:
+            log.debug("delivery for a cancelled consumer on channel {id} dropped", id=channel.id)
+            return
+        consumer._deliver(channel, msg)
+
+    def cancelled_by_broker(self, channel):
+        consumer = self._channels.get(channel.id)
+        if consumer is not None:
+            log.warn("broker cancelled consumer {tag} on {queue} (queue deleted?)", tag=consumer.tag,
+                     queue=consumer.queue)
+            self._topology.remove_queue(consumer.queue)
+            consumer.cancel()
+
+    def channel_closed(self, channel):
+        """The broker closed `channel`: its consumer (returned, or None) stops."""
+        consumer = self._channels.get(channel.id)
+        if consumer is not None:
+            consumer._stop()
+        return consumer
