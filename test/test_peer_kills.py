@@ -98,7 +98,12 @@ class PeerKillTest(IonTestCase):
         yield wait_for(lambda: len(doomed.names) >= 100, timeout=30)
         yield doomed.kill()
         yield publishing
-        yield wait_for(lambda: len(doomed.distinct | other.distinct) == EVENTS, timeout=60)
+        try:
+            yield wait_for(lambda: len(doomed.distinct | other.distinct) == EVENTS, timeout=120)
+        except AssertionError:
+            missing = sorted(set(map(str, range(EVENTS))) - doomed.distinct - other.distinct, key=int)
+            self.fail("killed one got %d, the other %d; missing %d: %s...\n%s"
+                      % (len(doomed.names), len(other.names), len(missing), missing[:10], other.log()))
         self.assertGreater(len(other.distinct), 0)
         figures("competing consumer SIGKILLed", published=EVENTS, killed_one_got=len(doomed.names),
                 other_got=len(other.names), lost=0,
