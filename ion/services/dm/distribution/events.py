@@ -32,7 +32,7 @@ from twisted.logger import Logger
 
 from ion.core import ioninit
 from ion.core.messaging.message_client import MessageClient, MessageInstance
-from ion.core.messaging.receiver import check_routing_key
+from ion.core.messaging.envelope import check_routing_key
 from ion.core.object.codec import ION_R1_GPB, CodecError
 from ion.core.object.gpb_wrapper import Wrapper
 from ion.core.object.object_utils import create_type_identifier
