@@ -378,13 +378,12 @@ class Receiver(BasicLifecycleObject):
         if self.publisher_config:
             config.update(self.publisher_config)
         try:
-            exchange_manager = self.exchange_manager
-        except ReceiverError:
+            return self.exchange_manager.send(
+                config, sender or self.xname, recipient, operation, content, headers,
+                mandatory=mandatory, delivery_mode=delivery_mode,
+            )
+        except Exception:  # no container, or one not connected yet
             return defer.fail()
-        return exchange_manager.send(
-            config, sender or self.xname, recipient, operation, content, headers,
-            mandatory=mandatory, delivery_mode=delivery_mode,
-        )
 
 
 class ProcessReceiver(Receiver):

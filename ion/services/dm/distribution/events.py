@@ -198,10 +198,14 @@ class EventPublisher(Publisher):
     @defer.inlineCallbacks
     def create_and_publish_event(self, **kwargs):
         """create_event then publish_event; an `origin` kwarg is both a field and the routing origin."""
-        if kwargs.get("origin") not in (None, ""):
-            self.topic(kwargs["origin"])  # a bad origin fails here, before the event is made
+        origin = kwargs.get("origin")
+        # A bad origin fails here, before the event is made; the key is worked out once.
+        routing_key = self.topic(origin) if origin not in (None, "") else None
         event_msg = yield self.create_event(**kwargs)
-        yield self.publish_event(event_msg, origin=kwargs.get("origin"))
+        if routing_key is None:
+            yield self.publish_event(event_msg)
+        else:
+            yield self.publish(event_msg, routing_key=routing_key)
         return event_msg
 
 

@@ -149,7 +149,7 @@ class Publisher(BasicLifecycleObject):
         return config
 
     def on_initialize(self, *args, **kwargs):
-        pass
+        pass  # nothing to prepare: a publisher has no queue
 
     @defer.inlineCallbacks
     def on_activate(self, *args, **kwargs):
@@ -160,7 +160,7 @@ class Publisher(BasicLifecycleObject):
             yield self.exchange_manager.bind_durable_companion(self._xp_name)
 
     def on_deactivate(self, *args, **kwargs):
-        pass
+        pass  # nothing to stop: each publish is complete in itself
 
     def on_terminate(self, *args, **kwargs):
         pass
@@ -177,19 +177,18 @@ class Publisher(BasicLifecycleObject):
         without sending anything if the routing key is too long.
         """
         try:
-            exchange_manager = self.exchange_manager
-        except Exception:
+            return self.exchange_manager.send(
+                self._exchange_config(),
+                self._process.id.full,
+                routing_key or self._routing_key,
+                None,
+                data,
+                {"sender-name": self._process.proc_name},
+                mandatory=mandatory,
+                delivery_mode=self.delivery_mode if delivery_mode is None else delivery_mode,
+            )
+        except Exception:  # no container, or one not connected yet
             return defer.fail()
-        return exchange_manager.send(
-            self._exchange_config(),
-            self._process.id.full,
-            routing_key or self._routing_key,
-            None,
-            data,
-            {"sender-name": self._process.proc_name},
-            mandatory=mandatory,
-            delivery_mode=self.delivery_mode if delivery_mode is None else delivery_mode,
-        )
 
     def register(self, xp_name=None, topic_name=None, publisher_name=None, credentials=None):
         """R1's optional PubSub-controller registration; there is no such service here."""
