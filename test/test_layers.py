@@ -29,6 +29,9 @@ Floors, lowest first (the first matching prefix wins; a package's
 
 An import inside a function runs when the function is called; one is allowed
 only if it is listed in LATE_IMPORTS with the reason it must be late.
+
+Above the broker floor only ion.core.messaging.exchange (ExchangeManager)
+touches the broker connection: nothing else says `exchange_manager.connection`.
 """
 
 import ast
@@ -198,6 +201,20 @@ class LayerTests(unittest.TestCase):
         edges = {module: {t for t, _line, top_level in imports if top_level} for module, imports in self.graph.items()}
         cycle = find_cycle(edges)
         self.assertIsNone(cycle, "import circle: %s" % (" -> ".join(cycle or ()),))
+
+    def test_only_the_exchange_manager_holds_the_connection(self):
+        """Above the broker, nobody reaches through `exchange_manager.connection`: ExchangeManager has a method for it."""
+        reaching = []
+        for module, path in sorted(self.modules.items()):
+            if floor_of(module)[0] == 3 or module == "ion.core.messaging.exchange":
+                continue
+            for node in ast.walk(ast.parse(open(path, encoding="utf-8").read(), path)):
+                if isinstance(node, ast.Attribute) and node.attr == "connection":
+                    owner = node.value
+                    owner_name = getattr(owner, "attr", None) or getattr(owner, "id", None)
+                    if owner_name == "exchange_manager":
+                        reaching.append("%s:%d" % (module, node.lineno))
+        self.assertEqual(reaching, [], "exchange_manager.connection used in:\n  " + "\n  ".join(reaching))
 
     # --- the checker itself ---------------------------------------------------
     def test_floor_table_is_ordered_by_prefix(self):
