@@ -9,8 +9,8 @@ ExchangeManager; only it holds the connection.
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from ion.core.messaging.broker.interface import BrokerError, ConnectionLost, NotFound, PreconditionFailed
 from ion.core.messaging import envelope
+from ion.core.messaging.broker.interface import BrokerError, ConnectionLost, NotFound, PreconditionFailed
 
 log = Logger()
 
