@@ -28,7 +28,7 @@ from ion.core.messaging.broker.interface import ConnectionLost
 from ion.core.messaging.message_client import MessageClient, MessageInstance
 from ion.core.messaging.messaging import Message
 from ion.core.messaging.receiver import ProcessReceiver
-from ion.core.messaging.names import get_scoped_name
+from ion.core.process.procutils import get_scoped_name
 from ion.util.state_object import BasicLifecycleObject, BasicStates
 
 log = Logger()
