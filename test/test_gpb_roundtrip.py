@@ -2,6 +2,7 @@
 
 from twisted.internet import defer
 
+from ion.core.messaging.envelope import encode
 from ion.core.messaging.message_client import MessageInstance
 from ion.core.object.object_utils import create_type_identifier
 from ion.core.process.process import Process
@@ -71,12 +72,8 @@ class GPBRoundTripTests(BrokerTestMixin):
     @defer.inlineCallbacks
     def test_forged_structure_rejected_next_message_delivered(self):
         connection = self.container.exchange_manager.connection
-        from ion.core.messaging.ionmessage import build_message
-        from ion.core.messaging.serialization import pack_body
-
-        forged = build_message("x.1", self.keeper.id.full, "keep", b"\x0a\x05forged")
-        forged["encoding"] = "ION R1 GPB"
-        yield connection.publish("magnet.topic", self.keeper.id.full, pack_body(forged))
+        forged = encode("x.1", self.keeper.id.full, "keep", b"\x0a\x05forged", {"encoding": "ION R1 GPB"})
+        yield connection.publish("magnet.topic", self.keeper.id.full, forged.body)
         msg = yield self.make_event()
         yield self.sender.rpc_send(self.keeper.id.full, "keep", msg)
         self.assertEqual(len(self.keeper.kept), 1)

@@ -10,9 +10,8 @@ import time
 from twisted.internet import defer, task
 from twisted.logger import globalLogPublisher
 
-from ion.core.messaging.ionmessage import build_message
-from ion.core.messaging.serialization import pack_body, unpack_body
-from ion.core.object.codec import ION_R1_GPB, decode_content, encode_content
+from ion.core.messaging import envelope
+from ion.core.object.codec import ION_R1_GPB
 from ion.core.object.gpb.net.ooici.core.container.container_pb2 import Structure
 from ion.core.object.repository import content_key
 from ion.core.process.process import Process
@@ -79,14 +78,14 @@ def malformed_bodies(count, event_body, event_content, seed=5):
             element.key = content_key(element.value, element.type)
         else:  # an unknown type
             element.type.object_id = 999999
-        return pack_body(dict(headers, content=s.SerializeToString()))
+        return envelope.pack_body(dict(headers, content=s.SerializeToString()))
 
     makers = (
         lambda: bytes([rnd.choice(non_map_starts)]) + rnd.randbytes(rnd.randrange(64)),
         lambda: event_body[: rnd.randrange(len(event_body))],
         forged,
-        lambda: pack_body(dict(headers, content=rnd.randbytes(rnd.randrange(1, 64)))),
-        lambda: pack_body({"sender": "forger", "content": b"x", 7: "a number as a header key"}),
+        lambda: envelope.pack_body(dict(headers, content=rnd.randbytes(rnd.randrange(1, 64)))),
+        lambda: envelope.pack_body({"sender": "forger", "content": b"x", 7: "a number as a header key"}),
     )
     return [makers[i % len(makers)]() for i in range(count)]
 
@@ -97,11 +96,12 @@ class PoisonTests(BrokerTestMixin):
         yield self._start_container()
         self.proc = Process(spawnargs={"proc-name": "poison-tester"})
         yield self.proc.spawn()
-        self.connection = self.container.exchange_manager.connection
+        self.connection = self.container.exchange_manager.connection  # for publishing forged bodies
+        self.broker = self.container.exchange_manager
         # Dead letters are durable: nothing else would remove them from RabbitMQ.
-        self.addCleanup(dead_letters.delete, self.connection)
+        self.addCleanup(dead_letters.delete, self.broker)
         self.dead = DeadLetterBox()
-        reader = yield dead_letters.consume(self.connection, self.dead)
+        reader = yield dead_letters.consume(self.broker, self.dead)
         self.addCleanup(reader.cancel)
         self.pub = events.InfoLoggingEventPublisher(process=self.proc, origin=ORIGIN)
         yield self.proc.register_life_cycle_object(self.pub)
@@ -199,8 +199,7 @@ class PoisonTests(BrokerTestMixin):
         self.assertEqual((letter.routing_key, letter.original_exchange), (KEY, sub._xp_name))
         self.assertEqual((letter.queue, letter.subscriber), (sub.queue, sub._sub_name))
         self.assertEqual(letter.properties["content_type"], "application/msgpack")
-        data = unpack_body(letter.body)
-        self.assertEqual(decode_content(data["content"], data["encoding"]).name, sent.name)
+        self.assertEqual(envelope.decode(letter.body)["content"].name, sent.name)
         # Nothing more happens to it, and the subscriber goes on.
         yield self.barrier(sub)
         self.assertEqual(handler.calls, ["poison pill"] * 4)
@@ -252,8 +251,7 @@ class PoisonTests(BrokerTestMixin):
         handler = FailingHandler()
         sub = yield self.subscribe(handler, retries=1)
         event = yield self.pub.create_event(name="forged header")
-        value, encoding = encode_content(event)
-        body = pack_body(dict(build_message("forger", KEY, None, value), encoding=encoding))
+        body = envelope.encode("forger", KEY, None, event).body
         headers = {
             dead_letters.ATTEMPTS: "lots",
             dead_letters.ORIGINAL_ROUTING_KEY: "k" * 300,
@@ -271,9 +269,8 @@ class PoisonTests(BrokerTestMixin):
     def poison(self, sub, collector, count):
         """Push `count` malformed bodies, then a valid event; fires with (bodies, seconds until it arrived)."""
         event = yield self.pub.create_event(name="valid")
-        value, encoding = encode_content(event)
-        event_body = pack_body(dict(build_message("raw", KEY, None, value), encoding=encoding))
-        bodies = malformed_bodies(count, event_body, value)
+        sealed = envelope.encode("raw", KEY, None, event)
+        bodies = malformed_bodies(count, sealed.body, sealed.message["content"])
         raw = yield self.connect_broker()
         started = time.monotonic()
         for start in range(0, count, 1000):

@@ -189,7 +189,8 @@ class DeadLetterBoundTests(BrokerTestMixin):
     def setUp(self):
         yield self._start_container()
         self.connection = self.container.exchange_manager.connection
-        self.addCleanup(dead_letters.delete, self.connection)
+        self.broker = self.container.exchange_manager
+        self.addCleanup(dead_letters.delete, self.broker)
         self.name = dead_letters.dead_letter_name()
 
     def configure(self, **settings):
@@ -201,7 +202,7 @@ class DeadLetterBoundTests(BrokerTestMixin):
         """The `count` dead letters the queue holds, in order (and that it holds no more)."""
         self.assertEqual((yield self.connection.queue_depth(self.name)), count)
         letters = []
-        reader = yield dead_letters.consume(self.connection, letters.append)
+        reader = yield dead_letters.consume(self.broker, letters.append)
         yield wait_for(lambda: len(letters) >= count)
         yield reader.cancel()
         return letters
@@ -209,7 +210,7 @@ class DeadLetterBoundTests(BrokerTestMixin):
     @defer.inlineCallbacks
     def test_count_bound_from_config_drops_the_oldest(self):
         self.configure(max_length=3)
-        yield dead_letters.declare(self.connection)
+        yield dead_letters.declare(self.broker)
         bodies = [bytes([i, 0, 255, 0x80]) * (i + 1) for i in range(5)]  # not text, sizes differ
         for body in bodies:
             yield self.connection.publish(self.name, "k.%d" % len(body), body)
@@ -219,7 +220,7 @@ class DeadLetterBoundTests(BrokerTestMixin):
     @defer.inlineCallbacks
     def test_byte_bound_from_config_drops_the_oldest(self):
         self.configure(max_length_bytes=100)
-        yield dead_letters.declare(self.connection)
+        yield dead_letters.declare(self.broker)
         bodies = [b"%02d" % i + b"\x00" * 38 for i in range(4)]  # 40 bytes each: two fit
         for body in bodies:
             yield self.connection.publish(self.name, "k", body)
@@ -251,8 +252,8 @@ class DeadLetterBoundTests(BrokerTestMixin):
         # As an older version declared it: no bounds.
         yield self.connection.exchange_declare(self.name, type="topic", durable=True, auto_delete=False)
         yield self.connection.queue_declare(self.name, durable=True, auto_delete=False)
-        yield dead_letters.declare(self.connection)
-        yield dead_letters.declare(self.connection)
+        yield dead_letters.declare(self.broker)
+        yield dead_letters.declare(self.broker)
         warnings = [e for e in logged if "these bounds are not applied" in (e.get("log_format") or "")]
         self.assertEqual(len(warnings), 1)
         self.assertEqual(warnings[0]["name"], self.name)

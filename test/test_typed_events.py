@@ -13,11 +13,10 @@ from twisted.internet import defer, reactor, task
 from twisted.logger import LogLevel, globalLogPublisher
 from twisted.trial import unittest
 
-from ion.core.messaging.ionmessage import build_message
+from ion.core.messaging.envelope import encode
 from ion.core.messaging.message_client import new_message_instance
 from ion.core.messaging.receiver import FailureThrottle, Receiver, WorkerReceiver
-from ion.core.messaging.serialization import pack_body
-from ion.core.object.codec import ION_R1_GPB, encode_content, pack
+from ion.core.object.codec import ION_R1_GPB, pack
 from ion.core.object.object_utils import create_type_identifier
 from ion.core.object.repository import Repository
 from ion.core.process.process import Process
@@ -37,22 +36,20 @@ EVENT_MONITOR_SUBSCRIBE_TYPE = create_type_identifier(object_id=2335)  # GPB, bu
 
 def envelope(content, encoding=None):
     """The body of an ION message from a hostile sender: `content` as is, `encoding` if given."""
-    message = build_message("hostile", KEY, None, content)
-    if encoding is not None:
-        message["encoding"] = encoding
-    return pack_body(message)
+    return encode("hostile", KEY, None, content, None if encoding is None else {"encoding": encoding}).body
 
 
 def gpb_envelope(content_type):
     """A well-formed 'ION R1 GPB' envelope whose IonMsg holds a new object of `content_type` (None: nothing)."""
-    return envelope(*encode_content(new_message_instance(content_type)))
+    return encode("hostile", KEY, None, new_message_instance(content_type)).body
 
 
 @defer.inlineCallbacks
 def hostile_envelopes(pub):
     """[(what it is, body)]: each a way for an envelope on an event route not to be an event."""
     event = yield pub.create_event(name="almost an event")
-    event_content, encoding = encode_content(event)
+    sealed = encode("hostile", KEY, None, event)
+    event_content, encoding = sealed.message["content"], sealed.message["encoding"]
     bare_event = Repository().create_object(events.EVENT_MESSAGE_TYPE)
     bare_event.name = "bare"
     return [
@@ -89,10 +86,10 @@ class TypedEventTests(BrokerTestMixin):
         yield self._start_container()
         self.proc = Process(spawnargs={"proc-name": "typed-tester"})
         yield self.proc.spawn()
-        self.connection = self.container.exchange_manager.connection
-        self.addCleanup(dead_letters.delete, self.connection)
+        self.connection = self.container.exchange_manager.connection  # for publishing hostile bodies
+        self.addCleanup(dead_letters.delete, self.container.exchange_manager)
         self.dead = DeadLetterBox()
-        reader = yield dead_letters.consume(self.connection, self.dead)
+        reader = yield dead_letters.consume(self.container.exchange_manager, self.dead)
         self.addCleanup(reader.cancel)
         self.pub = events.InfoLoggingEventPublisher(process=self.proc, origin=ORIGIN)
         yield self.proc.register_life_cycle_object(self.pub)

@@ -1,7 +1,7 @@
 """
 R1's grab bag of process utilities, `import ion.util.procutils as pu` (§12.1).
 
-The naming helpers live in `ion.core.process.procutils`; this module gives
+The naming helpers live in `ion.core.messaging.names`; this module gives
 them, and the rest R1 user code calls, under R1's path and signatures.
 """
 
@@ -19,7 +19,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from ion.core.id import Id
-from ion.core.process import procutils as _naming
+from ion.core.messaging import names as _naming
 
 log = Logger()
 

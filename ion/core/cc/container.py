@@ -61,7 +61,7 @@ class Container(BasicLifecycleObject):
             "Container {id} (sysname {sysname}) connected to {broker}",
             id=self.id,
             sysname=ioninit.sys_name,
-            broker=connection.description,
+            broker=self.exchange_manager.description,
         )
         yield self.proc_manager.create_supervisor()
         ioncore_app = ioninit.config("ion.core.pack.app_manager").getValue("ioncore_app", "res/apps/ioncore.app")

@@ -1,14 +1,17 @@
 """
-The container's side of the broker: declarations made once, publishing, and
-the registry of messaging names the shell lists.
+The container's side of the broker: declarations made once, publishing,
+consuming, and the registry of messaging names the shell lists.
+
+Everything above ion.core.messaging.broker talks to the broker through an
+ExchangeManager; only it holds the connection.
 """
 
 from twisted.internet import defer
 from twisted.logger import Logger
 
 from ion.core.exception import IonError
+from ion.core.messaging import envelope
 from ion.core.messaging.broker.interface import BrokerError, ConnectionLost, NotFound, PreconditionFailed
-from ion.core.messaging.serialization import WireFormatError, message_properties, pack_body, unpack_body
 
 log = Logger()
 
@@ -32,9 +35,11 @@ class ExchangeManager:
     its watcher; the others are dropped quietly: an event nobody subscribes
     to is normal.
 
-    Exchanges are declared once per connection and flag set (R1 declared on
-    every publish).  If an auto-delete exchange vanished meanwhile, the next
-    publish to it declares it again and retries once.
+    Exchanges are declared here only, once per connection and flag set (R1
+    declared on every publish): by `declare_for` (a publisher's activation),
+    `declare_queue` (a receiver's), or the first `publish` to them.  If an
+    auto-delete exchange vanished meanwhile, the next publish to it declares
+    it again and retries once.
     """
 
     def __init__(self, connection):
@@ -59,8 +64,8 @@ class ExchangeManager:
         if not self._return_watchers:
             return
         try:
-            conv_id = unpack_body(delivery.body).get("conv-id")
-        except WireFormatError:
+            conv_id = envelope.unpack_body(delivery.body).get("conv-id")
+        except envelope.WireFormatError:
             return
         watcher = self._return_watchers.pop(conv_id, None) if isinstance(conv_id, str) else None
         if watcher is not None:
@@ -69,6 +74,11 @@ class ExchangeManager:
     @property
     def description(self):
         return self.connection.description
+
+    @property
+    def connected(self):
+        """True while broker calls go through at once (IBrokerConnection.connected)."""
+        return self.connection.connected
 
     @defer.inlineCallbacks
     def declare_exchange(self, name, type="topic", durable=False, auto_delete=True):
@@ -101,21 +111,29 @@ class ExchangeManager:
                 if flags is not None:
                     yield self.declare_exchange(exchange, *flags)
 
-    def _declare_from(self, config):
+    def declare_for(self, config):
+        """Declare the exchange a publisher or queue config names, with the config's flags."""
         type, durable, auto_delete = _flags(config)
         return self.declare_exchange(config["exchange"], type=type, durable=durable, auto_delete=auto_delete)
 
     @defer.inlineCallbacks
     def declare_queue(self, config):
-        """Exchange, queue and binding for a consumer config; fires with the queue's name."""
-        yield self._declare_from(config)
-        queue = yield self.connection.queue_declare(
-            config.get("queue") or "",
-            durable=config.get("durable", False),
-            exclusive=config.get("exclusive", False),
-            auto_delete=config.get("auto_delete", True),
-            arguments=config.get("arguments"),
-        )
+        """
+        Exchange, queue and binding for a consumer config; fires with the
+        queue's name.  With `passive` in the config the queue must exist and
+        is used as it is.
+        """
+        yield self.declare_for(config)
+        if config.get("passive"):
+            queue = yield self.connection.queue_declare(config["queue"], passive=True)
+        else:
+            queue = yield self.connection.queue_declare(
+                config.get("queue") or "",
+                durable=config.get("durable", False),
+                exclusive=config.get("exclusive", False),
+                auto_delete=config.get("auto_delete", True),
+                arguments=config.get("arguments"),
+            )
         if config.get("routing_key") is not None:
             yield self._bind(queue, config)
         return queue
@@ -127,7 +145,7 @@ class ExchangeManager:
         except NotFound:
             # The auto-delete exchange went away between declare and bind.
             self._exchanges.pop(config["exchange"], None)
-            yield self._declare_from(config)
+            yield self.declare_for(config)
             yield self.connection.queue_bind(queue, config["exchange"], config["routing_key"])
         self._bindings.setdefault(queue, set()).add(config["exchange"])
 
@@ -137,6 +155,36 @@ class ExchangeManager:
         yield self.connection.queue_unbind(queue, exchange, routing_key)
         self._bindings.get(queue, set()).discard(exchange)
         self._forget_if_unbound(exchange)
+
+    @defer.inlineCallbacks
+    def queue_exists(self, queue):
+        """True when `queue` exists on the broker (a passive declare)."""
+        try:
+            yield self.connection.queue_declare(queue, passive=True)
+        except NotFound:
+            return False
+        return True
+
+    def queue_depth(self, queue):
+        """Fires with the number of messages ready in `queue`."""
+        return self.connection.queue_depth(queue)
+
+    @defer.inlineCallbacks
+    def delete_queue(self, queue):
+        """Delete `queue` and forget its bindings; fires with the number of messages dropped."""
+        dropped = yield self.connection.queue_delete(queue)
+        self.queue_deleted(queue)
+        return dropped
+
+    @defer.inlineCallbacks
+    def delete_exchange(self, name):
+        """Delete exchange `name`; the next use declares it again."""
+        yield self.connection.exchange_delete(name)
+        self._exchanges.pop(name, None)
+
+    def consume(self, queue, callback, prefetch_count=1, no_ack=False):
+        """Start consuming `queue`: callback(IDelivery) for each message; fires with the IConsumer."""
+        return self.connection.consume(queue, callback, prefetch_count=prefetch_count, no_ack=no_ack)
 
     def queue_deleted(self, queue):
         """`queue` is gone (an auto-delete queue's consumer was cancelled), and its bindings with it."""
@@ -159,33 +207,50 @@ class ExchangeManager:
             for source in self._bindings.pop(exchange, ()):
                 self._forget_if_unbound(source)
 
-    def send(self, config, routing_key, message, mandatory=False, delivery_mode=1):
+    def send(self, config, sender, recipient, operation, content, headers=None, mandatory=None, delivery_mode=1):
         """
-        Pack `message` (a header dict) and publish it per the exchange `config`.
+        Encode one ION message (envelope.encode) and publish it to
+        `recipient` per the exchange `config`; `mandatory` defaults to the
+        config's.  Fires with the header map sent; fails without sending
+        anything if the message cannot be encoded.
+        """
+        try:
+            sealed = envelope.encode(sender, recipient, operation, content, headers, delivery_mode)
+        except Exception:
+            return defer.fail()
+        if mandatory is None:
+            mandatory = config.get("mandatory", False)
+        return self.publish(config, sealed, mandatory).addCallback(lambda _: sealed.message)
+
+    def publish(self, config, sealed, mandatory=False):
+        """
+        Publish an Envelope on the exchange `config` names, with its routing key.
         The hot path: no declaration once the exchange is known.
         """
         if self.stopping and not self.connection.connected:
             return defer.fail(ConnectionLost("%s is not connected and the container is stopping" % (self.description,)))
-        try:
-            body = pack_body(message)
-        except Exception:
-            return defer.fail()
-        properties = message_properties(delivery_mode)
-        exchange = config["exchange"]
+        exchange, routing_key = config["exchange"], sealed.routing_key
 
         def publish(_=None):
-            return self.connection.publish(exchange, routing_key, body, properties, mandatory=mandatory)
+            return self.connection.publish(exchange, routing_key, sealed.body, sealed.properties, mandatory=mandatory)
 
         def declare_again(failure):
             failure.trap(NotFound)  # an auto-delete exchange went away meanwhile
             self._exchanges.pop(exchange, None)
-            return self._declare_from(config).addCallback(publish)
+            return self.declare_for(config).addCallback(publish)
 
         if self._exchanges.get(exchange) == _flags(config):
             sent = publish()
         else:
-            sent = self._declare_from(config).addCallback(publish)
+            sent = self.declare_for(config).addCallback(publish)
         return sent.addErrback(declare_again)
+
+    def publish_raw(self, exchange, routing_key, body, properties=None, mandatory=False):
+        """
+        Publish a body as it is (a retry copy, a dead letter) to an exchange
+        that exists already (or the default exchange, '').
+        """
+        return self.connection.publish(exchange, routing_key, body, properties, mandatory=mandatory)
 
     @defer.inlineCallbacks
     def close(self):

@@ -4,7 +4,7 @@ A received AMQP message and the R1 queue configurations (§5.4, §5.6).
 
 from ion.core.exception import IonError
 from ion.core.messaging.broker.interface import PROPERTY_NAMES
-from ion.core.messaging.serialization import unpack_body
+from ion.core.messaging import envelope
 
 DEFAULT_EXCHANGE_SPACE = "magnet.topic"
 
@@ -29,14 +29,17 @@ class Message:
     One delivery as handlers see it (R1's `ion.core.messaging.messaging.Message`).
 
     It must be settled exactly once with `ack()`, `reject()` or `requeue()`;
-    a second settlement raises MessageStateError.  `payload` is the decoded
-    header map, decoded on first access.
+    a second settlement raises MessageStateError.  `payload` is the header
+    map with its content decoded (envelope.decode), made on first access and
+    kept: every reader of one delivery sees the same dict.  A `raw` message's
+    GPB content stays bytes.
     """
 
     RECEIVED, ACK, REJECTED, REQUEUED = "RECEIVED", "ACK", "REJECTED", "REQUEUED"
 
-    def __init__(self, delivery):
+    def __init__(self, delivery, raw=False):
         self.delivery = delivery
+        self.raw = raw
         self._state = self.RECEIVED
         self._payload = None
 
@@ -65,7 +68,7 @@ class Message:
     @property
     def payload(self):
         if self._payload is None:
-            self._payload = unpack_body(self.delivery.body)
+            self._payload = envelope.decode(self.delivery.body, raw=self.raw)
         return self._payload
 
     def _settle(self, state):

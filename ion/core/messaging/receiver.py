@@ -23,30 +23,16 @@ from twisted.logger import Logger
 from ion.core import ioninit
 from ion.core.exception import IonError
 from ion.core.messaging import messaging
-from ion.core.messaging.ionmessage import build_message
+from ion.core.messaging.envelope import MAX_ROUTING_KEY_BYTES, WireFormatError, check_routing_key
 from ion.core.messaging.messaging import Message
-from ion.core.messaging.serialization import WireFormatError
-from ion.core.object.codec import CodecError, decode_content, encode_content
-from ion.core.process.procutils import get_scoped_name
+from ion.core.messaging.names import get_scoped_name
+from ion.core.object.codec import CodecError
 from ion.util.state_object import BasicLifecycleObject
 
 log = Logger()
 
-# AMQP routing keys are short strings: at most 255 bytes.
-MAX_ROUTING_KEY_BYTES = 255
-
-
-def check_routing_key(key):
-    """`key` if it can be an AMQP routing key; TypeError or ValueError (with the reason) if not."""
-    if not isinstance(key, str):
-        raise TypeError("routing key must be a str, not %s" % (type(key).__name__,))
-    size = len(key.encode("utf-8"))
-    if size > MAX_ROUTING_KEY_BYTES:
-        raise ValueError(
-            "routing key is %d bytes long in UTF-8; AMQP allows at most %d: %r..."
-            % (size, MAX_ROUTING_KEY_BYTES, key[:40])
-        )
-    return key
+# check_routing_key and MAX_ROUTING_KEY_BYTES live in the envelope; R1-era code imports them from here.
+__all__ = ["MAX_ROUTING_KEY_BYTES", "check_routing_key"]
 
 
 class Throttle:
@@ -124,10 +110,18 @@ class ReceiverError(IonError):
     """The receiver cannot do what was asked (no container, no consumer config, ...)."""
 
 
+def container_of(process, who):
+    """`process`'s container (or this OS process's); ReceiverError naming `who` if there is none."""
+    container = getattr(process, "container", None) or ioninit.container_instance
+    if container is None:
+        raise ReceiverError("%s has no container to talk to the broker" % (who,))
+    return container
+
+
 class Receiver(BasicLifecycleObject):
     """
-    Base receiver.  Without a consumer config it only sends (publishers use
-    it that way); subclasses supply the R1 queue configuration.
+    Base receiver.  Without a consumer config it only sends; subclasses
+    supply the R1 queue configuration.
 
     `content_check(data)`, if given, is called with each decoded message
     dict; raising (a CodecError naming the problem) makes the message
@@ -184,10 +178,7 @@ class Receiver(BasicLifecycleObject):
     # --- plumbing -------------------------------------------------------
     @property
     def container(self):
-        container = getattr(self.process, "container", None) or ioninit.container_instance
-        if container is None:
-            raise ReceiverError("receiver %s has no container to talk to the broker" % (self.xname,))
-        return container
+        return container_of(self.process, "receiver %s" % (self.xname,))
 
     @property
     def exchange_manager(self):
@@ -254,7 +245,7 @@ class Receiver(BasicLifecycleObject):
             yield self._declare()
         config = self.full_config()
         self._draining = False
-        self.consumer = yield self.exchange_manager.connection.consume(
+        self.consumer = yield self.exchange_manager.consume(
             self._queue,
             self._deliver,
             prefetch_count=config.get("prefetch_count", 1),
@@ -309,7 +300,7 @@ class Receiver(BasicLifecycleObject):
     def _deliver(self, delivery):
         if self._draining:
             return  # left unacked: cancelling the consumer hands it back to the queue
-        msg = Message(delivery)
+        msg = Message(delivery, raw=self.raw)
         if Receiver.rec_shutoff:
             msg.ack()
             return
@@ -319,9 +310,7 @@ class Receiver(BasicLifecycleObject):
     @defer.inlineCallbacks
     def _handle(self, msg):
         try:
-            data = msg.payload
-            if not self.raw:
-                data["content"] = decode_content(data.get("content"), data.get("encoding"))
+            data = msg.payload  # decoded here, once: handlers get this dict
             if self.content_check is not None:
                 self.content_check(data)
         except Exception as e:  # whatever the input makes the decoder raise, it is the input's fault
@@ -379,26 +368,22 @@ class Receiver(BasicLifecycleObject):
     # --- sending --------------------------------------------------------
     def send(self, recipient, operation, content, headers=None, sender=None, mandatory=None, delivery_mode=1, **_):
         """
-        Build the ION message, encode its content and publish it to
-        `recipient` (the routing key).  Fires with the message dict sent.
-        Unlike R1, a failure to send fails the Deferred; a recipient that
-        cannot be a routing key fails it before anything is sent.
+        Encode the ION message and publish it to `recipient` (the routing
+        key) on the process exchange (publisher_config laid over it).  Fires
+        with the header map sent.  Unlike R1, a failure to send fails the
+        Deferred; a recipient that cannot be a routing key fails it before
+        anything is sent.
         """
+        config = dict(messaging.PROCESS_EXCHANGE)
+        if self.publisher_config:
+            config.update(self.publisher_config)
         try:
-            recipient = check_routing_key(str(recipient))
-            value, encoding = encode_content(content)
-            message = build_message(sender or self.xname, recipient, operation, value, headers)
-            if encoding:
-                message["encoding"] = encoding
-            config = dict(messaging.PROCESS_EXCHANGE)
-            if self.publisher_config:
-                config.update(self.publisher_config)
-            if mandatory is None:
-                mandatory = config.get("mandatory", False)
-            sent = self.exchange_manager.send(config, recipient, message, mandatory=mandatory, delivery_mode=delivery_mode)
-        except Exception:
+            return self.exchange_manager.send(
+                config, sender or self.xname, recipient, operation, content, headers,
+                mandatory=mandatory, delivery_mode=delivery_mode,
+            )
+        except Exception:  # no container, or one not connected yet
             return defer.fail()
-        return sent.addCallback(lambda _: message)
 
 
 class ProcessReceiver(Receiver):

@@ -10,7 +10,7 @@ checked, and any inconsistency is a CodecError naming the problem.
 from google.protobuf.message import DecodeError, EncodeError
 
 from ion.core.exception import IonError
-from ion.core.messaging.message_client import ION_MESSAGE_TYPE, MessageInstance
+from ion.core.object.message_instance import ION_MESSAGE_TYPE, MessageInstance
 from ion.core.object import object_utils
 from ion.core.object.gpb.net.ooici.core.container.container_pb2 import Structure
 from ion.core.object.gpb_wrapper import Wrapper

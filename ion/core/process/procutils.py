@@ -1,18 +1,9 @@
 """Naming helpers shared by receivers and processes (R1 §4.1)."""
 
-from ion.core import ioninit
 from ion.core.id import Id
+from ion.core.messaging.names import get_scoped_name
 
-
-def get_scoped_name(name, scope):
-    """'local' -> <container id>.<name>, 'system' -> <sys_name>.<name>, 'global' -> name."""
-    if scope == "global":
-        return name
-    if scope == "local":
-        return "%s.%s" % (ioninit.container_id(), name)
-    if scope == "system":
-        return "%s.%s" % (ioninit.sys_name, name)
-    raise RuntimeError("unknown scope %r (expected 'local', 'system' or 'global')" % (scope,))
+__all__ = ["get_process_id", "get_scoped_name"]
 
 
 def get_process_id(text):

@@ -6,7 +6,6 @@ Services: processes that also consume a shared, system-scoped queue
 from twisted.internet import defer
 
 from ion.core import ioninit
-from ion.core.messaging.broker.interface import NotFound
 from ion.core.messaging.receiver import ServiceWorkerReceiver
 from ion.core.process.process import Process, ProcessClient, ProcessClientBase, ProcessFactory  # noqa: F401 (R1 also had the clients here)
 from ion.util.state_object import BasicStates
@@ -79,12 +78,8 @@ class ServiceClient(ProcessClient):
         """True when the service's shared queue exists on the broker (a passive declare)."""
         yield self._check_init()
         queue = "%s.%s" % (ioninit.sys_name, name) if name else self.target
-        connection = self.proc.container.exchange_manager.connection
-        try:
-            yield connection.queue_declare(queue, passive=True)
-        except NotFound:
-            return False
-        return True
+        exists = yield self.proc.container.exchange_manager.queue_exists(queue)
+        return exists
 
 
 factory = ProcessFactory(ServiceProcess)

@@ -32,6 +32,9 @@ RabbitMQ refuses to declare an existing queue with other arguments, so a
 dead-letter queue declared before with other bounds (or none, by an older
 version) is used as it is, with a warning once saying how to apply the new
 ones.
+
+The functions here take the container's ExchangeManager (`broker`), through
+which the dead-letter topology is declared like any other.
 """
 
 from dataclasses import dataclass
@@ -41,7 +44,7 @@ from twisted.logger import Logger
 
 from ion.core import ioninit
 from ion.core.messaging.broker.interface import NotFound, PreconditionFailed
-from ion.core.messaging.receiver import check_routing_key
+from ion.core.messaging.envelope import check_routing_key
 
 log = Logger()
 CONF = ioninit.config(__name__)
@@ -86,16 +89,31 @@ def queue_arguments():
     return arguments
 
 
+def _queue_config(name, arguments):
+    return {
+        "exchange": name,
+        "exchange_type": "topic",
+        "exchange_durable": True,
+        "exchange_auto_delete": False,
+        "queue": name,
+        "durable": True,
+        "exclusive": False,
+        "auto_delete": False,
+        "arguments": arguments,
+        "routing_key": "#",
+    }
+
+
 @defer.inlineCallbacks
-def declare(connection, name=None):
+def declare(broker, name=None):
     """Declare the dead-letter exchange and queue `name` and bind them; fires with the name."""
     name = name or dead_letter_name()
     arguments = queue_arguments()
-    yield connection.exchange_declare(name, type="topic", durable=True, auto_delete=False)
+    config = _queue_config(name, arguments)
     try:
-        yield connection.queue_declare(name, durable=True, exclusive=False, auto_delete=False, arguments=arguments)
+        yield broker.declare_queue(config)
     except PreconditionFailed as e:
-        yield connection.queue_declare(name, passive=True)  # it exists: use it as it is
+        yield broker.declare_queue(dict(config, passive=True))  # it exists: use it as it is
         if name not in _warned_unbounded:
             _warned_unbounded.add(name)
             log.warn(
@@ -105,16 +123,15 @@ def declare(connection, name=None):
                 "again; or on RabbitMQ bound it with a policy (rabbitmqctl set_policy --apply-to queues).",
                 name=name, arguments=arguments, e=e.text,
             )
-    yield connection.queue_bind(name, name, "#")
     return name
 
 
 @defer.inlineCallbacks
-def delete(connection, name=None):
+def delete(broker, name=None):
     """Delete the dead-letter queue and exchange; fires with the number of dead letters dropped."""
     name = name or dead_letter_name()
-    dropped = yield connection.queue_delete(name)
-    yield connection.exchange_delete(name)
+    dropped = yield broker.delete_queue(name)
+    yield broker.delete_exchange(name)
     return dropped
 
 
@@ -147,7 +164,7 @@ def with_headers(delivery, **headers):
 
 
 @defer.inlineCallbacks
-def publish(connection, delivery, reason, attempts, queue, subscriber, name=None):
+def publish(broker, delivery, reason, attempts, queue, subscriber, name=None):
     """
     Publish `delivery` (an IDelivery) as a dead letter carrying `reason`.
     The topology is declared again if it went away (an operator deleted it).
@@ -166,10 +183,10 @@ def publish(connection, delivery, reason, attempts, queue, subscriber, name=None
     )
     name = name or dead_letter_name()
     try:
-        yield connection.publish(name, routing_key, delivery.body, properties)
+        yield broker.publish_raw(name, routing_key, delivery.body, properties)
     except NotFound:
-        yield declare(connection, name)
-        yield connection.publish(name, routing_key, delivery.body, properties)
+        yield declare(broker, name)
+        yield broker.publish_raw(name, routing_key, delivery.body, properties)
 
 
 @dataclass(frozen=True)
@@ -201,7 +218,7 @@ class DeadLetter:
 
 
 @defer.inlineCallbacks
-def consume(connection, callback, name=None, prefetch_count=100):
+def consume(broker, callback, name=None, prefetch_count=100):
     """
     Read the dead letters: `callback(DeadLetter)` for each, which is then
     acked.  If the callback fails, the failure is logged and the dead letter
@@ -218,6 +235,6 @@ def consume(connection, callback, name=None, prefetch_count=100):
         else:
             delivery.ack()
 
-    name = yield declare(connection, name)
-    consumer = yield connection.consume(name, deliver, prefetch_count=prefetch_count)
+    name = yield declare(broker, name)
+    consumer = yield broker.consume(name, deliver, prefetch_count=prefetch_count)
     return consumer

@@ -33,7 +33,7 @@ from twisted.logger import Logger
 from ion.core import ioninit
 from ion.core.exception import IonError, UsageError
 from ion.core.messaging.message_client import MessageClient, MessageInstance
-from ion.core.messaging.receiver import check_routing_key
+from ion.core.messaging.envelope import check_routing_key
 from ion.core.object.codec import ION_R1_GPB, CodecError
 from ion.core.object.gpb_wrapper import Wrapper
 from ion.core.object.object_utils import create_type_identifier
@@ -203,10 +203,14 @@ class EventPublisher(Publisher):
     @defer.inlineCallbacks
     def create_and_publish_event(self, **kwargs):
         """create_event then publish_event; an `origin` kwarg is both a field and the routing origin."""
-        if kwargs.get("origin") not in (None, ""):
-            self.topic(kwargs["origin"])  # a bad origin fails here, before the event is made
+        origin = kwargs.get("origin")
+        # A bad origin fails here, before the event is made; the key is worked out once.
+        routing_key = self.topic(origin) if origin not in (None, "") else None
         event_msg = yield self.create_event(**kwargs)
-        yield self.publish_event(event_msg, origin=kwargs.get("origin"))
+        if routing_key is None:
+            yield self.publish_event(event_msg)
+        else:
+            yield self.publish(event_msg, routing_key=routing_key)
         return event_msg
 
 

@@ -61,9 +61,11 @@ from twisted.python.failure import Failure
 
 from ion.core import ioninit
 from ion.core.exception import UsageError
+from ion.core.messaging import messaging
+from ion.core.messaging.envelope import check_routing_key
 from ion.core.messaging.exchange import COMPANION_FLAGS, durable_companion
 from ion.core.messaging.messaging import Message
-from ion.core.messaging.receiver import Receiver, WorkerReceiver, check_routing_key
+from ion.core.messaging.receiver import WorkerReceiver, container_of
 from ion.services.dm.distribution import dead_letters
 from ion.services.dm.distribution.queue_depth import DepthWatch
 from ion.util.state_object import BasicLifecycleObject, BasicStates
@@ -122,7 +124,8 @@ class Publisher(BasicLifecycleObject):
     """
     Publishes messages to exchange point `xp_name` with `routing_key` (the
     default topic).  `persistent=True` publishes them with delivery_mode 2,
-    so a durable queue keeps them across a broker restart.
+    so a durable queue keeps them across a broker restart.  It talks to the
+    broker through its process's ExchangeManager.
     """
 
     lifecycle_noun = "publisher"
@@ -144,50 +147,55 @@ class Publisher(BasicLifecycleObject):
         self.publisher_config = dict(
             EXCHANGE_FLAGS, exchange=xp_name, mandatory=True, immediate=False, warn_if_exists=False
         )
-        self._recv = Receiver(routing_key, process=process, publisher_config=self.publisher_config)
 
     @property
     def exchange_manager(self):
-        return self._recv.exchange_manager
+        return container_of(self._process, "publisher %s" % (self._routing_key,)).exchange_manager
+
+    def _exchange_config(self):
+        config = dict(messaging.PROCESS_EXCHANGE)
+        config.update(self.publisher_config)
+        return config
 
     def on_initialize(self, *args, **kwargs):
-        return self._recv.initialize()
+        pass  # nothing to prepare: a publisher has no queue
 
     @defer.inlineCallbacks
     def on_activate(self, *args, **kwargs):
-        yield self._recv.activate()
-        # Declared once here, not for every message as R1 did.
-        yield self.exchange_manager.declare_exchange(
-            self._xp_name, type="topic", durable=False, auto_delete=True
-        )
+        # Declared once, here or by the first publish, not for every message as R1 did.
+        yield self.exchange_manager.declare_for(self._exchange_config())
         if self.delivery_mode == 2:
             # Recorded with the connection: after a broker restart it is bound again before we publish.
             yield self.exchange_manager.bind_durable_companion(self._xp_name)
 
     def on_deactivate(self, *args, **kwargs):
-        return self._recv.deactivate()
+        pass  # nothing to stop: each publish is complete in itself
 
     def on_terminate(self, *args, **kwargs):
-        return self._recv.terminate()
+        pass
 
     def _lifecycle_name(self):
         return self._xp_name
 
-    def publish(self, data, routing_key=None, **kwargs):
+    def publish(self, data, routing_key=None, mandatory=None, delivery_mode=None, **_):
         """
         Send `data` (a message instance, wrapper or any msgpack-able value).
         Fires with the message dict sent; fails if the broker refused it, or
         without sending anything if the routing key is too long.
         """
-        kwargs.setdefault("delivery_mode", self.delivery_mode)
-        return self._recv.send(
-            routing_key or self._routing_key,
-            None,
-            data,
-            headers={"sender-name": self._process.proc_name},
-            sender=self._process.id.full,
-            **kwargs,
-        )
+        try:
+            return self.exchange_manager.send(
+                self._exchange_config(),
+                self._process.id.full,
+                routing_key or self._routing_key,
+                None,
+                data,
+                {"sender-name": self._process.proc_name},
+                mandatory=mandatory,
+                delivery_mode=self.delivery_mode if delivery_mode is None else delivery_mode,
+            )
+        except Exception:  # no container, or one not connected yet
+            return defer.fail()
 
     def register(self, xp_name=None, topic_name=None, publisher_name=None, credentials=None):
         """R1's optional PubSub-controller registration; there is no such service here."""
@@ -327,7 +335,7 @@ class Subscriber(BasicLifecycleObject):
                 raise ValueError("ion.config %r: queue_depth_check_interval must be a number > 0, not %r"
                                  % (__name__, interval))
             self._depth_watch = DepthWatch(
-                lambda: self.exchange_manager.connection,
+                lambda: self.exchange_manager,
                 lambda: self.queue,
                 depth_warning,
                 interval,
@@ -370,13 +378,13 @@ class Subscriber(BasicLifecycleObject):
     def subscribe(self):
         """Declare the queue (and the dead letters, if used), bind it and start consuming."""
         if self._dead_letter:
-            yield dead_letters.declare(self.exchange_manager.connection, self.dead_letter_name)
+            yield dead_letters.declare(self.exchange_manager, self.dead_letter_name)
         if self._recv.state == BasicStates.INIT:
             yield self._recv.attach()
         elif self._recv.state == BasicStates.READY:
             yield self._recv.activate()
         if self._durable:
-            yield self.exchange_manager.declare_exchange(self._xp_name, type="topic", durable=False, auto_delete=True)
+            yield self.exchange_manager.declare_for(dict(EXCHANGE_FLAGS, exchange=self._xp_name))
             yield self.exchange_manager.bind_durable_companion(self._xp_name)
         if self._depth_watch is not None:
             self._depth_watch.start()
@@ -459,7 +467,7 @@ class Subscriber(BasicLifecycleObject):
                 dead_letters.ORIGINAL_ROUTING_KEY: routing_key,
             }
         )
-        yield self.exchange_manager.connection.publish("", self.queue, msg.body, properties)
+        yield self.exchange_manager.publish_raw("", self.queue, msg.body, properties)
         msg.ack()
         self.stats["retried"] += 1
 
@@ -467,7 +475,7 @@ class Subscriber(BasicLifecycleObject):
     def _bury(self, msg, reason, attempts):
         """Dead-letter the message with `reason`, then ack it."""
         yield dead_letters.publish(
-            self.exchange_manager.connection,
+            self.exchange_manager,
             msg.delivery,
             reason,
             attempts,

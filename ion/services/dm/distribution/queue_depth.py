@@ -3,7 +3,7 @@ A watch on a subscriber's queue: a queue that keeps growing means its
 subscriber is not keeping up, and the broker's memory grows with it.
 
 Every `interval` seconds the watch reads the queue's ready-message count
-(IBrokerConnection.queue_depth).  Past `threshold` it logs one warning with
+(ExchangeManager.queue_depth).  Past `threshold` it logs one warning with
 the depth; it warns again only after the depth fell below half the threshold
 (logged too) and grew past it once more, so a queue hovering at the
 threshold does not fill the log.
@@ -22,13 +22,14 @@ log = Logger()
 class DepthWatch:
     """
     Checks the depth of the queue `queue()` names (it can change: a
-    broker-named queue is renamed after a reconnect) on `connection()`, on
-    `clock`.  Nothing is checked while the connection is down, and a check
-    never waits for a reconnect, so stopping is immediate.
+    broker-named queue is renamed after a reconnect) through `broker()` (the
+    container's ExchangeManager), on `clock`.  Nothing is checked while the
+    connection is down, and a check never waits for a reconnect, so stopping
+    is immediate.
     """
 
-    def __init__(self, connection, queue, threshold, interval, clock, who):
-        self._connection = connection
+    def __init__(self, broker, queue, threshold, interval, clock, who):
+        self._broker = broker
         self._queue = queue
         self.threshold = threshold
         self.interval = interval
@@ -58,11 +59,11 @@ class DepthWatch:
 
     def check(self):
         """One check, unless one is still in flight or the broker is away."""
-        connection, queue = self._connection(), self._queue()
-        if self._checking or queue is None or not connection.connected:
+        broker, queue = self._broker(), self._queue()
+        if self._checking or queue is None or not broker.connected:
             return
         self._checking = True
-        d = connection.queue_depth(queue)
+        d = broker.queue_depth(queue)
         d.addCallbacks(self._seen, self._failed, callbackArgs=(queue,), errbackArgs=(queue,))
         d.addBoth(self._checked)
 

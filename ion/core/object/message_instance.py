@@ -1,0 +1,129 @@
+"""
+Message instances: an IonMsg root whose content object's fields read as the instance's own.
+
+They belong to the object layer: the codec turns a received IonMsg graph back
+into one, and `ion.core.messaging.message_client` makes new ones for processes.
+"""
+
+import functools
+
+from ion.core.object.gpb.net.ooici.core.message import ion_message_pb2
+from ion.core.object.gpb_wrapper import enum_object
+from ion.core.object.object_utils import create_type_identifier
+from ion.core.object.repository import Repository
+
+ION_MESSAGE_TYPE = create_type_identifier(object_id=11, version=1)
+
+
+def new_message_instance(content_type, name=""):
+    """A fresh repository holding an IonMsg (identity = the repository key) and its content object."""
+    repository = Repository()
+    message = repository.create_object(ION_MESSAGE_TYPE)
+    message.identity = repository.key
+    if name:
+        message.name = name
+    if content_type is not None:
+        message.message_object = repository.create_object(content_type)
+    return MessageInstance.wrap(message)
+
+
+class MessageInstance:
+    """An IonMsg wrapper presenting its content: `msg.origin` is `msg.MessageObject.origin`."""
+
+    __slots__ = ("_message", "_content")
+
+    ResponseCodes = enum_object(ion_message_pb2.DESCRIPTOR.enum_types_by_name["ResponseCodes"])
+    _Properties = {}
+    _Enums = {}
+
+    def __init__(self, message):
+        self._message = message
+        self._content = message.message_object
+
+    @staticmethod
+    def wrap(message):
+        """The MessageInstance for an IonMsg wrapper, of the class that matches its content type."""
+        content = message.message_object
+        return _instance_class(content and type(content))(message)
+
+    @property
+    def Repository(self):
+        return self._message.Repository
+
+    @property
+    def Message(self):
+        return self._message
+
+    @property
+    def MessageObject(self):
+        return self._content
+
+    @property
+    def MessageType(self):
+        return self._content and self._content.ObjectType
+
+    @property
+    def MessageIdentity(self):
+        return self._message.identity
+
+    @property
+    def MessageName(self):
+        return self._message.name
+
+    @MessageName.setter
+    def MessageName(self, value):
+        self._message.name = value
+
+    @property
+    def MessageResponseCode(self):
+        return self._message.response_code
+
+    @MessageResponseCode.setter
+    def MessageResponseCode(self, value):
+        self._message.response_code = value
+
+    @property
+    def MessageResponseBody(self):
+        return self._message.response_body
+
+    @MessageResponseBody.setter
+    def MessageResponseBody(self, value):
+        self._message.response_body = value
+
+    def CreateObject(self, type_id):
+        """A new object in this message's repository, to be linked into the content."""
+        return self.Repository.create_object(type_id)
+
+    def IsFieldSet(self, name):
+        return self._content.IsFieldSet(name)
+
+    def ListSetFields(self):
+        return self._content.ListSetFields()
+
+    def ClearField(self, name):
+        self._content.ClearField(name)
+
+    def __repr__(self):
+        return "<MessageInstance %r content=%r>" % (self._message, self._content)
+
+
+def _delegate(name):
+    return property(
+        lambda self: getattr(self._content, name),
+        lambda self, value: setattr(self._content, name, value),
+    )
+
+
+@functools.cache
+def _instance_class(content_class):
+    """MessageInstance subclass exposing one content wrapper class's fields and enums."""
+    if content_class is None:
+        return MessageInstance
+    namespace = {
+        "__slots__": (),
+        "_Properties": content_class._Properties,
+        "_Enums": content_class._Enums,
+        **content_class._Enums,
+    }
+    namespace.update((name, _delegate(name)) for name in content_class._Properties)
+    return type(content_class.__name__ + "Instance", (MessageInstance,), namespace)
