@@ -27,6 +27,7 @@ from txamqp.client import ChannelClosed, Closed, TwistedEvent
 from txamqp.message import Message
 from zope.interface import implementer
 
+from ion.core import metrics
 from ion.core.messaging.broker.amqp_consumer import Consumer, Delivery
 from ion.core.messaging.broker.amqp_errors import (
     broker_error,
@@ -251,6 +252,7 @@ class AMQPConnection:
             log.info("reconnected to {conn} after {seconds:.1f} s; resumed {count} consumers", conn=self.description,
                      seconds=self._reactor.seconds() - self._lost_at, count=resumed)
             self._lost_at = None
+            metrics.broker_reconnects.inc()
         if self._first is not None:
             self._first.callback(None)
         waiters, self._waiters = self._waiters, []
