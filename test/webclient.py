@@ -3,22 +3,29 @@
 import json
 
 from twisted.internet import defer, protocol, reactor
-from twisted.web.client import Agent, readBody
+from http.cookiejar import CookieJar
+
+from twisted.web.client import Agent, CookieAgent, readBody
 from twisted.web.http_headers import Headers
 
 
+def browser():
+    """An agent that keeps cookies, as a browser does (the web monitor's session is a cookie)."""
+    return CookieAgent(Agent(reactor), CookieJar())
+
+
 @defer.inlineCallbacks
-def get(url, headers=None):
+def get(url, headers=None, agent=None):
     """GET `url`; fires with (status code, twisted Headers, body bytes)."""
-    agent = Agent(reactor)
+    agent = agent or Agent(reactor)
     response = yield agent.request(b"GET", url.encode(), Headers({k: [v] for k, v in (headers or {}).items()}))
     body = yield readBody(response)
     return response.code, response.headers, body
 
 
 @defer.inlineCallbacks
-def get_json(url):
-    code, _headers, body = yield get(url)
+def get_json(url, agent=None):
+    code, _headers, body = yield get(url, agent=agent)
     return code, json.loads(body)
 
 
