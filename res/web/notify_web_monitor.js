@@ -14,6 +14,7 @@ let source = null;
 let paused = false;
 let held = [];
 const arrivals = new Map();  // event name -> arrival times (ms) within the rate window
+let newestCounted = { run: "", seq: 0 };  // a replay after a filter change is not counted again
 
 function text(tag, className, value) {
   const element = document.createElement(tag);
@@ -43,7 +44,10 @@ function render(event) {
   );
   const fields = document.createElement("dl");
   for (const [name, value] of event.fields) {
-    fields.append(text("dt", "field-name", name), text("dd", "field-value", value));
+    const seconds = Number(value);
+    const shown = name === "datetime" && value !== "" && isFinite(seconds)
+      ? value + "  (" + new Date(seconds * 1000).toISOString() + ")" : value;
+    fields.append(text("dt", "field-name", name), text("dd", "field-value", shown));
   }
   item.append(head, fields);
   return item;
@@ -56,7 +60,10 @@ function show(event) {
   document.getElementById("shown").textContent = String(list.children.length);
 }
 
-function countArrival(event) {
+function countArrival(event, id) {
+  const run = String(id || "").split("-")[0];
+  if (run === newestCounted.run && event.seq <= newestCounted.seq) return;
+  newestCounted = { run: run, seq: event.seq };
   const name = event.event_name + " (" + event.event_id + ")";
   const times = arrivals.get(name) || [];
   times.push(Date.now());
@@ -78,7 +85,7 @@ function renderRates() {
 
 function received(message) {
   const event = JSON.parse(message.data);
-  countArrival(event);
+  countArrival(event, message.lastEventId);
   if (paused) {
     held.push(event);
     if (held.length > MAX_HELD) held.shift();
