@@ -9,6 +9,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet import defer
 from twisted.trial import unittest
 
+from ion.core import metrics
 from ion.core.cc import status
 from ion.core.cc.service import OptionValueError, Options
 from ion.core.exception import ReceivedApplicationError
@@ -85,6 +86,12 @@ class StatusTests(BrokerTestMixin):
         yield self.proc.register_life_cycle_object(pub)
         for name in ("a", "b", "bad"):
             yield pub.create_and_publish_event(name=name)
+        nobody = events.ErrorLoggingEventPublisher(process=self.proc, origin=self.unique_name("nobody"))
+        yield self.proc.register_life_cycle_object(nobody)
+        yield nobody.create_and_publish_event(name="to nobody")  # no queue takes it: returned
+        returned = ("ion_events_returned_total", (("event_id", "3002"),))
+        yield wait_for(lambda: (metrics.REGISTRY.get_sample_value(returned[0], {"event_id": "3002"}) or 0)
+                       > before.get(returned, 0))
         yield wait_for(lambda: len(seen) == 3)
         after = yield self.metrics()
         self.flushLoggedErrors(ValueError)
@@ -100,6 +107,8 @@ class StatusTests(BrokerTestMixin):
         self.assertEqual(moved("ion_subscriber_failed_total", subscriber=key), 1)
         self.assertEqual(moved("ion_subscriber_handler_seconds_count", subscriber=key), 3)
         self.assertEqual(after[("ion_broker_connected", ())], 1)
+        self.assertEqual(moved("ion_events_returned_total", event_id="3002"), 1)
+        self.assertEqual(moved("ion_events_published_total", event_id="3002"), 1)
 
     @defer.inlineCallbacks
     def test_rpc_counters_move(self):

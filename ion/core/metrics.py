@@ -16,7 +16,7 @@ REGISTRY = CollectorRegistry(auto_describe=True)
 events_published = Counter("ion_events_published", "Events handed to the broker", ["event_id"], registry=REGISTRY)
 events_confirmed = Counter("ion_events_confirmed", "Events the broker confirmed", ["event_id"], registry=REGISTRY)
 events_returned = Counter(
-    "ion_events_returned", "Events refused or returned by the broker (no queue, full queue)", ["event_id"],
+    "ion_events_returned", "Events the broker returned (no queue took them) or a full queue refused", ["event_id"],
     registry=REGISTRY,
 )
 events_failed = Counter("ion_events_failed", "Events whose publish failed otherwise", ["event_id"], registry=REGISTRY)
@@ -47,6 +47,12 @@ subscribers = weakref.WeakSet()
 
 def track_subscriber(subscriber):
     subscribers.add(subscriber)
+
+
+def message_returned(exchange, routing_key):
+    """A basic.return: counted as an event's when it came back from an events exchange (`<sys>.events.topic`)."""
+    if str(exchange).endswith(".events.topic"):
+        events_returned.labels(str(routing_key).partition(".")[0]).inc()
 
 
 def rpc_finished(outcome, seconds):

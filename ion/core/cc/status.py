@@ -26,7 +26,7 @@ def readiness_problems(container):
         if subscriber.state != BasicStates.ACTIVE or _container_of(subscriber) is not container.exchange_manager:
             continue
         if not subscriber.consuming:
-            problems.append("subscriber %s has no consumer" % (subscriber._lifecycle_name(),))
+            problems.append("subscriber %s has no consumer" % (subscriber.consumer_config["routing_key"],))
     return problems
 
 

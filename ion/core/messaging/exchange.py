@@ -6,6 +6,7 @@ the registry of messaging names the shell lists.
 from twisted.internet import defer
 from twisted.logger import Logger
 
+from ion.core import metrics
 from ion.core.exception import IonError
 from ion.core.messaging.broker.interface import BrokerError, ConnectionLost, NotFound, PreconditionFailed
 from ion.core.messaging.serialization import WireFormatError, message_properties, pack_body, unpack_body
@@ -56,6 +57,7 @@ class ExchangeManager:
         self._return_watchers.pop(conv_id, None)
 
     def _returned(self, delivery, reply_code, reply_text):
+        metrics.message_returned(delivery.exchange, delivery.routing_key)
         if not self._return_watchers:
             return
         try:

@@ -38,16 +38,16 @@ SUBDATA_MESSAGE_TYPE = create_type_identifier(object_id=2340, version=1)
 class Subscription:
     """One subscriber of a session and the events it stored: (datetime, packed event) pairs, bounded."""
 
-    def __init__(self, subscription_id, subscriber, max_events):
+    def __init__(self, subscription_id, max_events):
         self.subscription_id = subscription_id
-        self.subscriber = subscriber
+        self.subscriber = None  # set once built; it may store events before that
         self.events = collections.deque(maxlen=max_events)
         self.dropped = 0
 
     @property
     def description(self):
         """R1's subscription_desc: the binding key."""
-        return self.subscriber._lifecycle_name()
+        return self.subscriber.consumer_config["routing_key"]
 
     def store(self, data):
         """Keep the event as bytes (no live objects), dropping the oldest when full."""
@@ -112,14 +112,11 @@ class EventMonitorService(ServiceProcess):
         subscription_id = str(uuid.uuid4())[:6]
         while subscription_id in session.subscriptions:
             subscription_id = str(uuid.uuid4())[:6]
-        holder = []
-        subscriber = yield self._factory.build(
-            event_id=content.event_id or None,
-            origin=content.origin or None,
-            handler=lambda data: holder[0].store(data),
+        subscription = Subscription(subscription_id, self.max_events)
+        subscription.subscriber = yield self._factory.build(
+            event_id=content.event_id or None, origin=content.origin or None, handler=subscription.store
         )
-        holder.append(Subscription(subscription_id, subscriber, self.max_events))
-        session.subscriptions[subscription_id] = holder[0]
+        session.subscriptions[subscription_id] = subscription
         session.last_request_time = time.time()
         reply = yield self.message_client.create_instance(SUBSCRIBE_RESPONSE_TYPE)
         reply.session_id = content.session_id
