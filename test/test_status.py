@@ -173,6 +173,7 @@ class ReadyThroughProxyTest(IonTestCase):
             answers.append((code, body))
             return code
 
+        reconnects = metrics.REGISTRY.get_sample_value("ion_broker_reconnects_total")
         self.assertGreaterEqual(self.proxy.cut(), 1)
         self.proxy.refusing = True
         code = yield ready_code()
@@ -184,6 +185,7 @@ class ReadyThroughProxyTest(IonTestCase):
         yield wait_for(lambda: connection.connected, timeout=30)
         code, body = yield get_json(self.ready_url)
         self.assertEqual((code, body), (200, {"ready": True}))
+        self.assertEqual(metrics.REGISTRY.get_sample_value("ion_broker_reconnects_total"), reconnects + 1)
 
 
 class StatusPortOptionTest(unittest.TestCase):

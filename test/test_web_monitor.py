@@ -176,3 +176,37 @@ class WebMonitorTests(WebMonitorFixture):
 
 
 WebMonitorMemoryTest, WebMonitorRabbitTest = for_each_broker(WebMonitorTests, globals(), base=IonTestCase)
+
+
+class WebMonitorAppTests(BrokerTestMixin):
+    """The two apps as the release starts them: the page's session reaches the event monitor service."""
+
+    @defer.inlineCallbacks
+    def setUp(self):
+        yield self._start_container()
+
+    @defer.inlineCallbacks
+    def tearDown(self):
+        yield self._stop_container()
+
+    @defer.inlineCallbacks
+    def test_apps(self):
+        yield self.container.start_app("res/apps/eventmonitor.app")
+        yield self.container.start_app("res/apps/notifywebmonitor.app", app_args={"port": 0})
+        registry = self.container.proc_manager.process_registry.values()
+        [web] = [p for p in registry if isinstance(p, NotificationWebMonitorService)]
+        [ems] = [p for p in registry if isinstance(p, EventMonitorService)]
+        self.assertEqual((web.proc_name, ems.proc_name, ems.svc_name), ("notify_web_monitor_1", "eventmonitor",
+                                                                        "event_monitor"))
+        code, body = yield get_json(web.url + "/ctl/sub/0", browser())
+        self.assertEqual((code, body["status"]), (200, "ok"))
+        self.assertEqual(len(ems.sessions), 1)
+
+    def test_release_names_both(self):
+        from ion.core.pack.app_manager import load_rel_file
+
+        rel = load_rel_file("res/deploy/eventwebmonitor.rel")
+        self.assertEqual([a["definition"]["name"] for a in rel["apps"]], ["EventMonitor", "notify_web_monitor"])
+
+
+WebMonitorAppMemoryTest, WebMonitorAppRabbitTest = for_each_broker(WebMonitorAppTests, globals(), base=IonTestCase)
