@@ -128,7 +128,9 @@ class StatusTests(BrokerTestMixin):
         sub = yield SubscriberFactory(process=self.proc).build(
             subscriber_type=events.InfoLoggingEventSubscriber, origin=self.unique_name("gone"), handler=lambda d: None
         )
-        yield sub._recv.deactivate()  # the consumer is gone, the subscriber still thinks it is ACTIVE
+        other = yield self.connect_broker()
+        yield other.queue_delete(sub.queue)  # the broker cancels the consumer; the subscriber is still ACTIVE
+        yield wait_for(lambda: not sub.consuming)
         code, body = yield get_json(self.base + "/ready")
         self.assertEqual(code, 503)
         self.assertFalse(body["ready"])

@@ -7,7 +7,6 @@ with the process.
 
 from twisted.internet import defer
 from twisted.internet.error import ConnectionRefusedError
-from twisted.trial import unittest
 
 from ion.core.process.process import Process
 from ion.services.dm.distribution import events

@@ -9,6 +9,7 @@ Selenium blocks, so every browser call runs in a thread: the reactor (and
 the web monitor in it) keeps serving meanwhile.
 """
 
+import json
 import os
 import shutil
 import time
@@ -22,7 +23,7 @@ from test.test_web_monitor import HOSTILE, WebMonitorFixture
 
 try:
     from selenium import webdriver
-    from selenium.common.exceptions import NoAlertPresentException, TimeoutException
+    from selenium.common.exceptions import NoAlertPresentException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import Select, WebDriverWait
 except ImportError:
@@ -68,8 +69,6 @@ def start_browser():
 
 def requested_urls(driver):
     """Every URL the page asked the network for, from Chromium's performance log."""
-    import json
-
     urls = []
     for entry in driver.get_log("performance"):
         message = json.loads(entry["message"])["message"]
