@@ -36,9 +36,10 @@ setup(
         "protobuf>=5.27,<8",
         "msgpack>=1.0",
         "zope.interface",
+        "prometheus_client>=0.17",
     ],
     extras_require={
-        "test": ["hypothesis>=6", "pika>=1.3", "pyOpenSSL", "service_identity", "pamqp>=3.2", "grpcio-tools"],
+        "test": ["hypothesis>=6", "pika>=1.3", "pyOpenSSL", "service_identity", "pamqp>=3.2", "grpcio-tools", "selenium>=4.10"],
         "tls": ["pyOpenSSL", "service_identity"],
     },
     zip_safe=False,

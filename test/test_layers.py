@@ -8,8 +8,9 @@ Floors, lowest first (the first matching prefix wins; a package's
 `__init__` is on its package's floor):
 
  0 foundation     ion.util.ionlog, ion.core.ioninit, ion.core.exception,
-                  ion.core.id, ion.core.resources: logging, configuration,
-                  errors, ids and resource paths, which every floor uses
+                  ion.core.id, ion.core.resources, ion.core.metrics: logging,
+                  configuration, errors, ids, resource paths and the metrics
+                  registry, which every floor uses
  1 state machines ion.util.fsm, ion.util.state_object: the lifecycle every
                   receiver, process and pub/sub object follows
  2 wire format    ion.core.object (GPB objects, the Structure codec, message
@@ -43,7 +44,8 @@ from twisted.trial import unittest
 ION_ROOT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "ion")
 
 FLOORS = [
-    (0, "foundation", ("ion.util.ionlog", "ion.core.ioninit", "ion.core.exception", "ion.core.id", "ion.core.resources")),
+    (0, "foundation", ("ion.util.ionlog", "ion.core.ioninit", "ion.core.exception", "ion.core.id", "ion.core.resources",
+                       "ion.core.metrics")),
     (1, "state machines", ("ion.util.fsm", "ion.util.state_object")),
     (2, "wire format", ("ion.core.object", "ion.core.messaging.envelope", "ion.core.messaging.serialization",
                         "ion.core.messaging.ionmessage")),

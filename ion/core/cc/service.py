@@ -29,6 +29,7 @@ from twisted.python import usage
 from twisted.python.components import Componentized
 
 from ion.core import ioninit
+from ion.core.cc import status
 from ion.core.cc.container import create_new_container, stop_container
 from ion.core.exception import ConfigurationError
 from ion.core.messaging.broker.address import (
@@ -129,6 +130,7 @@ class Options(usage.Options):
         ["boot_script", "b", None, "Python file defining boot(); run before the scripts."],
         ["lockfile", None, None, "File locked until startup is complete."],
         ["args", "a", "", "Container args: \"{'k': 'v'}\" or k=v,k2=v2."],
+        ["status_port", None, None, "Serve /metrics, /live and /ready on 127.0.0.1:PORT (default: off)."],
         ["log-level", None, None,
          "Lowest level logged: debug, info, warn, error or critical (default: ion.config's"
          " ion.core.cc.service log_level, else info)."],
@@ -157,6 +159,8 @@ class Options(usage.Options):
             self["broker_heartbeat"] = _heartbeat(self["broker_heartbeat"])
             self["broker_reconnect_timeout"] = _reconnect_timeout(self["broker_reconnect_timeout"])
             self["broker_max_in_flight"] = _max_in_flight(self["broker_max_in_flight"])
+            if self["status_port"] is not None:
+                self["status_port"] = status.parse_port(self["status_port"])
             self["args"] = ioninit.merge_sysname(self["args"], self["sysname"])
             self["container_args"] = ioninit.parse_container_args(self["args"])
             self["broker_address"] = self.broker_address()
@@ -219,6 +223,7 @@ class CapabilityContainer(service.Service):
         self.started = defer.Deferred()
         self._starting = None
         self._lock = _Lockfile(options["lockfile"]) if options.get("lockfile") else None
+        self.status_port = None
 
     def setServiceParent(self, parent):
         """
@@ -250,6 +255,8 @@ class CapabilityContainer(service.Service):
         self.container = create_new_container()
         yield self.container.initialize(address, self.options["container_args"])
         yield self.container.activate()
+        if self.options.get("status_port"):
+            self.status_port = status.listen(self.container, self.options["status_port"])
         if self.options.get("boot_script"):
             boot = runpy.run_path(self.options["boot_script"]).get("boot")
             if not callable(boot):
@@ -294,6 +301,8 @@ class CapabilityContainer(service.Service):
         service.Service.stopService(self)
         if self._starting is not None and not self._starting.called:
             yield self.started.addErrback(lambda _: None)
+        if self.status_port is not None:
+            yield self.status_port.stopListening()
         container, self.container = self.container, None
         if container is None:
             return

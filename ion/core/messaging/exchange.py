@@ -9,6 +9,7 @@ ExchangeManager; only it holds the connection.
 from twisted.internet import defer
 from twisted.logger import Logger
 
+from ion.core import metrics
 from ion.core.exception import IonError
 from ion.core.messaging import envelope
 from ion.core.messaging.broker.interface import BrokerError, ConnectionLost, NotFound, PreconditionFailed
@@ -61,6 +62,7 @@ class ExchangeManager:
         self._return_watchers.pop(conv_id, None)
 
     def _returned(self, delivery, reply_code, reply_text):
+        metrics.message_returned(delivery.exchange, delivery.routing_key)
         if not self._return_watchers:
             return
         try:

@@ -15,7 +15,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from ion.core import ioninit
+from ion.core import ioninit, metrics
 from ion.core.exception import ApplicationError, ProcessError, UsageError
 from ion.core.id import Id
 from ion.core.messaging.broker.interface import ConnectionLost
@@ -242,6 +242,11 @@ class Process(BasicLifecycleObject):
         self._registered_life_cycle_objects.append(lco)
         return _advance(lco, state)
 
+    def remove_life_cycle_object(self, lco):
+        """Stop following `lco` (one this process is done with, e.g. a terminated subscriber)."""
+        if lco in self._registered_life_cycle_objects:
+            self._registered_life_cycle_objects.remove(lco)
+
     def _advance_life_cycle_objects(self, target):
         calls = [_advance(lco, target) for lco in self._registered_life_cycle_objects]
         return defer.DeferredList(calls, consumeErrors=True)
@@ -437,7 +442,7 @@ class Process(BasicLifecycleObject):
 
         timeout = timeout if timeout is not None else CONF.getValue("rpc_timeout", 15)
         returns = self.container.exchange_manager if self.container is not None else None
-        return self.rpc.call(recv, operation, send_request, timeout, returns=returns)
+        return metrics.observe_rpc(self.rpc.call(recv, operation, send_request, timeout, returns=returns), self.clock)
 
     def reply(self, msg, operation="result", content=None, headers=None, performative="inform_result", quiet=False):
         """Answer the request `msg` on its reply-to, through the main receiver."""

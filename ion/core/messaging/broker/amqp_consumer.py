@@ -75,6 +75,11 @@ class Consumer:
         self._stopped = TwistedEvent()
         self._done = False
 
+    @property
+    def active(self):
+        """False once cancelled, by us or by the broker (its queue deleted): no more deliveries come."""
+        return not self._stopping
+
     def cancel(self):
         if not self._stopping:
             self._stopping = True

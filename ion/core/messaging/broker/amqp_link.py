@@ -14,6 +14,7 @@ from twisted.logger import Logger
 from txamqp.client import Closed, TwistedEvent
 from txamqp.message import Message
 
+from ion.core import metrics
 from ion.core.messaging.broker.amqp_errors import reason_text
 from ion.core.messaging.broker.amqp_protocol import Client, Delegate, load_spec
 from ion.core.messaging.broker.interface import BrokerError, ConnectionLost
@@ -107,6 +108,7 @@ class Link:
             log.info("reconnected to {conn} after {seconds:.1f} s; resumed {count} consumers", conn=self.description,
                      seconds=self._clock.seconds() - state.lost_at, count=resumed)
             state.lost_at = None
+            metrics.broker_reconnects.inc()
         state.to("ready")
         if self._first is not None:
             self._first.callback(None)

@@ -30,7 +30,7 @@ import time
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from ion.core import ioninit
+from ion.core import ioninit, metrics
 from ion.core.exception import IonError, UsageError
 from ion.core.messaging.message_client import MessageClient, MessageInstance
 from ion.core.messaging.envelope import check_routing_key
@@ -198,7 +198,7 @@ class EventPublisher(Publisher):
             routing_key = self.topic(origin)
         except (AssertionError, TypeError, ValueError):
             return defer.fail()
-        return self.publish(event_msg, routing_key=routing_key)
+        return metrics.observe_publish(self.publish(event_msg, routing_key=routing_key), self.event_id)
 
     @defer.inlineCallbacks
     def create_and_publish_event(self, **kwargs):

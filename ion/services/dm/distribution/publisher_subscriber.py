@@ -59,7 +59,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from ion.core import ioninit
+from ion.core import ioninit, metrics
 from ion.core.exception import UsageError
 from ion.core.messaging import messaging
 from ion.core.messaging.envelope import check_routing_key
@@ -329,6 +329,7 @@ class Subscriber(BasicLifecycleObject):
         if clock is None:
             from twisted.internet import reactor as clock
         self._depth_watch = None
+        metrics.track_subscriber(self)
         if depth_warning:
             interval = CONF.getValue("queue_depth_check_interval", 10)
             if not isinstance(interval, (int, float)) or isinstance(interval, bool) or not interval > 0:
@@ -352,6 +353,12 @@ class Subscriber(BasicLifecycleObject):
     def stats(self):
         """Counts: undecodable, handler_failed, retried, dead_lettered."""
         return self._recv.stats
+
+    @property
+    def consuming(self):
+        """True while the broker delivers to this subscriber (its consumer exists and is not cancelled)."""
+        consumer = self._recv.consumer
+        return consumer is not None and getattr(consumer, "active", True)
 
     def on_initialize(self, *args, **kwargs):
         pass
@@ -415,17 +422,21 @@ class Subscriber(BasicLifecycleObject):
     @defer.inlineCallbacks
     def _receive_handler(self, data, msg):
         """ondata, then ack; a failure is logged with the event and handled as configured."""
+        metrics.delivered.labels(self._binding_key).inc()
         try:
-            yield defer.maybeDeferred(self.ondata, data)
+            with metrics.handler_seconds.labels(self._binding_key).time():
+                yield defer.maybeDeferred(self.ondata, data)
         except Exception:
             yield self._handler_failed(Failure(), data, msg)
             return
+        metrics.handled.labels(self._binding_key).inc()
         if msg.state == Message.RECEIVED:
             msg.ack()
 
     @defer.inlineCallbacks
     def _handler_failed(self, failure, data, msg):
         self.stats["handler_failed"] += 1
+        metrics.handler_failed.labels(self._binding_key).inc()
         attempts = dead_letters.attempts_of(msg.delivery.properties) + 1
         if msg.state != Message.RECEIVED:
             outcome = "settled by the handler"
@@ -470,6 +481,7 @@ class Subscriber(BasicLifecycleObject):
         yield self.exchange_manager.publish_raw("", self.queue, msg.body, properties)
         msg.ack()
         self.stats["retried"] += 1
+        metrics.retried.labels(self._binding_key).inc()
 
     @defer.inlineCallbacks
     def _bury(self, msg, reason, attempts):
@@ -485,6 +497,7 @@ class Subscriber(BasicLifecycleObject):
         )
         msg.ack()
         self.stats["dead_lettered"] += 1
+        metrics.dead_lettered.labels(self._binding_key).inc()
 
     def _receive_error(self, data, msg, reason):
         """A message that cannot be decoded: dead-lettered if we do that; the receiver rejects it otherwise."""
