@@ -18,8 +18,7 @@ from ion.util.state_object import BasicStates
 
 def readiness_problems(container):
     """Why the container is not ready to do its work (an empty list: it is)."""
-    connection = container.exchange_manager.connection
-    if not connection.connected:
+    if not container.exchange_manager.connected:
         return ["broker connection is down (%s)" % (container.exchange_manager.description,)]
     problems = []
     for subscriber in list(metrics.subscribers):
@@ -72,7 +71,7 @@ class Metrics(resource.Resource):
         self.container = container
 
     def render_GET(self, request):
-        metrics.broker_connected.set(1 if self.container.exchange_manager.connection.connected else 0)
+        metrics.broker_connected.set(1 if self.container.exchange_manager.connected else 0)
         request.setHeader(b"content-type", CONTENT_TYPE_LATEST.encode())
         return generate_latest(metrics.REGISTRY)
 
