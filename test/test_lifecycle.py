@@ -428,3 +428,17 @@ class TerminateUnlessOverTest(unittest.TestCase):
         pending.callback(None)
         self.successResultOf(done)
         self.assertEqual(obj.state, S.TERMINATED)
+
+    def test_a_terminate_under_way_is_not_repeated(self):
+        """Two parties stopping one object (a session expiring as its process stops): no illegal terminate."""
+        pending = Deferred()
+        obj = Recorder(on_terminate=lambda: pending)
+        force(obj, S.ACTIVE)
+        first = obj.terminate()
+        second = obj.terminate_unless_over()
+        self.assertNoResult(second)
+        pending.callback(None)
+        self.successResultOf(first)
+        self.assertIsNone(self.successResultOf(second))
+        self.assertEqual(obj.state, S.TERMINATED)
+        self.assertEqual([c for c in obj.calls if c[0] == "on_terminate"], [("on_terminate", (), {})])

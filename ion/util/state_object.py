@@ -111,6 +111,7 @@ class StateObject(Actionable):
         self._so_busy = False
         self._so_draining = False
         self._so_queue = []  # (event, args, kwargs, Deferred) waiting for the current transition
+        self._so_idle = []  # Deferreds fired once no transition is under way or queued
         self._so_set_fsm((fsm_factory or FSMFactory()).create_fsm(self))
 
     def _so_set_fsm(self, fsm):
@@ -237,6 +238,10 @@ class StateObject(Actionable):
                     waiting.callback(result)
         finally:
             self._so_draining = False
+        if not self._so_busy and self._so_idle:
+            idle, self._so_idle = self._so_idle, []
+            for waiting in idle:
+                waiting.callback(None)
 
     def on_error(self, *args, **kwargs):
         raise NotImplementedError("on_error")
@@ -312,11 +317,16 @@ class BasicLifecycleObject(StateObject):
     def terminate_unless_over(self, *args, **kwargs):
         """
         Terminate, unless there is nothing to stop: already TERMINATED or in
-        ERROR, or still INIT with no initialize under way.  Returns what
-        terminate returns, or None when skipped.  (An initialize under way
-        gets the terminate queued behind it.)
+        ERROR, or still INIT.  Returns what terminate returns, or None when
+        skipped.  While a transition is under way (an initialize, or a
+        terminate someone else asked for) it decides once that is over, so
+        two parties stopping one object never make an illegal terminate.
         """
-        state = self.state
-        if state in (BasicStates.TERMINATED, BasicStates.ERROR) or (state == BasicStates.INIT and not self._so_busy):
+        if self._so_busy:
+            # Decide once the transition under way is over: it may be a terminate itself.
+            idle = Deferred()
+            self._so_idle.append(idle)
+            return idle.addCallback(lambda _: self.terminate_unless_over(*args, **kwargs))
+        if self.state in (BasicStates.TERMINATED, BasicStates.ERROR, BasicStates.INIT):
             return None
         return self.terminate(*args, **kwargs)

@@ -502,7 +502,7 @@ def _advance(lco, target):
             return
         for step in order[order.index(state) + 1 : order.index(target) + 1]:
             if step == BasicStates.TERMINATED:
-                yield lco.terminate()
+                yield lco.terminate_unless_over()  # something else may be stopping it already
                 return
             yield getattr(lco, inputs[step])()
 
