@@ -88,6 +88,9 @@ COMPANION_QUEUE_FLAGS = {
 # of the process's registered lifecycle objects, which subscribers built before registering shared.
 _subscriber_numbers = itertools.count()
 
+# A subscriber's prefetch unless it names one: chosen by measurement (bench/README.txt, "prefetch").
+DEFAULT_PREFETCH = 100
+
 # What a subscriber's full queue does with the next event (x-overflow).
 OVERFLOW_MODES = ("drop-head", "reject-publish")
 
@@ -216,9 +219,23 @@ class Subscriber(BasicLifecycleObject):
     `retries` and `dead_letter` choose what happens to failed and
     undecodable messages (see the module docstring); `stats` counts them.
 
+    Handling is R1's, whatever the prefetch: `ondata` is called for one event
+    at a time, in queue order, and the next call comes only after the
+    previous one finished and its ack was sent.  `concurrency=N` opts in to
+    up to N handler calls at once (each still acked after its own call ends).
+
     `prefetch_count` is how many unacked messages the broker hands over at
-    once.  R1's 1 means strictly one after another; more gives throughput,
-    and a handler that returns a Deferred may then see several at a time.
+    once (DEFAULT_PREFETCH unless given; R1 used 1).  The ones not yet
+    handled wait in the subscriber, so a higher prefetch saves a broker
+    round trip per event without changing what the handler sees.  What it
+    does change: competing consumers of one queue are served round robin,
+    but each may hold up to `prefetch_count` events, so a busy or slow one
+    keeps its share waiting while an idle one could have taken them (for
+    strictly even sharing of slow work, pass prefetch_count=1).  When a
+    subscriber dies, everything it held unacked (up to `prefetch_count`)
+    goes back to the queue and is delivered again (redelivered=True), but
+    only the ones its handler had started (at most `concurrency`) can be
+    handled twice.
 
     `clock` times the rate limits of the failure and decode log lines (the
     process's clock by default; tests give a task.Clock), and the queue depth checks.
@@ -259,17 +276,22 @@ class Subscriber(BasicLifecycleObject):
         auto_delete=True,
         retries=None,
         dead_letter=None,
-        prefetch_count=1,
+        prefetch_count=None,
         max_length=None,
         max_length_bytes=None,
         overflow=None,
         depth_warning=None,
         clock=None,
+        concurrency=1,
         *args,
         **kwargs
     ):
         super().__init__()
         who = type(self).__name__
+        if prefetch_count is None:
+            prefetch_count = DEFAULT_PREFETCH
+        if not isinstance(concurrency, int) or isinstance(concurrency, bool) or concurrency < 1:
+            raise ValueError("%s: concurrency must be an int >= 1, not %r" % (who, concurrency))
         arguments = _queue_arguments(who, max_length, max_length_bytes, overflow)
         if depth_warning is None:
             depth_warning = CONF.getValue("queue_depth_warning", 10000)
@@ -325,6 +347,7 @@ class Subscriber(BasicLifecycleObject):
             consumer_config=self.consumer_config,
             content_check=self.check_content,
             clock=clock,
+            concurrency=concurrency,
         )
         if clock is None:
             from twisted.internet import reactor as clock
