@@ -53,6 +53,7 @@ peers, non-durable subscribers, non-persistent publishers) sees only `X`.
 The companion goes away with the last durable queue bound to it.
 """
 
+import inspect
 import itertools
 
 from twisted.internet import defer
@@ -435,14 +436,25 @@ class Subscriber(BasicLifecycleObject):
         if self._depth_watch is not None:
             self._depth_watch.stop()
 
-    @defer.inlineCallbacks
     def _receive_handler(self, data, msg):
-        """ondata, then ack; a failure is logged with the event and handled as configured."""
+        """
+        ondata, then ack; a failure is logged with the event and handled as
+        configured.  A handler that returns no Deferred is acked at once,
+        with no Deferred machinery in between.
+        """
         try:
-            yield defer.maybeDeferred(self.ondata, data)
+            result = self.ondata(data)
         except Exception:
-            yield self._handler_failed(Failure(), data, msg)
-            return
+            return self._handler_failed(Failure(), data, msg)
+        if inspect.iscoroutine(result):
+            result = defer.ensureDeferred(result)
+        if isinstance(result, defer.Deferred):
+            return result.addCallbacks(lambda _: self._handled(msg), self._handler_failed, errbackArgs=(data, msg))
+        self._handled(msg)
+        return None
+
+    @staticmethod
+    def _handled(msg):
         if msg.state == Message.RECEIVED:
             msg.ack()
 
