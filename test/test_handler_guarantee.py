@@ -160,6 +160,25 @@ class HandlerGuaranteeTests(BrokerTestMixin):
         self.assertEqual(len(self.flushLoggedErrors(ValueError)), 1)
         self.assertEqual(sub.stats["handler_failed"], 1)
 
+    @defer.inlineCallbacks
+    def test_unsubscribe_hands_waiting_events_back(self):
+        name = self.unique_name("handback")
+        sub, holder = yield self.subscriber("handback", queue_name=name, auto_delete=False)
+        self.addCleanup(self.container.exchange_manager.connection.queue_delete, name)
+        yield self.publish("handback", count=10)
+        yield wait_for(lambda: len(sub._recv._waiting) == 9)
+        stopping = sub.unsubscribe()
+        yield wait_for(lambda: sub._recv._draining)
+        self.assertEqual(len(sub._recv._waiting), 0)  # left unacked: the broker takes them back
+        holder.release()  # the call in progress finishes; unsubscribe waits for it
+        yield stopping
+        self.assertEqual(holder.started, ["e00"])
+        yield sub.subscribe()
+        for i in range(2, 11):
+            yield wait_for(lambda: len(holder.started) == i)
+            holder.release()
+        self.assertEqual(sorted(holder.started[1:]), ["e%02d" % i for i in range(1, 10)])
+
     def test_concurrency_must_be_positive(self):
         for bad in (0, -1, 1.5, True, "2"):
             self.assertRaises(ValueError, events.InfoLoggingEventSubscriber, process=self.proc, concurrency=bad)
