@@ -29,7 +29,7 @@ On RabbitMQ (amqp://guest:guest@127.0.0.1:5672/%2F by default), one run measures
                               the publish is handed to the transport;
     (c) window W, confirms on up to W calls in flight at once;
   and for each mode, events delivered per second to an EventSubscriber in
-  another OS process (prefetch 1): from the first call until that process
+  another OS process (its default settings): from the first call until that process
   reports it has all of them.
 
 The ratios are project / raw: publish rates against raw publish, delivery
@@ -590,7 +590,7 @@ def report(args, results, broker, seconds):
         "",
         "PROJECT InfoLoggingEventPublisher.create_and_publish_event (%d events per mode, AMQP body %s bytes;"
         % (args.events, r.get("event_body_bytes")),
-        "    delivered = EventSubscriber%s, prefetch 1)" % (" in this process" if memory else " in another OS process"),
+        "    delivered = EventSubscriber%s, default settings)" % (" in this process" if memory else " in another OS process"),
         "                                     published   /raw pub     delivered  /raw p1",
     ]
     confirms = "" if memory else ", confirms on"

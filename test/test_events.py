@@ -488,13 +488,14 @@ class EventTests(BrokerTestMixin):
             return d.addCallback(lambda _: done.append(data["content"].name))
 
         sub = yield SubscriberFactory(process=self.proc).build(
-            subscriber_type=events.InfoLoggingEventSubscriber, origin="pf", handler=hold, prefetch_count=10
+            subscriber_type=events.InfoLoggingEventSubscriber, origin="pf", handler=hold, prefetch_count=10,
+            concurrency=10,
         )
         self.assertEqual(sub.consumer_config["prefetch_count"], 10)
         pub = yield self.publisher(origin="pf")
         for i in range(15):
             yield pub.create_and_publish_event(name="e%d" % i)
-        # Ten handled at once (R1's prefetch of 1 would stop at one), and no more.
+        # Ten handled at once (asked for: concurrency=10), and no more.
         yield wait_for(lambda: len(held) == 10)
         while held:
             held.pop(0)[1].callback(None)

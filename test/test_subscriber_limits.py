@@ -58,6 +58,8 @@ class SubscriberLimitTests(BrokerTestMixin):
 
     @defer.inlineCallbacks
     def subscribe(self, handler, **kwargs):
+        # Prefetch 1: a held handler keeps every later event ready in the queue, where its limits apply.
+        kwargs.setdefault("prefetch_count", 1)
         sub = yield SubscriberFactory(process=self.proc).build(
             subscriber_type=events.InfoLoggingEventSubscriber, origin=ORIGIN, handler=handler, **kwargs
         )

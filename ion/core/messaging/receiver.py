@@ -15,7 +15,7 @@ counts are in `Receiver.stats`.
 """
 
 import time
-from collections import Counter
+from collections import Counter, deque
 
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -127,6 +127,13 @@ class Receiver(BasicLifecycleObject):
     dict; raising (a CodecError naming the problem) makes the message
     undecodable for this receiver, so no handler sees it.  `clock` times the
     rate limits of the log (the reactor by default).
+
+    `concurrency=N` handles at most N deliveries at a time: the others wait,
+    in the order they came, until a handling finished (its ack or reject
+    sent), so with N=1 handlers see one message after another in queue order
+    whatever the prefetch.  None (the default) handles each as it arrives.
+    Deliveries still waiting when consuming stops are left unacked: the
+    broker hands them back to the queue when the consumer is cancelled.
     """
 
     queue_factory = None  # one of messaging.process / worker / fanout
@@ -151,8 +158,13 @@ class Receiver(BasicLifecycleObject):
         publisher_config=None,
         content_check=None,
         clock=None,
+        concurrency=None,
     ):
         super().__init__()
+        if concurrency is not None and (
+            not isinstance(concurrency, int) or isinstance(concurrency, bool) or concurrency < 1
+        ):
+            raise ValueError("receiver %s: concurrency must be None or an int >= 1, not %r" % (name, concurrency))
         self.name = name
         self.scope = scope
         self.xname = get_scoped_name(name, scope)
@@ -168,6 +180,9 @@ class Receiver(BasicLifecycleObject):
         self._receiver_config = None  # set by _init_receiver
         self._queue = None
         self.processing_messages = {}
+        self.concurrency = concurrency
+        self._waiting = deque()  # deliveries not yet handled, in arrival order (with a concurrency bound)
+        self._pumping = False
         self._draining = False
         self._idle = None
         self.content_check = content_check
@@ -268,6 +283,7 @@ class Receiver(BasicLifecycleObject):
     def _stop_consuming(self, exclude=None):
         """Let messages in progress finish (except `exclude`), then cancel the consumer."""
         self._draining = True
+        self._waiting.clear()  # unacked: requeued by the broker when the consumer is cancelled
         yield self.wait_idle(exclude)
         self.handler_failures.flush()
         consumer, self.consumer = self.consumer, None
@@ -304,8 +320,26 @@ class Receiver(BasicLifecycleObject):
         if Receiver.rec_shutoff:
             msg.ack()
             return
+        if self.concurrency is None:
+            self._start(msg)
+            return
+        self._waiting.append(msg)
+        self._pump()
+
+    def _start(self, msg):
         self.processing_messages[id(msg)] = msg
         self._handle(msg).addBoth(self._done, msg)
+
+    def _pump(self):
+        """Start waiting deliveries while under the concurrency bound; a loop, so synchronous handlers do not recurse."""
+        if self._pumping:
+            return  # the loop below is running further up the stack
+        self._pumping = True
+        try:
+            while self._waiting and not self._draining and len(self.processing_messages) < self.concurrency:
+                self._start(self._waiting.popleft())
+        finally:
+            self._pumping = False
 
     @defer.inlineCallbacks
     def _handle(self, msg):
@@ -353,6 +387,8 @@ class Receiver(BasicLifecycleObject):
 
     def _done(self, result, msg):
         self.processing_messages.pop(id(msg), None)
+        if self._waiting:
+            self._pump()
         if self._idle:
             busy = list(self.processing_messages.values())
             still_waiting = []

@@ -32,7 +32,7 @@ from twisted.logger import Logger
 
 from ion.core import ioninit, metrics
 from ion.core.exception import IonError, UsageError
-from ion.core.messaging.message_client import MessageClient, MessageInstance
+from ion.core.messaging.message_client import MessageClient, MessageInstance, new_message_instance
 from ion.core.messaging.envelope import check_routing_key
 from ion.core.object.codec import ION_R1_GPB, CodecError
 from ion.core.object.gpb_wrapper import Wrapper
@@ -52,6 +52,8 @@ def get_events_exchange_point():
 
 
 EVENT_MESSAGE_TYPE = create_type_identifier(object_id=2322, version=1)
+# How many origins' routing keys a publisher remembers (a publisher naming endless origins stays bounded).
+MAX_REMEMBERED_TOPICS = 1000
 RESOURCE_LIFECYCLE_EVENT_MESSAGE_TYPE = create_type_identifier(object_id=2323, version=1)
 TRIGGER_EVENT_MESSAGE_TYPE = create_type_identifier(object_id=2324, version=1)
 RESOURCE_MODIFICATION_EVENT_MESSAGE_TYPE = create_type_identifier(object_id=2325, version=1)
@@ -110,6 +112,7 @@ class EventPublisher(Publisher):
             self._check_origin(origin)
         self._origin = origin
         self._mc = MessageClient(proc=process)
+        self._topics = {}  # origin -> routing key, see _topic_of
         super().__init__(
             xp_name=xp_name or get_events_exchange_point(),
             routing_key=routing_key or "unknown",
@@ -162,18 +165,21 @@ class EventPublisher(Publisher):
                 raise TypeError(_field_type_error(msg, key, field, value, e)) from e
             del msgargs[key]
 
-    @defer.inlineCallbacks
     def create_event(self, **kwargs):
         """
         A new event instance: fields of the EventMessage first, the rest on a
         payload of `msg_type` linked as `additional_data`.  `datetime`
         defaults to now; a kwarg neither message has is an error.
         """
+        return defer.maybeDeferred(self._new_event, kwargs)
+
+    def _new_event(self, kwargs):
+        """create_event's work, synchronous: the publish path calls it without a Deferred between."""
         if not self.msg_type:
             raise UsageError("%s has no msg_type: it cannot create events" % (type(self).__name__,))
-        kwargs.setdefault("datetime", time.time())
         remaining = dict(kwargs)
-        event_msg = yield self._mc.create_instance(EVENT_MESSAGE_TYPE)
+        remaining.setdefault("datetime", time.time())
+        event_msg = new_message_instance(EVENT_MESSAGE_TYPE)
         self._set_msg_fields(event_msg, remaining)
         payload = event_msg.CreateObject(self.msg_type)
         self._set_msg_fields(payload, remaining)
@@ -195,23 +201,34 @@ class EventPublisher(Publisher):
         if origin is None or origin in ("", "unknown"):
             return defer.fail(AssertionError("Error - No origin publishing event message: %s" % (event_msg,)))
         try:
-            routing_key = self.topic(origin)
+            routing_key = self._topic_of(origin)
         except (AssertionError, TypeError, ValueError):
             return defer.fail()
         return metrics.observe_publish(self.publish(event_msg, routing_key=routing_key), self.event_id)
 
-    @defer.inlineCallbacks
     def create_and_publish_event(self, **kwargs):
         """create_event then publish_event; an `origin` kwarg is both a field and the routing origin."""
         origin = kwargs.get("origin")
-        # A bad origin fails here, before the event is made; the key is worked out once.
-        routing_key = self.topic(origin) if origin not in (None, "") else None
-        event_msg = yield self.create_event(**kwargs)
+        try:
+            # A bad origin fails here, before the event is made; the key is worked out once per origin.
+            routing_key = self._topic_of(origin) if origin not in (None, "") else None
+            event_msg = self._new_event(kwargs)
+        except Exception:
+            return defer.fail()
         if routing_key is None:
-            yield self.publish_event(event_msg)
+            sent = self.publish_event(event_msg)
         else:
-            yield self.publish(event_msg, routing_key=routing_key)
-        return event_msg
+            sent = self.publish(event_msg, routing_key=routing_key)
+        return sent.addCallback(lambda _: event_msg)
+
+    def _topic_of(self, origin):
+        """topic(origin), remembered for each origin (a str) that passed its checks."""
+        key = self._topics.get(origin) if isinstance(origin, str) else None
+        if key is None:
+            key = self.topic(origin)
+            if len(self._topics) < MAX_REMEMBERED_TOPICS:
+                self._topics[origin] = key
+        return key
 
 
 # What a Python caller passes for each protobuf scalar type.

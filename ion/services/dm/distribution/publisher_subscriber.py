@@ -53,7 +53,9 @@ peers, non-durable subscribers, non-persistent publishers) sees only `X`.
 The companion goes away with the last durable queue bound to it.
 """
 
+import inspect
 import itertools
+import time
 
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -87,6 +89,9 @@ COMPANION_QUEUE_FLAGS = {
 # Numbers the subscribers' receivers, so each has its own name and store entry.  R1 used the count
 # of the process's registered lifecycle objects, which subscribers built before registering shared.
 _subscriber_numbers = itertools.count()
+
+# A subscriber's prefetch unless it names one: chosen by measurement (bench/README.txt, "prefetch").
+DEFAULT_PREFETCH = 100
 
 # What a subscriber's full queue does with the next event (x-overflow).
 OVERFLOW_MODES = ("drop-head", "reject-publish")
@@ -216,9 +221,23 @@ class Subscriber(BasicLifecycleObject):
     `retries` and `dead_letter` choose what happens to failed and
     undecodable messages (see the module docstring); `stats` counts them.
 
+    Handling is R1's, whatever the prefetch: `ondata` is called for one event
+    at a time, in queue order, and the next call comes only after the
+    previous one finished and its ack was sent.  `concurrency=N` opts in to
+    up to N handler calls at once (each still acked after its own call ends).
+
     `prefetch_count` is how many unacked messages the broker hands over at
-    once.  R1's 1 means strictly one after another; more gives throughput,
-    and a handler that returns a Deferred may then see several at a time.
+    once (DEFAULT_PREFETCH unless given; R1 used 1).  The ones not yet
+    handled wait in the subscriber, so a higher prefetch saves a broker
+    round trip per event without changing what the handler sees.  What it
+    does change: competing consumers of one queue are served round robin,
+    but each may hold up to `prefetch_count` events, so a busy or slow one
+    keeps its share waiting while an idle one could have taken them (for
+    strictly even sharing of slow work, pass prefetch_count=1).  When a
+    subscriber dies, everything it held unacked (up to `prefetch_count`)
+    goes back to the queue and is delivered again (redelivered=True), but
+    only the ones its handler had started (at most `concurrency`) can be
+    handled twice.
 
     `clock` times the rate limits of the failure and decode log lines (the
     process's clock by default; tests give a task.Clock), and the queue depth checks.
@@ -259,17 +278,22 @@ class Subscriber(BasicLifecycleObject):
         auto_delete=True,
         retries=None,
         dead_letter=None,
-        prefetch_count=1,
+        prefetch_count=None,
         max_length=None,
         max_length_bytes=None,
         overflow=None,
         depth_warning=None,
         clock=None,
+        concurrency=1,
         *args,
         **kwargs
     ):
         super().__init__()
         who = type(self).__name__
+        if prefetch_count is None:
+            prefetch_count = DEFAULT_PREFETCH
+        if not isinstance(concurrency, int) or isinstance(concurrency, bool) or concurrency < 1:
+            raise ValueError("%s: concurrency must be an int >= 1, not %r" % (who, concurrency))
         arguments = _queue_arguments(who, max_length, max_length_bytes, overflow)
         if depth_warning is None:
             depth_warning = CONF.getValue("queue_depth_warning", 10000)
@@ -325,6 +349,7 @@ class Subscriber(BasicLifecycleObject):
             consumer_config=self.consumer_config,
             content_check=self.check_content,
             clock=clock,
+            concurrency=concurrency,
         )
         if clock is None:
             from twisted.internet import reactor as clock
@@ -419,16 +444,36 @@ class Subscriber(BasicLifecycleObject):
         if self._depth_watch is not None:
             self._depth_watch.stop()
 
-    @defer.inlineCallbacks
     def _receive_handler(self, data, msg):
-        """ondata, then ack; a failure is logged with the event and handled as configured."""
+        """
+        ondata, then ack; a failure is logged with the event and handled as
+        configured.  A handler that returns no Deferred is acked at once,
+        with no Deferred machinery in between.  Its time (failures too) goes
+        to the handler-seconds metric.
+        """
         metrics.delivered.labels(self._binding_key).inc()
+        started = time.perf_counter()
         try:
-            with metrics.handler_seconds.labels(self._binding_key).time():
-                yield defer.maybeDeferred(self.ondata, data)
+            result = self.ondata(data)
         except Exception:
-            yield self._handler_failed(Failure(), data, msg)
-            return
+            self._timed(started)
+            return self._handler_failed(Failure(), data, msg)
+        if inspect.iscoroutine(result):
+            result = defer.ensureDeferred(result)
+        if isinstance(result, defer.Deferred):
+            return result.addCallbacks(self._handled, self._failed_later, (msg, started), None, (data, msg, started))
+        self._handled(None, msg, started)
+        return None
+
+    def _timed(self, started):
+        metrics.handler_seconds.labels(self._binding_key).observe(time.perf_counter() - started)
+
+    def _failed_later(self, failure, data, msg, started):
+        self._timed(started)
+        return self._handler_failed(failure, data, msg)
+
+    def _handled(self, _, msg, started):
+        self._timed(started)
         metrics.handled.labels(self._binding_key).inc()
         if msg.state == Message.RECEIVED:
             msg.ack()
