@@ -38,7 +38,7 @@ setup(
         "zope.interface",
     ],
     extras_require={
-        "test": ["hypothesis>=6", "pika>=1.3", "pyOpenSSL", "service_identity", "pamqp>=3.2", "grpcio-tools"],
+        "test": ["hypothesis>=6", "pika>=1.3", "pexpect>=4.8", "pyOpenSSL", "service_identity", "pamqp>=3.2", "grpcio-tools"],
         "tls": ["pyOpenSSL", "service_identity"],
     },
     zip_safe=False,

@@ -136,7 +136,7 @@ class Options(usage.Options):
     optFlags = [
         ["no_shell", "n", "Do not start the interactive shell."],
         ["no_history", "i", "Do not read or write ~/.cchistory."],
-        ["no_dbmanhole", None, "Do not start the telnet shell."],
+        ["no_dbmanhole", None, "Do not start the debug manhole (it is off unless ion.config's debug_manhole is True)."],
     ]
 
     def opt_version(self):
@@ -219,6 +219,7 @@ class CapabilityContainer(service.Service):
         self.started = defer.Deferred()
         self._starting = None
         self._lock = _Lockfile(options["lockfile"]) if options.get("lockfile") else None
+        self.shells = []
 
     def setServiceParent(self, parent):
         """
@@ -261,7 +262,22 @@ class CapabilityContainer(service.Service):
             self._lock.release()
         yield self.container.publish_startup_event(self.options.get("scripts", []))
         log.info("Container {id} started", id=self.container.id)
+        self._start_shells()
         self.started.callback(self.container)
+
+    def _start_shells(self):
+        """The terminal shell and the debug manhole, as the options and ion.config ask (see their modules)."""
+        from ion.core.cc import shell, shell_api
+        from ion.core.cc.debug_manhole import DebugManhole
+
+        if not self.options.get("no_shell") and shell.TerminalShell.possible():
+            terminal = shell.TerminalShell(shell_api.namespace(self), shell_banner(self.container), not self.options.get("no_history"))
+            terminal.start()
+            self.shells.append(terminal)
+        if not self.options.get("no_dbmanhole") and CONF.get("debug_manhole", False):
+            manhole = DebugManhole(shell_api.namespace(self))
+            log.info("Debug manhole on 127.0.0.1 port {port} (in {path})", port=manhole.listen(), path=manhole.path)
+            self.shells.append(manhole)
 
     def _run_script(self, script):
         """Run a .app, .rel or .py file; a relative path may also name one installed with the package."""
@@ -292,6 +308,9 @@ class CapabilityContainer(service.Service):
     @defer.inlineCallbacks
     def stopService(self):
         service.Service.stopService(self)
+        for shell in reversed(self.shells):
+            yield shell.stop()
+        self.shells = []
         if self._starting is not None and not self._starting.called:
             yield self.started.addErrback(lambda _: None)
         container, self.container = self.container, None
@@ -299,6 +318,12 @@ class CapabilityContainer(service.Service):
             return
         yield stop_container(container)
         log.info("Container {id} stopped", id=container.id)
+
+
+def shell_banner(container):
+    """What the shell says first: version, container, sysname, broker and virtualenv."""
+    return "ION capability container %s\ncontainer %s, sysname %s, broker %s\nvirtualenv %s\nshell_api: info() ps() ms() svc() ping(name) ... ; expr? for help; Ctrl-D leaves\n" % (
+        VERSION, container.id, ioninit.sys_name, container.exchange_manager.description, sys.prefix)
 
 
 def _is_configuration_error(error):
