@@ -41,5 +41,6 @@ setup(
         "test": ["hypothesis>=6", "pika>=1.3", "pexpect>=4.8", "pyOpenSSL", "service_identity", "pamqp>=3.2", "grpcio-tools"],
         "tls": ["pyOpenSSL", "service_identity"],
     },
+    entry_points={"console_scripts": ["ion-events = ion.core.cc.ion_events_command:main"]},
     zip_safe=False,
 )

@@ -153,13 +153,9 @@ class Options(usage.Options):
                 raise usage.UsageError("%s: expected a .app, .rel or .py file" % (script,))
         try:
             # Checked here, not by usage coercers, so a bad value is one line (see OptionValueError).
-            self["broker_port"] = _port(self["broker_port"])
-            self["broker_heartbeat"] = _heartbeat(self["broker_heartbeat"])
-            self["broker_reconnect_timeout"] = _reconnect_timeout(self["broker_reconnect_timeout"])
-            self["broker_max_in_flight"] = _max_in_flight(self["broker_max_in_flight"])
+            self["broker_address"] = check_broker_options(self)
             self["args"] = ioninit.merge_sysname(self["args"], self["sysname"])
             self["container_args"] = ioninit.parse_container_args(self["args"])
-            self["broker_address"] = self.broker_address()
             self["log_level"] = parse_log_level(self["log-level"] or CONF.get("log_level", "info"))
         except ValueError as e:
             raise OptionValueError(e) from e
@@ -188,6 +184,25 @@ class Options(usage.Options):
             reconnect_timeout=self["broker_reconnect_timeout"],
             max_in_flight=self["broker_max_in_flight"],
         )
+
+
+def check_broker_options(options):
+    """
+    Check and convert the broker options of `options` (these Options, or
+    another command's with the same broker options and broker_address);
+    fires ValueError naming a bad one; returns the BrokerAddress.
+    """
+    options["broker_port"] = _port(options["broker_port"])
+    options["broker_heartbeat"] = _heartbeat(options["broker_heartbeat"])
+    options["broker_reconnect_timeout"] = _reconnect_timeout(options["broker_reconnect_timeout"])
+    options["broker_max_in_flight"] = _max_in_flight(options["broker_max_in_flight"])
+    return options.broker_address()
+
+
+def broker_option_parameters():
+    """The optParameters naming the broker and the system, for other commands (ion-events)."""
+    wanted = ("sysname", "broker") + BROKER_PART_OPTIONS
+    return [list(p) for p in Options.optParameters if p[0] in wanted]
 
 
 def _option_name(options, name):
