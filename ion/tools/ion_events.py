@@ -49,8 +49,9 @@ class TailOptions(_AnyOrder):
                 "LOGGING_INFO, InfoLoggingEventSubscriber); none means every event.")
     optParameters = [
         ["origin", "o", None, "Origin pattern: * matches one dot-separated word, # any number."],
-        ["count", "c", None, "Stop after this many events.", int],
-        ["queue-limit", None, DEFAULT_QUEUE_LIMIT, "Events the monitor queue holds before the oldest are dropped.", int],
+        ["count", "c", None, "Stop after this many events.", lambda text: _whole_number("--count", text)],
+        ["queue-limit", None, DEFAULT_QUEUE_LIMIT, "Events the monitor queue holds before the oldest are dropped.",
+         lambda text: _whole_number("--queue-limit", text)],
     ]
     optFlags = [
         ["full", "f", "Every field of the EventMessage and its payload."],
@@ -63,10 +64,6 @@ class TailOptions(_AnyOrder):
     def postOptions(self):
         if self["full"] and self["json"]:
             raise usage.UsageError("--full and --json: choose one format")
-        if self["count"] is not None and self["count"] < 1:
-            raise usage.UsageError("--count must be 1 or more, not %d" % self["count"])
-        if self["queue-limit"] < 1:
-            raise usage.UsageError("--queue-limit must be 1 or more, not %d" % self["queue-limit"])
 
 
 class PublishOptions(_AnyOrder):
@@ -118,6 +115,13 @@ SUBCOMMANDS = [
     ["types", None, TypesOptions, "The event types."],
     ["dead-letters", None, DeadLettersOptions, "Look at, requeue or purge the dead letters."],
 ]
+
+
+def _whole_number(option, text):
+    """An option's value as an int >= 1; a UsageError naming the option otherwise."""
+    if not str(text).isdigit() or int(text) < 1:
+        raise usage.UsageError("%s must be a whole number, 1 or more, not %r" % (option, text))
+    return int(text)
 
 
 def _find(name):
