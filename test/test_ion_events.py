@@ -195,6 +195,33 @@ class IonEventsTests(BrokerTestMixin):
         self.assertIn("name=one", first)
         self.assertIn("state=ACTIVE", first)
 
+    @defer.inlineCallbacks
+    def test_tail_queue_is_bounded_and_says_when_it_drops(self):
+        run = Run()
+        output = ion_events.Output(out=_OutStream(run), err=_ErrStream(run))
+        options = ion_events.TailOptions()
+        options.parseOptions(["--queue-limit", "3", "3003", "--origin", "bounded"])
+        watcher = ion_events.Tail(options, output, self.connection)
+        yield watcher.start()
+        self.addCleanup(watcher.stop)
+        (sub,) = watcher.subscribers
+        config = sub.consumer_config
+        self.assertEqual((config["queue"], config["auto_delete"], config["durable"]), (None, True, False))
+        self.assertEqual(config["arguments"], {"x-max-length": 3, "x-overflow": "drop-head"})
+        held = []
+        sub.ondata = lambda data: held.append(defer.Deferred()) or held[-1]  # a tail that has stopped reading
+
+        def read_again():
+            sub.ondata = lambda data: None
+            for d in held:
+                d.called or d.callback(None)
+
+        self.addCleanup(read_again)
+        pub = yield self.publisher(origin="bounded")
+        for i in range(6):
+            yield pub.create_and_publish_event(name="n%d" % i)
+        yield wait_for(lambda: "is full (3 events): the oldest are being dropped" in run.err, timeout=15)
+
     # --- publish --------------------------------------------------------
     @defer.inlineCallbacks
     def test_publish_reaches_a_subscriber_with_every_field(self):

@@ -180,8 +180,11 @@ def _tool_process(name):
 class Tail:
     """
     One subscriber per named event (or one for all) on an anonymous monitor
-    queue: exclusive, auto-delete and bounded, so a slow or stopped tail
-    cannot build up events on the broker.  `done` fires with the count.
+    queue: auto-delete (gone with tail's consumer, also when its connection
+    dies) and bounded, so a slow or stopped tail cannot build up events on
+    the broker.  It is not exclusive: tail reads its depth on its own
+    connection (the container's belongs to its exchange manager), and the
+    broker refuses that for an exclusive queue.  `done` fires with the count.
     """
 
     def __init__(self, options, output, connection, clock=None):
@@ -211,7 +214,6 @@ class Tail:
                 overflow="drop-head",
                 depth_warning=0,  # tail says itself when its queue is full
             )
-            sub.consumer_config["exclusive"] = True  # gone with this connection, whatever happens
             sub.ondata = self._received
             yield self.process.register_life_cycle_object(sub)
             self.subscribers.append(sub)
