@@ -14,12 +14,13 @@ from dataclasses import dataclass, field
 
 from google.protobuf import json_format
 
+from ion.core.exception import IonError
 from ion.core.object.gpb_wrapper import Wrapper
 from ion.core.object.object_utils import get_gpb_class_from_type_id
 from ion.services.dm.distribution import events
 
 
-class UnknownEvent(ValueError):
+class UnknownEvent(IonError, ValueError):
     """A name or number that is no event."""
 
 
