@@ -196,6 +196,19 @@ class IonEventsTests(BrokerTestMixin):
         self.assertIn("state=ACTIVE", first)
 
     @defer.inlineCallbacks
+    def test_tail_full_shows_every_field(self):
+        pub = yield self.publisher(events.ProcessLifecycleEventPublisher)
+        run = self.ion_events("tail", "--full", "--count", "1", "ProcessLifecycleEventSubscriber", "--origin", "full")
+        yield run.ready
+        yield pub.create_and_publish_event(origin="full", state="ACTIVE", name="x")
+        self.assertEqual((yield run.exited), 0, run.err)
+        lines = [line.strip() for line in run.lines()]
+        self.assertEqual(lines[0], "1052 ProcessLifecycle  (routing key 1052.full)")
+        for expected in ("name: x", "status: IN_PROGRESS", "user_id:", "payload ResourceLifecycleEventMessage:",
+                         "state: ACTIVE"):
+            self.assertIn(expected, lines)
+
+    @defer.inlineCallbacks
     def test_tail_queue_is_bounded_and_says_when_it_drops(self):
         run = Run()
         output = ion_events.Output(out=_OutStream(run), err=_ErrStream(run))

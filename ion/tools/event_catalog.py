@@ -16,7 +16,7 @@ from google.protobuf import json_format
 
 from ion.core.exception import IonError
 from ion.core.object.gpb_wrapper import Wrapper
-from ion.core.object.object_utils import get_gpb_class_from_type_id
+from ion.core.object.object_utils import get_gpb_class_from_type_id, is_repeated
 from ion.services.dm.distribution import events
 
 
@@ -133,9 +133,17 @@ def event_record(routing_key, content, full=False):
 
 
 def _fields(wrapper, full):
-    return json_format.MessageToDict(
-        wrapper.GPBMessage, preserving_proto_field_name=True, always_print_fields_with_no_presence=full
-    )
+    """The fields that are set; with full=True every field, the unset ones with their defaults."""
+    message = wrapper.GPBMessage
+    fields = json_format.MessageToDict(message, preserving_proto_field_name=True)
+    if full:
+        for descriptor in message.DESCRIPTOR.fields:
+            if descriptor.name not in fields and descriptor.message_type is None:
+                value = getattr(message, descriptor.name)
+                if descriptor.enum_type is not None and not is_repeated(descriptor):
+                    value = descriptor.enum_type.values_by_number[value].name
+                fields[descriptor.name] = list(value) if is_repeated(descriptor) else value
+    return fields
 
 
 def one_line(record):
