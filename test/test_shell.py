@@ -15,6 +15,7 @@ from twisted.internet import defer, protocol, reactor
 from twisted.trial import unittest
 
 from ion.core.cc.debug_manhole import DebugManhole
+from ion.core.cc.shell import History
 from test.brokers import BrokerTestMixin, for_each_broker, wait_for
 from test.test_twistd import HELLO_REL, REPO, TwistdMixin
 
@@ -78,6 +79,39 @@ class NoTerminalTest(TwistdMixin, unittest.TestCase):
         proto = self.spawn_twistd(HELLO_REL)  # stdin and stdout are pipes here
         yield self.stop_with(proto, "TERM")
         self.assertNotIn("><>", proto.output())
+
+
+class DebugManholeInTwistdTest(TwistdMixin, unittest.TestCase):
+    @defer.inlineCallbacks
+    def test_on_from_ion_config_off_with_no_dbmanhole(self):
+        work = self.new_directory()
+        local = os.path.join(work, "local.config")
+        with open(local, "w") as f:
+            f.write("{'ion.core.cc.service': {'debug_manhole': True}}\n")
+        proto = self.spawn_twistd(HELLO_REL, cwd=work, env={"ION_LOCAL_CONFIG": local})
+        found = yield proto.wait_for(r"Debug manhole on 127\.0\.0\.1 port (\d+) \(in (\S+)\)")
+        path = os.path.join(work, found.group(2))
+        with open(path) as f:
+            self.assertEqual(f.read().strip(), found.group(1))
+        self.assertEqual(stat.S_IMODE(os.stat(path).st_mode), 0o600)
+        yield self.stop_with(proto, "TERM")
+        self.assertFalse(os.path.exists(path))
+        proto = self.spawn_twistd("--no_dbmanhole", HELLO_REL, cwd=work, env={"ION_LOCAL_CONFIG": local})
+        yield self.stop_with(proto, "TERM")
+        self.assertNotIn("Debug manhole", proto.output())
+
+
+class HistoryTest(unittest.TestCase):
+    def test_keeps_the_last_2500_lines(self):
+        path = os.path.abspath(self.mktemp())
+        history = History(path)
+        for i in range(2600):
+            history.append("line %d" % i)
+        self.assertEqual(len(history.read()), 2500)
+        self.assertEqual(history.read()[0], b"line 100")
+        history.trim()
+        with open(path) as f:
+            self.assertEqual(len(f.read().splitlines()), 2500)
 
 
 class DebugManholeTest(unittest.TestCase):
