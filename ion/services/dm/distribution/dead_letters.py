@@ -226,13 +226,20 @@ def consume(connection, callback, name=None, prefetch_count=100):
 # --- for operators (ion-events dead-letters) -------------------------------
 
 
+# How long _take_all waits for the dead letters the queue said it held (another reader may take some).
+TAKE_TIMEOUT = 10.0
+
+
 @defer.inlineCallbacks
-def _take_all(connection, name):
+def _take_all(connection, name, clock=None):
     """
     Every dead letter now in the queue, handed over and not yet settled:
-    [(DeadLetter, delivery)].  The caller acks or rejects each, then cancels
-    the consumer it fires with as well.
+    [(DeadLetter, delivery)], and the consumer.  The caller acks or rejects
+    each and cancels the consumer.  Waits at most TAKE_TIMEOUT seconds on
+    `clock` for them all.
     """
+    if clock is None:
+        from twisted.internet import reactor as clock
     depth = yield connection.queue_depth(name)
     taken = []
     if not depth:
@@ -245,7 +252,10 @@ def _take_all(connection, name):
             all_taken.callback(None)
 
     consumer = yield connection.consume(name, deliver, prefetch_count=depth)
+    timer = clock.callLater(TAKE_TIMEOUT, lambda: all_taken.called or all_taken.callback(None))
     yield all_taken
+    if timer.active():
+        timer.cancel()
     return taken, consumer
 
 
@@ -279,14 +289,14 @@ def requeue(connection, name=None):
     name = yield declare(connection, name)
     taken, consumer = yield _take_all(connection, name)
     try:
-        for letter, delivery in taken:
+        for number, (letter, delivery) in enumerate(taken):
             try:
                 yield connection.publish(
                     letter.original_exchange, letter.routing_key, letter.body, without_ion_headers(letter.properties)
                 )
             except Exception:
-                for _later, rest in taken[taken.index((letter, delivery)):]:
-                    rest.reject(requeue=True)
+                for _rest, unsent in taken[number:]:
+                    unsent.reject(requeue=True)
                 raise
             delivery.ack()
     finally:
