@@ -286,7 +286,8 @@ class CapabilityContainer(service.Service):
         from ion.core.cc.debug_manhole import DebugManhole
 
         if not self.options.get("no_shell") and shell.TerminalShell.possible():
-            terminal = shell.TerminalShell(shell_api.namespace(self), shell_banner(self.container), not self.options.get("no_history"))
+            banner = shell_banner(self.container)
+            terminal = shell.TerminalShell(shell_api.namespace(self), banner, history=not self.options.get("no_history"))
             terminal.start()
             self.shells.append(terminal)
         if not self.options.get("no_dbmanhole") and CONF.get("debug_manhole", False):
@@ -337,8 +338,10 @@ class CapabilityContainer(service.Service):
 
 def shell_banner(container):
     """What the shell says first: version, container, sysname, broker and virtualenv."""
-    return "ION capability container %s\ncontainer %s, sysname %s, broker %s\nvirtualenv %s\nshell_api: info() ps() ms() svc() ping(name) ... ; expr? for help; Ctrl-D leaves\n" % (
-        VERSION, container.id, ioninit.sys_name, container.exchange_manager.description, sys.prefix)
+    return (
+        "ION capability container %s\ncontainer %s, sysname %s, broker %s\nvirtualenv %s\n"
+        "shell_api: info() ps() ms() svc() ping(name) ... ; expr? for help; Ctrl-D leaves\n"
+    ) % (VERSION, container.id, ioninit.sys_name, container.exchange_manager.description, sys.prefix)
 
 
 def _is_configuration_error(error):
