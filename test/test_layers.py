@@ -23,7 +23,7 @@ Floors, lowest first (the first matching prefix wins; a package's
  5 processes      ion.core.process, ion.util (procutils and the rest)
  6 pub/sub        ion.services.dm.distribution: publishers, subscribers,
                   events, dead letters
- 7 services       the rest of ion.services, ion.interact
+ 7 services       the rest of ion.services, ion.interact, ion.tools (ion-events)
  8 container      ion.core.cc, ion.core.pack, ion.core.bootstrap, ion.test:
                   the capability container, its apps and the test harness
  9 package roots  ion, ion.core (empty __init__ files)
@@ -53,7 +53,7 @@ FLOORS = [
     (4, "messaging", ("ion.core.messaging",)),
     (5, "processes", ("ion.core.process", "ion.util")),
     (6, "pub/sub", ("ion.services.dm.distribution",)),
-    (7, "services", ("ion.services", "ion.interact")),
+    (7, "services", ("ion.services", "ion.interact", "ion.tools")),
     (8, "container", ("ion.core.cc", "ion.core.pack", "ion.core.bootstrap", "ion.test")),
     (9, "package roots", ("ion.core", "ion")),
 ]

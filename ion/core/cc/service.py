@@ -138,7 +138,7 @@ class Options(usage.Options):
     optFlags = [
         ["no_shell", "n", "Do not start the interactive shell."],
         ["no_history", "i", "Do not read or write ~/.cchistory."],
-        ["no_dbmanhole", None, "Do not start the telnet shell."],
+        ["no_dbmanhole", None, "Do not start the debug manhole (it is off unless ion.config's debug_manhole is True)."],
     ]
 
     def opt_version(self):
@@ -155,15 +155,11 @@ class Options(usage.Options):
                 raise usage.UsageError("%s: expected a .app, .rel or .py file" % (script,))
         try:
             # Checked here, not by usage coercers, so a bad value is one line (see OptionValueError).
-            self["broker_port"] = _port(self["broker_port"])
-            self["broker_heartbeat"] = _heartbeat(self["broker_heartbeat"])
-            self["broker_reconnect_timeout"] = _reconnect_timeout(self["broker_reconnect_timeout"])
-            self["broker_max_in_flight"] = _max_in_flight(self["broker_max_in_flight"])
+            self["broker_address"] = check_broker_options(self)
             if self["status_port"] is not None:
                 self["status_port"] = status.parse_port(self["status_port"])
             self["args"] = ioninit.merge_sysname(self["args"], self["sysname"])
             self["container_args"] = ioninit.parse_container_args(self["args"])
-            self["broker_address"] = self.broker_address()
             self["log_level"] = parse_log_level(self["log-level"] or CONF.get("log_level", "info"))
         except ValueError as e:
             raise OptionValueError(e) from e
@@ -192,6 +188,25 @@ class Options(usage.Options):
             reconnect_timeout=self["broker_reconnect_timeout"],
             max_in_flight=self["broker_max_in_flight"],
         )
+
+
+def check_broker_options(options):
+    """
+    Check and convert the broker options of `options` (these Options, or
+    another command's with the same broker options and broker_address);
+    fires ValueError naming a bad one; returns the BrokerAddress.
+    """
+    options["broker_port"] = _port(options["broker_port"])
+    options["broker_heartbeat"] = _heartbeat(options["broker_heartbeat"])
+    options["broker_reconnect_timeout"] = _reconnect_timeout(options["broker_reconnect_timeout"])
+    options["broker_max_in_flight"] = _max_in_flight(options["broker_max_in_flight"])
+    return options.broker_address()
+
+
+def broker_option_parameters():
+    """The optParameters naming the broker and the system, for other commands (ion-events)."""
+    wanted = ("sysname", "broker") + BROKER_PART_OPTIONS
+    return [list(p) for p in Options.optParameters if p[0] in wanted]
 
 
 def _option_name(options, name):
@@ -224,6 +239,7 @@ class CapabilityContainer(service.Service):
         self._starting = None
         self._lock = _Lockfile(options["lockfile"]) if options.get("lockfile") else None
         self.status_port = None
+        self.shells = []
 
     def setServiceParent(self, parent):
         """
@@ -268,7 +284,23 @@ class CapabilityContainer(service.Service):
             self._lock.release()
         yield self.container.publish_startup_event(self.options.get("scripts", []))
         log.info("Container {id} started", id=self.container.id)
+        self._start_shells()
         self.started.callback(self.container)
+
+    def _start_shells(self):
+        """The terminal shell and the debug manhole, as the options and ion.config ask (see their modules)."""
+        from ion.core.cc import shell, shell_api
+        from ion.core.cc.debug_manhole import DebugManhole
+
+        if not self.options.get("no_shell") and shell.TerminalShell.possible():
+            banner = shell_banner(self.container)
+            terminal = shell.TerminalShell(shell_api.namespace(self), banner, history=not self.options.get("no_history"))
+            terminal.start()
+            self.shells.append(terminal)
+        if not self.options.get("no_dbmanhole") and CONF.get("debug_manhole", False):
+            manhole = DebugManhole(shell_api.namespace(self))
+            log.info("Debug manhole on 127.0.0.1 port {port} (in {path})", port=manhole.listen(), path=manhole.path)
+            self.shells.append(manhole)
 
     def _run_script(self, script):
         """Run a .app, .rel or .py file; a relative path may also name one installed with the package."""
@@ -299,6 +331,9 @@ class CapabilityContainer(service.Service):
     @defer.inlineCallbacks
     def stopService(self):
         service.Service.stopService(self)
+        for shell in reversed(self.shells):
+            yield shell.stop()
+        self.shells = []
         if self._starting is not None and not self._starting.called:
             yield self.started.addErrback(lambda _: None)
         if self.status_port is not None:
@@ -308,6 +343,14 @@ class CapabilityContainer(service.Service):
             return
         yield stop_container(container)
         log.info("Container {id} stopped", id=container.id)
+
+
+def shell_banner(container):
+    """What the shell says first: version, container, sysname, broker and virtualenv."""
+    return (
+        "ION capability container %s\ncontainer %s, sysname %s, broker %s\nvirtualenv %s\n"
+        "shell_api: info() ps() ms() svc() ping(name) ... ; expr? for help; Ctrl-D leaves\n"
+    ) % (VERSION, container.id, ioninit.sys_name, container.exchange_manager.description, sys.prefix)
 
 
 def _is_configuration_error(error):

@@ -238,3 +238,93 @@ def consume(broker, callback, name=None, prefetch_count=100):
     name = yield declare(broker, name)
     consumer = yield broker.consume(name, deliver, prefetch_count=prefetch_count)
     return consumer
+
+
+# --- for operators (ion-events dead-letters) -------------------------------
+
+
+# How long _take_all waits for the dead letters the queue said it held (another reader may take some).
+TAKE_TIMEOUT = 10.0
+
+
+@defer.inlineCallbacks
+def _take_all(connection, name, clock=None):
+    """
+    Every dead letter now in the queue, handed over and not yet settled:
+    [(DeadLetter, delivery)], and the consumer.  The caller acks or rejects
+    each and cancels the consumer.  Waits at most TAKE_TIMEOUT seconds on
+    `clock` for them all.
+    """
+    if clock is None:
+        from twisted.internet import reactor as clock
+    depth = yield connection.queue_depth(name)
+    taken = []
+    if not depth:
+        return taken, None
+    all_taken = defer.Deferred()
+
+    def deliver(delivery):
+        taken.append((DeadLetter.from_delivery(delivery), delivery))
+        if len(taken) == depth and not all_taken.called:
+            all_taken.callback(None)
+
+    consumer = yield connection.consume(name, deliver, prefetch_count=depth)
+    timer = clock.callLater(TAKE_TIMEOUT, lambda: all_taken.called or all_taken.callback(None))
+    yield all_taken
+    if timer.active():
+        timer.cancel()
+    return taken, consumer
+
+
+@defer.inlineCallbacks
+def peek(connection, name=None):
+    """The dead letters in the queue, oldest first, left in it (each is handed back)."""
+    name = yield declare(connection, name)
+    taken, consumer = yield _take_all(connection, name)
+    if consumer is not None:
+        yield consumer.cancel()
+    for _letter, delivery in taken:
+        delivery.reject(requeue=True)
+    return [letter for letter, _delivery in taken]
+
+
+def without_ion_headers(properties):
+    """A dead letter's properties as they were before it died: the x-ion-* headers it gained removed."""
+    properties = dict(properties)
+    headers = {k: v for k, v in (properties.get("headers") or {}).items() if not k.startswith("x-ion-")}
+    properties["headers"] = headers
+    return properties
+
+
+@defer.inlineCallbacks
+def requeue(connection, name=None):
+    """
+    Publish every dead letter again to its original exchange and routing key
+    (as it first was), then drop it; fires with how many.  One whose
+    exchange is gone stays a dead letter and fails the Deferred.
+    """
+    name = yield declare(connection, name)
+    taken, consumer = yield _take_all(connection, name)
+    try:
+        for number, (letter, delivery) in enumerate(taken):
+            try:
+                yield connection.publish(
+                    letter.original_exchange, letter.routing_key, letter.body, without_ion_headers(letter.properties)
+                )
+            except Exception:
+                for _rest, unsent in taken[number:]:
+                    unsent.reject(requeue=True)
+                raise
+            delivery.ack()
+    finally:
+        if consumer is not None:
+            yield consumer.cancel()
+    return len(taken)
+
+
+@defer.inlineCallbacks
+def purge(connection, name=None):
+    """Drop every dead letter (the queue and exchange stay); fires with how many."""
+    name = yield declare(connection, name)
+    dropped = yield connection.queue_purge(name)
+    return dropped
