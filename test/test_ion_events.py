@@ -17,6 +17,7 @@ from twisted.internet import defer, protocol, reactor, task
 from twisted.python import usage
 from twisted.trial import unittest
 
+from ion.core.messaging.exchange import ExchangeManager
 from ion.core.process.process import Process
 from ion.services.dm.distribution import dead_letters, events
 from ion.services.dm.distribution.publisher_subscriber import SubscriberFactory
@@ -95,7 +96,8 @@ class IonEventsTests(BrokerTestMixin):
         yield self._start_container(sysname=self.sysname)
         self.proc = Process(spawnargs={"proc-name": "ion-events-test"})
         yield self.proc.spawn()
-        self.connection = yield self.connect_broker()
+        # What the console script gives the commands: an ExchangeManager on a connection of its own.
+        self.connection = ExchangeManager((yield self.connect_broker()))
         if self.on_rabbit:  # durable: it would outlive the test (cleanups run last first: before the close)
             self.addCleanup(dead_letters.delete, self.connection, dead_letters.dead_letter_name(self.sysname))
 

@@ -64,6 +64,12 @@ LATE_IMPORTS = {
         "connect() loads only the broker kind asked for: an embedded-broker run needs no txamqp",
     ("ion.core.messaging.broker", "ion.core.messaging.broker.amqp"):
         "connect() loads only the broker kind asked for: an AMQP run loads no embedded broker",
+    ("ion.core.cc.service", "ion.core.cc.shell"):
+        "Conch's manhole loads only when a shell starts (most containers run with no terminal)",
+    ("ion.core.cc.service", "ion.core.cc.shell_api"): "loaded with the shell, as above",
+    ("ion.core.cc.service", "ion.core.cc.debug_manhole"): "loaded only when ion.config turns the debug manhole on",
+    ("ion.core.cc.shell_api", "ion.core.cc.service"):
+        "info() reads the version from the twistd service, which is what loads this module",
 }
 
 

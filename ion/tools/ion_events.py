@@ -4,8 +4,9 @@
 Each runs inside a container of its own (the console script,
 ion.core.cc.ion_events_command, makes it) or of the caller's (tests on the
 embedded broker, which lives in one OS process): tail and publish use a
-process of that container; dead-letters uses the broker connection it is
-given.  A command fires with the exit code; a usage error is UsageError
+process of that container; dead-letters and tail's depth checks use the
+ExchangeManager it is given, on a broker connection of the tool's own.
+A command fires with the exit code; a usage error is UsageError
 (exit 2), a broker or runtime failure any other exception (exit 1).
 """
 
@@ -182,17 +183,17 @@ class Tail:
     One subscriber per named event (or one for all) on an anonymous monitor
     queue: auto-delete (gone with tail's consumer, also when its connection
     dies) and bounded, so a slow or stopped tail cannot build up events on
-    the broker.  It is not exclusive: tail reads its depth on its own
-    connection (the container's belongs to its exchange manager), and the
-    broker refuses that for an exclusive queue.  `done` fires with the count.
+    the broker.  It is not exclusive: tail reads its depth through `broker`,
+    an ExchangeManager on a connection of its own, and the broker refuses
+    that for another connection's exclusive queue.  `done` fires with the count.
     """
 
-    def __init__(self, options, output, connection, clock=None):
+    def __init__(self, options, output, broker, clock=None):
         from twisted.internet import reactor
 
         self.options = options
         self.output = output
-        self.connection = connection
+        self.broker = broker
         self.clock = clock or reactor
         self.seen = 0
         self.done = defer.Deferred()
@@ -213,6 +214,7 @@ class Tail:
                 max_length=self.options["queue-limit"],
                 overflow="drop-head",
                 depth_warning=0,  # tail says itself when its queue is full
+                prefetch_count=1,  # what tail cannot print yet waits in the bounded queue, not in this client
             )
             sub.ondata = self._received
             yield self.process.register_life_cycle_object(sub)
@@ -246,7 +248,7 @@ class Tail:
             self.output.status("%d events, %.1f/s" % (self.seen, self.seen / elapsed))
         for sub in self.subscribers:
             try:
-                depth = yield self.connection.queue_depth(sub.queue)
+                depth = yield self.broker.queue_depth(sub.queue)
             except Exception:
                 continue  # the queue is being re-made after a reconnect: try again next time
             if depth >= self.options["queue-limit"] and not self._full_warned:
@@ -266,9 +268,9 @@ class Tail:
 
 
 @defer.inlineCallbacks
-def tail(options, output, connection, stopped=None):
+def tail(options, output, broker, stopped=None):
     """Until --count events or `stopped` fires (Ctrl-C); prints how many were seen."""
-    watcher = Tail(options, output, connection)
+    watcher = Tail(options, output, broker)
     yield watcher.start()
     waits = [watcher.done] + ([stopped] if stopped is not None else [])
     yield defer.DeferredList(waits, fireOnOneCallback=True, consumeErrors=True)
@@ -332,10 +334,10 @@ def types(options, output):
 
 
 @defer.inlineCallbacks
-def dead_letters_command(options, output, connection):
+def dead_letters_command(options, output, broker):
     action = options["action"]
     if action in ("list", "show"):
-        letters = yield dead_letters.peek(connection)
+        letters = yield dead_letters.peek(broker)
         if action == "list":
             if not letters:
                 output.line("no dead letters in %s" % (dead_letters.dead_letter_name(),))
@@ -352,20 +354,20 @@ def dead_letters_command(options, output, connection):
         output.line("%-18s %r" % ("properties:", letter.properties))
         return 0
     if action == "requeue":
-        count = yield dead_letters.requeue(connection)
+        count = yield dead_letters.requeue(broker)
         output.line("requeued %d dead letters to their original routes" % (count,))
         return 0
-    count = yield dead_letters.purge(connection)
+    count = yield dead_letters.purge(broker)
     output.line("purged %d dead letters from %s" % (count, dead_letters.dead_letter_name()))
     return 0
 
 
-def run(command, options, output, connection=None, stopped=None):
+def run(command, options, output, broker=None, stopped=None):
     """Run one subcommand (its parsed Options); fires with the exit code."""
     if command == "types":
         return defer.maybeDeferred(types, options, output)
     if command == "tail":
-        return tail(options, output, connection, stopped)
+        return tail(options, output, broker, stopped)
     if command == "publish":
         return publish(options, output)
-    return dead_letters_command(options, output, connection)
+    return dead_letters_command(options, output, broker)

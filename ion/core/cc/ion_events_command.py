@@ -16,12 +16,14 @@ import signal
 import sys
 
 from twisted.internet import defer, task
+from twisted.logger import globalLogBeginner, textFileLogObserver
 from twisted.python import usage
 
 from ion.core.cc.container import create_new_container, stop_container
 from ion.core.cc.service import Options as ContainerOptions
-from ion.core.cc.service import broker_option_parameters, check_broker_options
+from ion.core.cc.service import broker_option_parameters, check_broker_options, level_filtered, parse_log_level
 from ion.core.messaging.broker import connect
+from ion.core.messaging.exchange import ExchangeManager
 from ion.tools import ion_events
 
 PROGRAM = "ion-events"
@@ -69,17 +71,18 @@ def _run(reactor, options):
         return code
     address = options["broker_address"]
     container = create_new_container()
-    connection = None
+    broker = None
     stopped = defer.Deferred()
     try:
         yield container.initialize(address, {"sysname": options["sysname"]})
         yield container.activate()
-        connection = yield connect(address)  # the tool's own, for the dead-letter queue and depths
+        # The tool's own connection, for the dead-letter queue and depths.
+        broker = ExchangeManager((yield connect(address)))
         signal.signal(signal.SIGINT, lambda *_: reactor.callFromThread(_fire, stopped))
-        code = yield ion_events.run(options.subCommand, options.subOptions, output, connection, stopped)
+        code = yield ion_events.run(options.subCommand, options.subOptions, output, broker, stopped)
     finally:
-        if connection is not None:
-            yield connection.close()
+        if broker is not None:
+            yield broker.close()
         yield stop_container(container)
     return code
 
@@ -129,10 +132,6 @@ def _quiet_logging():
     Only critical lines from the container reach stderr: stdout is the
     command's, and a broker error is the command's one line (exit 1).
     """
-    from twisted.logger import globalLogBeginner, textFileLogObserver
-
-    from ion.core.cc.service import level_filtered, parse_log_level
-
     globalLogBeginner.beginLoggingTo([level_filtered(textFileLogObserver(sys.stderr), parse_log_level("critical"))],
                                      redirectStandardIO=False)
 

@@ -171,6 +171,10 @@ class ExchangeManager:
         """Fires with the number of messages ready in `queue`."""
         return self.connection.queue_depth(queue)
 
+    def purge_queue(self, queue):
+        """Drop the ready messages of `queue`; fires with how many."""
+        return self.connection.queue_purge(queue)
+
     @defer.inlineCallbacks
     def delete_queue(self, queue):
         """Delete `queue` and forget its bindings; fires with the number of messages dropped."""

@@ -248,7 +248,7 @@ TAKE_TIMEOUT = 10.0
 
 
 @defer.inlineCallbacks
-def _take_all(connection, name, clock=None):
+def _take_all(broker, name, clock=None):
     """
     Every dead letter now in the queue, handed over and not yet settled:
     [(DeadLetter, delivery)], and the consumer.  The caller acks or rejects
@@ -257,7 +257,7 @@ def _take_all(connection, name, clock=None):
     """
     if clock is None:
         from twisted.internet import reactor as clock
-    depth = yield connection.queue_depth(name)
+    depth = yield broker.queue_depth(name)
     taken = []
     if not depth:
         return taken, None
@@ -268,7 +268,7 @@ def _take_all(connection, name, clock=None):
         if len(taken) == depth and not all_taken.called:
             all_taken.callback(None)
 
-    consumer = yield connection.consume(name, deliver, prefetch_count=depth)
+    consumer = yield broker.consume(name, deliver, prefetch_count=depth)
     timer = clock.callLater(TAKE_TIMEOUT, lambda: all_taken.called or all_taken.callback(None))
     yield all_taken
     if timer.active():
@@ -277,10 +277,10 @@ def _take_all(connection, name, clock=None):
 
 
 @defer.inlineCallbacks
-def peek(connection, name=None):
+def peek(broker, name=None):
     """The dead letters in the queue, oldest first, left in it (each is handed back)."""
-    name = yield declare(connection, name)
-    taken, consumer = yield _take_all(connection, name)
+    name = yield declare(broker, name)
+    taken, consumer = yield _take_all(broker, name)
     if consumer is not None:
         yield consumer.cancel()
     for _letter, delivery in taken:
@@ -297,18 +297,18 @@ def without_ion_headers(properties):
 
 
 @defer.inlineCallbacks
-def requeue(connection, name=None):
+def requeue(broker, name=None):
     """
     Publish every dead letter again to its original exchange and routing key
     (as it first was), then drop it; fires with how many.  One whose
     exchange is gone stays a dead letter and fails the Deferred.
     """
-    name = yield declare(connection, name)
-    taken, consumer = yield _take_all(connection, name)
+    name = yield declare(broker, name)
+    taken, consumer = yield _take_all(broker, name)
     try:
         for number, (letter, delivery) in enumerate(taken):
             try:
-                yield connection.publish(
+                yield broker.publish_raw(
                     letter.original_exchange, letter.routing_key, letter.body, without_ion_headers(letter.properties)
                 )
             except Exception:
@@ -323,8 +323,8 @@ def requeue(connection, name=None):
 
 
 @defer.inlineCallbacks
-def purge(connection, name=None):
+def purge(broker, name=None):
     """Drop every dead letter (the queue and exchange stay); fires with how many."""
-    name = yield declare(connection, name)
-    dropped = yield connection.queue_purge(name)
+    name = yield declare(broker, name)
+    dropped = yield broker.purge_queue(name)
     return dropped
