@@ -12,6 +12,7 @@ refused here: use the subcommands in-process (ion.tools.ion_events.run).
 Exit codes: 0 success, 1 broker or runtime error (one line), 2 usage error.
 """
 
+import os
 import signal
 import sys
 
@@ -94,7 +95,15 @@ def _fire(d):
 
 def main(argv=None):
     """The console script: exits 0, 1 or 2."""
-    argv = sys.argv[1:] if argv is None else argv
+    try:
+        _main(sys.argv[1:] if argv is None else argv)
+    except BrokenPipeError:
+        # Whoever read our output went away (`ion-events tail | head`): stop quietly.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise SystemExit(1) from None
+
+
+def _main(argv):
     try:
         options = parse(argv)
     except usage.UsageError as e:
