@@ -38,7 +38,9 @@ setup(
         "zope.interface",
     ],
     extras_require={
-        "test": ["hypothesis>=6", "pika>=1.3", "pyOpenSSL", "service_identity", "pamqp>=3.2", "grpcio-tools"],
+        "pg": ["psycopg[binary]>=3.1"],
+        "test": ["hypothesis>=6", "pika>=1.3", "pyOpenSSL", "service_identity", "pamqp>=3.2", "grpcio-tools",
+                 "psycopg[binary]>=3.1"],
         "tls": ["pyOpenSSL", "service_identity"],
     },
     zip_safe=False,

@@ -51,7 +51,7 @@ FLOORS = [
     (4, "messaging", ("ion.core.messaging",)),
     (5, "processes", ("ion.core.process", "ion.util")),
     (6, "pub/sub", ("ion.services.dm.distribution",)),
-    (7, "services", ("ion.services", "ion.interact")),
+    (7, "services", ("ion.services", "ion.services.dm.inventory", "ion.interact")),
     (8, "container", ("ion.core.cc", "ion.core.pack", "ion.core.bootstrap", "ion.test")),
     (9, "package roots", ("ion.core", "ion")),
 ]
