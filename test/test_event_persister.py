@@ -41,7 +41,9 @@ class RefusingStore:
         return getattr(self._store, name)
 
 
-class PersisterTests(BrokerTestMixin, DatabaseTestMixin):
+class PersisterFixture(BrokerTestMixin, DatabaseTestMixin):
+    """A container, a tester process, a queue name and a store URL per test; persisters made on demand."""
+
     database = "sqlite"
     timeout = 60
 
@@ -89,6 +91,9 @@ class PersisterTests(BrokerTestMixin, DatabaseTestMixin):
         self.assertEqual(len(records), count)
         return records
 
+
+
+class PersisterTests(PersisterFixture):
     @defer.inlineCallbacks
     def test_every_event_stored_once_with_its_exact_body(self):
         persister = yield self.spawn_persister(batch_size=10, batch_interval=0.05, event_id=None)

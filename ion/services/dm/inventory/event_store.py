@@ -99,6 +99,11 @@ class EventRecord(dict):
         """The message dict a subscriber gets for this event (content: the event's message instance)."""
         return envelope.decode(self["body"])
 
+    @property
+    def event(self):
+        """The event's message instance (its EventMessage fields read as its own)."""
+        return self.message["content"]
+
 
 class EventStore:
     """The table of events at `url`; `open()` creates it on first use, `close()` lets the pool go."""
