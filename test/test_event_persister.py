@@ -14,7 +14,7 @@ from ion.core.process.process import Process
 from ion.services.dm.distribution import events
 from ion.services.dm.inventory.event_persister import EventPersister
 from ion.test.iontest import IonTestCase
-from test.brokers import BrokerTestMixin, for_each_broker, wait_for
+from test.brokers import RABBIT_URL, BrokerTestMixin, for_each_broker, wait_for
 from test.databases import DatabaseTestMixin
 
 
@@ -218,5 +218,5 @@ for_each_broker(PersisterTests, globals(), base=IonTestCase)
 class PersisterPostgresRabbitTest(PersisterTests, IonTestCase):
     """The same body with the store on the real PostgreSQL."""
 
-    broker_url = PersisterRabbitTest.broker_url  # noqa: F821 (made by for_each_broker)
+    broker_url = RABBIT_URL
     database = "postgresql"

@@ -11,7 +11,7 @@ from ion.services.dm.distribution import events
 from ion.services.dm.inventory import event_replay
 from ion.services.dm.inventory.event_repository import EventRepositoryClient, EventRepositoryService
 from ion.test.iontest import IonTestCase
-from test.brokers import for_each_broker, wait_for
+from test.brokers import RABBIT_URL, for_each_broker, wait_for
 from test.test_event_persister import PersisterFixture
 
 
@@ -121,5 +121,5 @@ for_each_broker(RepositoryTests, globals(), base=IonTestCase)
 
 
 class RepositoryPostgresRabbitTest(RepositoryTests, IonTestCase):
-    broker_url = RepositoryRabbitTest.broker_url  # noqa: F821 (made by for_each_broker)
+    broker_url = RABBIT_URL
     database = "postgresql"
