@@ -144,6 +144,19 @@ class PersisterTests(PersisterFixture):
         yield self.wait_stored(persister, 8)  # a full batch goes without waiting for the clock
 
     @defer.inlineCallbacks
+    def test_terminate_writes_what_is_held(self):
+        clock = task.Clock()
+        persister = yield self.spawn_persister(clock=clock, batch_size=50, batch_interval=60)
+        pub = yield self.publisher("proc.a")
+        for i in range(3):
+            yield pub.create_and_publish_event(name="h%d" % i)
+        yield wait_for(lambda: len(persister._pending) == 3)
+        yield persister.terminate()  # the clock never moved: the stop itself writes them
+        self.assertEqual(persister.stats["stored"], 3)
+        depth = yield self.container.exchange_manager.queue_depth(persister.queue)
+        self.assertEqual(depth, 0)
+
+    @defer.inlineCallbacks
     def test_refusing_store_keeps_events_queued_and_logs_once(self):
         clock = task.Clock()
         url = yield self.store_url()

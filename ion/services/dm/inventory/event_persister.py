@@ -136,10 +136,14 @@ class EventPersister(Process):
             self._retention.stop()
         if self._retention_run is not None:
             yield self._retention_run
+        # The receiver stops taking deliveries at once and waits for the held ones, which the flushes settle.
+        stopped = None
+        if self._subscriber is not None:
+            stopped = defer.maybeDeferred(self._subscriber.terminate_unless_over)
         while self._writing or self._pending:
             yield self._flush()
-        if self._subscriber is not None:
-            yield self._subscriber.terminate_unless_over()
+        if stopped is not None:
+            yield stopped
         self.store.close()
 
     @property
