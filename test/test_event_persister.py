@@ -151,9 +151,10 @@ class PersisterTests(PersisterFixture):
         for i in range(3):
             yield pub.create_and_publish_event(name="h%d" % i)
         yield wait_for(lambda: len(persister._pending) == 3)
+        queue = persister.queue
         yield persister.terminate()  # the clock never moved: the stop itself writes them
         self.assertEqual(persister.stats["stored"], 3)
-        depth = yield self.container.exchange_manager.queue_depth(persister.queue)
+        depth = yield self.container.exchange_manager.queue_depth(queue)
         self.assertEqual(depth, 0)
 
     @defer.inlineCallbacks
