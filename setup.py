@@ -43,7 +43,5 @@ setup(
                  "psycopg[binary]>=3.1"],
         "tls": ["pyOpenSSL", "service_identity"],
     },
-    # The event history command (issue 14), meant to become `ion-events history`.
-    entry_points={"console_scripts": ["ion-history = ion.interact.event_history:main"]},
     zip_safe=False,
 )

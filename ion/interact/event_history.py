@@ -1,5 +1,5 @@
 """
-`ion-history`: the event history from the command line, read straight from
+`python -m ion.interact.event_history` (ion-history): the event history from the command line, read straight from
 the store (no broker needed).
 
     ion-history [EVENT_ID] [--origin PATTERN] [--since 10m|ISO] [--until 10m|ISO]
