@@ -39,8 +39,9 @@ setup(
         "prometheus_client>=0.17",
     ],
     extras_require={
+        "pg": ["psycopg[binary]>=3.1"],
         "test": ["hypothesis>=6", "pika>=1.3", "pexpect>=4.8", "pyOpenSSL", "service_identity", "pamqp>=3.2", "grpcio-tools",
-                 "selenium>=4.10"],
+                 "selenium>=4.10", "psycopg[binary]>=3.1"],
         "tls": ["pyOpenSSL", "service_identity"],
     },
     entry_points={"console_scripts": ["ion-events = ion.core.cc.ion_events_command:main"]},

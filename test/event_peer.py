@@ -4,12 +4,15 @@ tests that restart the broker or kill a peer:
 
     python -m test.event_peer subscribe BROKER_URL SYSNAME QUEUE ORIGIN
     python -m test.event_peer publish BROKER_URL SYSNAME COUNT ORIGIN
+    python -m test.event_peer persist BROKER_URL SYSNAME QUEUE STORE_URL
 
 `subscribe` takes InfoLogging events from ORIGIN through the named durable
 queue and writes `SUBSCRIBED <queue>`, then `EVENT <name>` once each event's
 handler is done (the event is acked right after).  `publish` sends COUNT
 persistent events named 0, 1, ... with up to 100 awaiting their confirm, and
-writes `CONFIRMED <name>` as each confirm comes, then `DONE`.  Both log to
+writes `CONFIRMED <name>` as each confirm comes, then `DONE`.  `persist`
+runs an EventPersister of InfoLogging events on QUEUE into STORE_URL and
+writes `SUBSCRIBED <queue>`.  All log to
 stderr and stop when stdin closes.  `spawn` starts one from a test and
 gives its PeerProcess.
 """
@@ -26,6 +29,7 @@ from ion.core.messaging.broker.address import BrokerAddress
 from ion.core.process.process import Process
 from ion.services.dm.distribution import events
 from ion.services.dm.distribution.publisher_subscriber import SubscriberFactory
+from ion.services.dm.inventory.event_persister import EventPersister
 
 WINDOW = 100
 
@@ -73,7 +77,16 @@ def publish(control, proc, count, origin):
     control.write("DONE")
 
 
-ROLES = {"subscribe": subscribe, "publish": publish}
+@defer.inlineCallbacks
+def persist(control, proc, queue, store):
+    persister = EventPersister(
+        spawnargs={"queue": queue, "store": store, "event_id": events.LOGGING_INFO_EVENT_ID, "batch_size": 50}
+    )
+    yield persister.spawn()
+    control.write("SUBSCRIBED " + persister.queue)
+
+
+ROLES = {"subscribe": subscribe, "publish": publish, "persist": persist}
 
 
 @defer.inlineCallbacks

@@ -217,7 +217,7 @@ def merge_sysname(args_text, sysname):
 
 
 # Container args the container reads; `apparg_<app>` keys go to that app's start.
-KNOWN_CONTAINER_ARGS = ("sysname", "contid", "args", "_args")
+KNOWN_CONTAINER_ARGS = ("sysname", "contid", "args", "_args", "event_store")
 APP_ARG_PREFIX = "apparg_"
 
 

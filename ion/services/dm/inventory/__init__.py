@@ -1,0 +1,1 @@
+"""Event history: the store, the persister that fills it and the repository service that answers queries."""
