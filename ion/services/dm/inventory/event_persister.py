@@ -117,6 +117,8 @@ class EventPersister(Process):
             durable=True,
             auto_delete=False,
             prefetch_count=2 * self.batch_size,
+            # Each event's handler call ends with its batch's commit: every event held must be handed over.
+            concurrency=2 * self.batch_size,
         )
         yield self._subscriber.initialize()
 
