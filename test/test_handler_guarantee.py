@@ -164,7 +164,7 @@ class HandlerGuaranteeTests(BrokerTestMixin):
     def test_unsubscribe_hands_waiting_events_back(self):
         name = self.unique_name("handback")
         sub, holder = yield self.subscriber("handback", queue_name=name, auto_delete=False)
-        self.addCleanup(self.container.exchange_manager.connection.queue_delete, name)
+        self.addCleanup(self.container.exchange_manager.delete_queue, sub.queue)  # the sysname-prefixed name
         yield self.publish("handback", count=10)
         yield wait_for(lambda: len(sub._recv._waiting) == 9)
         stopping = sub.unsubscribe()
