@@ -49,19 +49,28 @@ class BrokerTestMixin:
         return conn
 
 
+def for_each(mixin, namespace, attribute, variants, base=unittest.TestCase):
+    """
+    For each (suffix, value) of `variants`, create `<Mixin><suffix>Test`
+    (a subclass of mixin and `base`, with `attribute` set to value) in
+    `namespace`; return them.
+    """
+    stem = mixin.__name__.removesuffix("Tests").removesuffix("Test")
+    made = []
+    for suffix, value in variants:
+        name = "%s%sTest" % (stem, suffix)
+        cls = type(name, (mixin, base), {attribute: value, "__module__": namespace["__name__"]})
+        namespace[name] = cls
+        made.append(cls)
+    return tuple(made)
+
+
 def for_each_broker(mixin, namespace, base=unittest.TestCase):
     """
     Create `<Mixin>MemoryTest` and `<Mixin>RabbitTest` (subclasses of mixin
     and `base`, e.g. IonTestCase) in `namespace`; return them.
     """
-    stem = mixin.__name__.removesuffix("Tests").removesuffix("Test")
-    made = []
-    for suffix, url in BROKER_URLS:
-        name = "%s%sTest" % (stem, suffix)
-        cls = type(name, (mixin, base), {"broker_url": url, "__module__": namespace["__name__"]})
-        namespace[name] = cls
-        made.append(cls)
-    return tuple(made)
+    return for_each(mixin, namespace, "broker_url", BROKER_URLS, base)
 
 
 def wait_for(predicate, timeout=10.0, interval=0.01, clock=None):

@@ -20,6 +20,8 @@ import uuid
 from twisted.internet import defer, threads
 from twisted.trial import unittest
 
+from test.brokers import for_each
+
 PG_SERVER = os.environ.get("ION_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432")
 DATABASES = (("Sqlite", "sqlite"), ("Postgres", "postgresql"))
 
@@ -58,11 +60,4 @@ class DatabaseTestMixin:
 
 def for_each_database(mixin, namespace, base=unittest.TestCase):
     """Create `<Mixin>SqliteTest` and `<Mixin>PostgresTest` in `namespace`; return them."""
-    stem = mixin.__name__.removesuffix("Tests").removesuffix("Test")
-    made = []
-    for suffix, database in DATABASES:
-        name = "%s%sTest" % (stem, suffix)
-        cls = type(name, (mixin, base), {"database": database, "__module__": namespace["__name__"]})
-        namespace[name] = cls
-        made.append(cls)
-    return tuple(made)
+    return for_each(mixin, namespace, "database", DATABASES, base)

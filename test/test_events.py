@@ -392,9 +392,8 @@ class EventTests(BrokerTestMixin):
             pub._xp_name, "topic", durable=False, auto_delete=True
         )
 
-    @defer.inlineCallbacks
-    def test_exchange_declared_once_per_publisher(self):
-        connection = self.container.exchange_manager.connection
+    def count_declarations(self, connection):
+        """The names `connection` declares exchanges for from now on, in order."""
         declared = []
         original = connection.exchange_declare
 
@@ -403,6 +402,11 @@ class EventTests(BrokerTestMixin):
             return original(name, *args, **kwargs)
 
         self.patch(connection, "exchange_declare", counting)
+        return declared
+
+    @defer.inlineCallbacks
+    def test_exchange_declared_once_per_publisher(self):
+        declared = self.count_declarations(self.container.exchange_manager.connection)
         pub = yield self.publisher(origin="count")
         for i in range(10):
             yield pub.create_and_publish_event(name="n%d" % i)
@@ -420,14 +424,7 @@ class EventTests(BrokerTestMixin):
         sub, collector = yield self.subscribe(events.InfoLoggingEventSubscriber, origin="again")
         yield pub.create_and_publish_event(name="bound")
         yield collector.wait(1)
-        declared = []
-        original = connection.exchange_declare
-
-        def counting(name, *args, **kwargs):
-            declared.append(name)
-            return original(name, *args, **kwargs)
-
-        self.patch(connection, "exchange_declare", counting)
+        declared = self.count_declarations(connection)
         yield pub.create_and_publish_event(name="still bound")
         self.assertEqual(declared, [])
         yield sub.unsubscribe()
