@@ -61,7 +61,7 @@ class Consumer:
     the broker named it, under a new tag unless the caller chose one.
     """
 
-    def __init__(self, registry, queue, callback, prefetch_count, no_ack, exclusive, requested_tag):
+    def __init__(self, registry, queue, callback, prefetch_count, no_ack, exclusive, requested_tag, arguments=None):
         self.queue = queue
         self.tag = None
         self._registry = registry
@@ -71,6 +71,7 @@ class Consumer:
         self._no_ack = no_ack
         self._exclusive = exclusive
         self._requested_tag = requested_tag
+        self._arguments = dict(arguments or {})
         self._stopping = False
         self._stopped = TwistedEvent()
         self._done = False
@@ -153,10 +154,10 @@ class Consumers:
         self._channels = {}  # channel id -> Consumer, on the current connection
 
     @defer.inlineCallbacks
-    def consume(self, queue, callback, prefetch_count, no_ack, exclusive, consumer_tag):
+    def consume(self, queue, callback, prefetch_count, no_ack, exclusive, consumer_tag, arguments=None):
         """A new running Consumer; waits for READY, and starts again if the connection dropped under it."""
         consumer = Consumer(self, self._topology.current(queue), callback, prefetch_count, no_ack, exclusive,
-                            consumer_tag)
+                            consumer_tag, arguments)
         while True:
             yield self._state.when_ready(self._address.reconnect_timeout)
             try:
@@ -180,7 +181,7 @@ class Consumers:
             yield invoke(channel, "basic_qos", prefetch_size=0, prefetch_count=consumer._prefetch_count, global_=False)
             reply = yield invoke(channel, "basic_consume", queue=consumer.queue,
                                  consumer_tag=consumer._requested_tag or "", no_ack=consumer._no_ack,
-                                 exclusive=consumer._exclusive)
+                                 exclusive=consumer._exclusive, arguments=consumer._arguments)
         except BaseException:
             if self._channels.get(channel.id) is consumer:
                 del self._channels[channel.id]
