@@ -109,7 +109,7 @@ def _inequivalent(arg, kind, name, received, current):
 
 def _incoming(destination):
     """The (exchange, routing_key) bindings that lead to a queue or exchange."""
-    return destination.bindings if isinstance(destination, Queue) else destination.incoming
+    return destination.bindings if isinstance(destination, (Queue, StreamQueue)) else destination.incoming
 
 
 def _check_limit_arguments(name, arguments):
