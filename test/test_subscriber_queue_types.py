@@ -24,14 +24,16 @@ from twisted.trial import unittest
 from ion.core import ioninit
 from ion.core.cc.service import OptionValueError, Options, apply_default_queue_type
 from ion.core.exception import UsageError
-from ion.core.messaging.broker import memory
-from ion.core.messaging.broker.interface import PreconditionFailed, ResourceLocked
+from ion.core.messaging.broker import connect, memory
+from ion.core.messaging.broker.address import BrokerAddress
+from ion.core.messaging.broker.interface import NotFound, PreconditionFailed, ResourceLocked
 from ion.core.process.process import Process
 from ion.services.dm.distribution import dead_letters, events
 from ion.services.dm.distribution.publisher_subscriber import SubscriberFactory
 from ion.test.iontest import IonTestCase
-from test.brokers import BrokerTestMixin, for_each_broker, wait_for
+from test.brokers import RABBIT_URL, BrokerTestMixin, for_each_broker, wait_for
 from test.test_poison import DeadLetterBox, FailingHandler
+from test.test_reconnect import ReconnectTestBase, unique
 
 ORIGIN = "queuetypes"
 KEY = "3003.%s" % ORIGIN
@@ -362,3 +364,76 @@ class DefaultQueueTypeOptionTest(unittest.TestCase):
         for bad in ("stream", "Quorum", ""):
             with self.assertRaisesRegex(OptionValueError, "--default_queue_type.*must be one of classic, quorum"):
                 self.parse("--default_queue_type", bad)
+
+
+class ExclusiveQueueReconnectTest(ReconnectTestBase):
+    """
+    RabbitMQ only (the embedded broker never loses its connections): an
+    anonymous subscriber queue is exclusive, so it dies with its connection;
+    after a cut the connection declares a new one, binds it again and the
+    subscriber consumes from it.
+    """
+
+    @defer.inlineCallbacks
+    def test_exclusive_anonymous_queue_is_declared_and_bound_again_after_a_cut(self):
+        proxy = self.proxy()
+        self.broker_url = proxy.url()
+        proc = yield self.start_process()
+        origin = unique("exclusive")
+        sub, collector = yield self.subscribe(proc, origin)
+        self.assertTrue(sub.consumer_config["exclusive"])
+        pub = yield self.publisher(proc, origin)
+        old_queue = sub.queue
+        yield self.publish(pub, "before")
+        yield wait_for(lambda: collector.names() == ["before"])
+        self.assertEqual(proxy.cut(), 1)
+        yield self.publish(pub, "after")  # waits for the reconnect
+        yield wait_for(lambda: collector.names() == ["before", "after"])
+        self.assertNotEqual(sub.queue, old_queue)
+        self.assertTrue(sub.queue.startswith("amq.gen-"), sub.queue)
+        admin = yield connect(BrokerAddress.from_url(RABBIT_URL))
+        self.addCleanup(admin.close)
+        # The old one went with its connection; the new one is this connection's own.
+        yield wait_for_gone(admin, old_queue)
+        yield self.assertFailure(admin.queue_declare(sub.queue, passive=True), ResourceLocked)
+        for i in range(3):
+            yield self.publish(pub, "later %d" % i)
+        yield wait_for(lambda: len(collector.names()) == 5)
+        self.assertEqual(collector.names(), ["before", "after", "later 0", "later 1", "later 2"])
+
+    @defer.inlineCallbacks
+    def test_stream_subscription_resumes_where_it_left_off(self):
+        """Not from its first offset again, and without the events published meanwhile lost."""
+        proxy = self.proxy()
+        self.broker_url = proxy.url()
+        proc = yield self.start_process()
+        origin = unique("stream-cut")
+        name = unique("stream-cut")
+        sub, collector = yield self.subscribe(proc, origin, queue_name=name, queue_type="stream", offset="first",
+                                              durable=True, auto_delete=False)
+        self.addCleanup(self.container.exchange_manager.connection.queue_delete, sub._queue_name)
+        pub = yield self.publisher(proc, origin)
+        for i in range(3):
+            yield self.publish(pub, "before %d" % i)
+        yield wait_for(lambda: len(collector.names()) == 3)
+        self.assertEqual(proxy.cut(), 1)
+        for i in range(2):
+            yield self.publish(pub, "after %d" % i)  # the first waits for the reconnect
+        yield wait_for(lambda: len(collector.names()) >= 5)
+        yield self.publish(pub, "fence")
+        yield wait_for(lambda: "fence" in collector.names())
+        self.assertEqual(collector.names(), ["before 0", "before 1", "before 2", "after 0", "after 1", "fence"])
+
+
+@defer.inlineCallbacks
+def wait_for_gone(conn, queue, timeout=10):
+    """RabbitMQ removes an exclusive queue just after its connection closed."""
+    deadline = reactor.seconds() + timeout
+    while True:
+        try:
+            yield conn.queue_declare(queue, passive=True)
+        except NotFound:
+            return
+        if reactor.seconds() > deadline:
+            raise AssertionError("queue %r still exists" % (queue,))
+        yield task.deferLater(reactor, 0.05, lambda: None)
