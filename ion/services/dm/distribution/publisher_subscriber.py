@@ -22,11 +22,30 @@ logged with the event.  Opt in per subscriber for more:
   header; the original is acked once the copy has been confirmed.  The copy
   queues behind the events already waiting, and its delivery's routing key is
   the queue's name; the original route stays in its headers.
+  On a quorum queue the broker counts deliveries itself, so a retry is the
+  message rejected with requeue, and its attempts are the broker's
+  x-delivery-count + 1 (a delivery handed back unhandled, its consumer or
+  connection gone, counts as one too).
 * `dead_letter=True` (implied by `retries`): an event the handler gave up on,
   and any message that cannot be decoded, goes to the system's dead letters
   (see dead_letters.py) with the reason, and is acked.  Without it,
   undecodable messages are rejected, and an event that failed its last retry
   too is rejected.
+
+Queue types (`queue_type`, see queue_types.py).  Every queue declares its
+type, 'classic' too.  A quorum queue also declares the system's dead-letter
+exchange and a delivery limit (x-delivery-limit: `retries`, else
+queue_types.DEFAULT_DELIVERY_LIMIT): RabbitMQ 4 limits deliveries to 20 by
+default and drops a message past the limit when no dead-letter exchange is
+set.  So what goes past the limit (a subscriber dying on it again and
+again), and what is rejected, ends in the dead letters (x-death reason
+delivery_limit or rejected) rather than nowhere.  The subscriber itself
+dead-letters a failed event after its last retry, before the broker would.
+A stream keeps every event; each stream subscriber reads it from its
+`offset` (a window of events back, without the event store) and acks
+without removing anything.  A stream cannot retry, and an undecodable
+message from it is acked (dead-lettered first if asked), never rejected:
+RabbitMQ closes the connection on a rejection from a stream.
 
 Failures are logged at a bounded rate: the first in each second with its
 traceback, the event and what became of it (acked, retried, dead-lettered,
@@ -220,6 +239,26 @@ class Subscriber(BasicLifecycleObject):
 
     `retries` and `dead_letter` choose what happens to failed and
     undecodable messages (see the module docstring); `stats` counts them.
+
+    `queue_type` is 'classic', 'quorum' or 'stream' (None: the container's
+    default, ion.config's default_queue_type or twistd cc
+    --default_queue_type, for a named queue with durable=True and
+    auto_delete=False, else classic).  Quorum queues and streams must be
+    named, durable=True and auto_delete=False; a stream takes no length
+    limits and no retries.  What RabbitMQ would refuse is a UsageError here,
+    before anything is sent.  An existing queue keeps its type: a subscriber
+    asking for another one fails at activation (PreconditionFailed).
+    `offset` (streams only) is where the subscriber starts reading: 'next'
+    (the default: only new events), 'first' (everything the stream holds),
+    'last' (from its last chunk), an aware datetime (from that time; whole
+    seconds, and RabbitMQ starts at a chunk's first event), a number of
+    seconds ago, or RabbitMQ's interval text ('10m', '1h', '2D'; units
+    Y M D h m s).  After a reconnect it goes on where it left off.
+
+    A queue with no name is the broker's name for one of the subscriber's
+    own, exclusive to its connection (RabbitMQ 4.3 refuses, by default,
+    queues neither durable nor exclusive); a named queue that is not
+    durable draws a warning naming that rule.
 
     Handling is R1's, whatever the prefetch: `ondata` is called for one event
     at a time, in queue order, and the next call comes only after the
