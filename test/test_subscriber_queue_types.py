@@ -154,7 +154,7 @@ class SubscriberQueueTypeTests(BrokerTestMixin):
                                    **NAMED)
         arguments = sub.consumer_config["arguments"]
         self.assertEqual((arguments["x-delivery-limit"], arguments["x-dead-letter-exchange"]),
-                         (3, sub.dead_letter_name))
+                         (20, sub.dead_letter_name))
         yield self.pub.create_and_publish_event(name="poison pill")
         yield dead.wait(1)
         (letter,) = dead.letters
@@ -186,8 +186,7 @@ class SubscriberQueueTypeTests(BrokerTestMixin):
     def test_quorum_queue_past_its_delivery_limit_dead_letters_instead_of_dropping(self):
         """Returns the handler never saw (a consumer gone, say) count too: past the limit the broker keeps them."""
         dead = yield self.dead_letter_box()
-        sub = yield self.subscribe(Names(), queue_name=self.unique_name("qlimit"), queue_type="quorum", retries=1,
-                                   **NAMED)
+        sub = yield self.subscribe(Names(), queue_name=self.unique_name("qlimit"), queue_type="quorum", **NAMED)
         queue = sub.queue
         yield sub.unsubscribe()
         yield self.connection.publish("", queue, b"bounced", {"delivery_mode": 2})
@@ -200,7 +199,7 @@ class SubscriberQueueTypeTests(BrokerTestMixin):
         consumer = yield self.connection.consume(queue, bounce, prefetch_count=1)
         self.addCleanup(consumer.cancel)
         yield dead.wait(1)
-        self.assertEqual(len(returned), 2)  # delivered, returned once (the limit), returned again: dead
+        self.assertEqual(len(returned), 21)  # delivered, returned 20 times (the limit), once more: dead
         self.assertEqual(dead.letters[0].properties["headers"]["x-first-death-reason"], "delivery_limit")
         self.assertEqual((dead.letters[0].body, dead.letters[0].routing_key), (b"bounced", queue))
 
@@ -329,8 +328,9 @@ class QueueTypeUsageTest(unittest.TestCase):
                                      "x-dead-letter-exchange": dead_letters.dead_letter_name()})
         self.assertEqual(sub.dead_letter_name, dead_letters.dead_letter_name())
         self.assertFalse(sub.consumer_config["exclusive"])
-        self.assertEqual(self.make(queue_type="quorum", queue_name="q", retries=0, **NAMED)
-                         .consumer_config["arguments"]["x-delivery-limit"], 0)
+        for retries, limit in ((0, 20), (3, 20), (20, 20), (25, 25)):
+            self.assertEqual(self.make(queue_type="quorum", queue_name="q", retries=retries, **NAMED)
+                             .consumer_config["arguments"]["x-delivery-limit"], limit)
         self.assertEqual(self.make(queue_type="stream", queue_name="s", **NAMED).consumer_config["arguments"],
                          {"x-queue-type": "stream"})
 

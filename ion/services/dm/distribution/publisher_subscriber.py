@@ -34,8 +34,8 @@ logged with the event.  Opt in per subscriber for more:
 
 Queue types (`queue_type`, see queue_types.py).  Every queue declares its
 type, 'classic' too.  A quorum queue also declares the system's dead-letter
-exchange and a delivery limit (x-delivery-limit: `retries`, else
-queue_types.DEFAULT_DELIVERY_LIMIT): RabbitMQ 4 limits deliveries to 20 by
+exchange and a delivery limit (x-delivery-limit: 20, or `retries` if
+more; queue_types.delivery_limit): RabbitMQ 4 limits deliveries to 20 by
 default and drops a message past the limit when no dead-letter exchange is
 set.  So what goes past the limit (a subscriber dying on it again and
 again), and what is rejected, ends in the dead letters (x-death reason
@@ -368,7 +368,7 @@ class Subscriber(BasicLifecycleObject):
         self.dead_letter_name = dead_letters.dead_letter_name() if uses_dead_letters else None
         if queue_type == "quorum":
             arguments["x-dead-letter-exchange"] = self.dead_letter_name
-            arguments["x-delivery-limit"] = queue_types.DEFAULT_DELIVERY_LIMIT if retries is None else retries
+            arguments["x-delivery-limit"] = queue_types.delivery_limit(retries)
         if queue_name is None and (durable or not auto_delete):
             log.warn("Subscriber with a durable or non-auto-delete queue but no queue_name: the flags have no use")
         if queue_name is not None and not durable:

@@ -25,9 +25,22 @@ QUEUE_TYPES = ("classic", "quorum", "stream")
 # What the container may make the default for named durable subscriptions (--default_queue_type).
 DEFAULT_QUEUE_TYPES = ("classic", "quorum")
 
-# A quorum queue's x-delivery-limit when the subscriber does not retry: RabbitMQ 4's own default,
+# A quorum queue's x-delivery-limit, unless its subscriber retries more: RabbitMQ 4's own default,
 # but explicit, and with a dead-letter exchange, so a message past it is kept, not dropped.
 DEFAULT_DELIVERY_LIMIT = 20
+
+
+def delivery_limit(retries):
+    """
+    The x-delivery-limit of a quorum queue whose subscriber makes `retries`.
+    It is a backstop, never below the retries: the subscriber itself
+    dead-letters a failed event after its last retry (with the reason).  The
+    broker's limit catches deliveries that never get a verdict, which it
+    counts too (a subscriber dying on the message, or a stopping one handing
+    back events it held unhandled): a limit of just `retries` would
+    dead-letter good events after a few restarts.
+    """
+    return max(retries or 0, DEFAULT_DELIVERY_LIMIT)
 
 # RabbitMQ's relative stream offsets: a whole number of years, months, days, hours, minutes, seconds.
 _INTERVAL = re.compile(r"^[0-9]+[YMDhms]$")
