@@ -18,9 +18,10 @@ from datetime import datetime, timezone
 
 from twisted.internet import reactor, task
 from twisted.internet.defer import inlineCallbacks
+from twisted.trial import unittest
 
 from ion.core.messaging.broker import memory
-from ion.core.messaging.broker.interface import PreconditionFailed
+from ion.core.messaging.broker.interface import BrokerError, ChannelError, PreconditionFailed
 from test.brokers import BrokerTestMixin, for_each_broker, wait_for
 from test.test_broker_semantics import Inbox
 
@@ -176,8 +177,9 @@ class QueueTypeTests(BrokerTestMixin):
     # -- streams
 
     @inlineCallbacks
-    def read(self, queue, offset=None, count=None, prefetch_count=10):
+    def read(self, queue, offset=None, count=None, prefetch_count=10, conn=None):
         """Bodies a new consumer from `offset` reads, all there are (up to a fence) or `count`."""
+        conn = conn or self.conn
         inbox = Inbox()
         arguments = None if offset is None else {"x-stream-offset": offset}
 
@@ -185,10 +187,10 @@ class QueueTypeTests(BrokerTestMixin):
             inbox(delivery)
             delivery.ack()
 
-        consumer = yield self.conn.consume(queue, ack, prefetch_count=prefetch_count, arguments=arguments)
+        consumer = yield conn.consume(queue, ack, prefetch_count=prefetch_count, arguments=arguments)
         if count is None:
             fence = b"fence-" + self.unique_name().encode()
-            yield self.conn.publish("", queue, fence)
+            yield conn.publish("", queue, fence)
             yield wait_for(lambda: fence in inbox.bodies)
             bodies = inbox.bodies[: inbox.bodies.index(fence)]
         else:
@@ -263,5 +265,58 @@ class QueueTypeTests(BrokerTestMixin):
         self.assertEqual((yield self.read(stream, "2s"))[0], new)
         self.assertEqual(len((yield self.read(stream, "1m"))[0]), 6)
 
+    @inlineCallbacks
+    def test_a_stream_cannot_be_purged(self):
+        """A connection exception: RabbitMQ closes the connection (ours reconnects; the embedded one stays closed)."""
+        stream = yield self.declare("stream")
+        yield self.conn.publish("", stream, b"kept")
+        yield self.assertFailure(self.conn.queue_purge(stream), BrokerError)
+        self.assertEqual((yield self.read(stream, "first", count=1, conn=self.admin))[0], [b"kept"])
+
 
 QueueTypeMemoryTest, QueueTypeRabbitTest = for_each_broker(QueueTypeTests, globals())
+
+
+class EmbeddedStreamTest(unittest.TestCase):
+    """What RabbitMQ answers with a connection exception, on the embedded broker (RabbitMQ's is not tested:
+    our AMQPConnection reconnects at once)."""
+
+    @inlineCallbacks
+    def setUp(self):
+        self.broker = memory.get_broker(self.id())
+        self.addCleanup(self.broker.reset)
+        self.conn = yield memory.connect(self.id())
+        yield self.conn.queue_declare("s", arguments=typed("stream"), **NAMED)
+        yield self.conn.publish("", "s", b"m")
+
+    @inlineCallbacks
+    def closed(self):
+        yield wait_for(lambda: not self.conn.connected)
+        self.flushLoggedErrors()
+
+    @inlineCallbacks
+    def test_consuming_without_acks_closes_the_connection(self):
+        error = yield self.assertFailure(self.conn.consume("s", Inbox(), no_ack=True), ChannelError)
+        self.assertEqual(error.code, 540)
+        self.assertIn("automatic acknowledgement not supported by stream queues", error.text)
+        yield self.closed()
+
+    @inlineCallbacks
+    def test_rejecting_closes_the_connection(self):
+        inbox = Inbox()
+        yield self.conn.consume("s", inbox, prefetch_count=1, arguments={"x-stream-offset": "first"})
+        yield inbox.wait(1)
+        inbox.deliveries[0].reject(requeue=True)
+        yield self.closed()
+
+    @inlineCallbacks
+    def test_bad_offsets_and_retention_are_refused(self):
+        for bad in ("bogus", 1.5, True):
+            error = yield self.assertFailure(
+                self.conn.consume("s", Inbox(), prefetch_count=1, arguments={"x-stream-offset": bad}), ChannelError
+            )
+            self.assertIn("invalid x-stream-offset", error.text)
+        error = yield self.assertFailure(
+            self.conn.queue_declare("r", arguments=typed("stream", **{"x-max-length-bytes": 10}), **NAMED), ChannelError
+        )
+        self.assertIn("not implemented by the embedded broker", error.text)

@@ -45,7 +45,12 @@ from ion.core.messaging.broker.memory_queue import (
 )
 from ion.core.messaging.broker.memory_routing import EXCHANGE_CLASSES, DefaultExchange, queues_reached
 from ion.core.messaging.broker.memory_stream import StreamQueue
-from ion.core.messaging.broker.memory_types import check_consume, check_declaration, queue_type_of
+from ion.core.messaging.broker.memory_types import (
+    check_consume,
+    check_declaration,
+    connection_exception,
+    queue_type_of,
+)
 
 __all__ = ["EmbeddedBroker", "MemoryConnection", "connect", "get_broker"]
 
@@ -308,7 +313,12 @@ class EmbeddedBroker:
         self._pump.forget(queue)
 
     def queue_purge(self, conn, name):
-        return self._usable_queue(conn, name).purge()
+        queue = self._usable_queue(conn, name)
+        if queue.type == "stream":
+            error = connection_exception("queue.purge not supported by stream queues queue %r in vhost '/'" % name)
+            self.connection_exception(conn, error.text)
+            raise error
+        return queue.purge()
 
     def queue_depth(self, conn, name):
         return self._usable_queue(conn, name).depth()

@@ -11,8 +11,12 @@ Written from what RabbitMQ 3.10 answered (the replies are its own):
 * Each type refuses some arguments: classic queues x-delivery-limit; streams
   x-max-length, x-overflow, x-delivery-limit and x-dead-letter-exchange.
 * Consuming: x-stream-offset only on a stream; a stream consumer needs a
-  prefetch (basic.qos) and manual acks, and a stream refuses basic.reject.
-  The last two are connection exceptions: RabbitMQ closes the connection.
+  prefetch (basic.qos) and manual acks, and a stream refuses basic.reject
+  and queue.purge.  Consuming without acks, rejecting and purging are
+  connection exceptions: RabbitMQ closes the connection.
+
+A stream's retention (x-max-length-bytes, x-max-age) is not implemented
+here: declaring it fails rather than keep everything silently.
 """
 
 import re
@@ -30,6 +34,9 @@ _REFUSED_ARGUMENTS = {
     "quorum": (),
     "stream": ("x-max-length", "x-overflow", "x-delivery-limit", "x-dead-letter-exchange"),
 }
+
+# A stream's retention, which RabbitMQ applies by whole segments; the embedded broker has none.
+_RETENTION_ARGUMENTS = ("x-max-length-bytes", "x-max-age", "x-stream-max-segment-size-bytes")
 
 # RabbitMQ's AMQP field type names, for its unacceptable_type replies.
 _FIELD_TYPES = {bool: "bool", int: "signedint", float: "double", bytes: "longstr", dict: "table", list: "array"}
@@ -74,6 +81,12 @@ def check_declaration(name, durable, exclusive, auto_delete, arguments):
             raise PreconditionFailed(
                 "PRECONDITION_FAILED - invalid arg %r for %s of queue type %s" % (arg, _vhost(name), QUEUE_TYPES[queue_type])
             )
+    if queue_type == "stream":
+        for arg in _RETENTION_ARGUMENTS:
+            if arg in arguments:
+                # RabbitMQ takes it; this broker would keep everything instead, so it says so.
+                raise ChannelError("NOT_IMPLEMENTED - stream retention (%s) is not implemented by the embedded "
+                                   "broker" % arg, 540)
     return queue_type
 
 
