@@ -267,6 +267,19 @@ class SubscriberQueueTypeTests(BrokerTestMixin):
         self.assertEqual((yield self.fenced(reader)), ["last one"])
 
     @defer.inlineCallbacks
+    def test_a_stream_goes_on_recording_when_its_reader_unsubscribes(self):
+        name = self.unique_name("stream-rec")
+        first = Names()
+        sub = yield self.subscribe(first, queue_name=name, queue_type="stream", **NAMED)
+        yield self.pub.create_and_publish_event(name="read")
+        self.assertEqual((yield self.fenced(first)), ["read"])
+        yield sub.unsubscribe()
+        yield self.pub.create_and_publish_event(name="while nobody reads")
+        again = Names()
+        yield self.subscribe(again, queue_name=name, queue_type="stream", offset="first", **NAMED)
+        self.assertEqual((yield self.fenced(again)), ["read", "while nobody reads"])
+
+    @defer.inlineCallbacks
     def test_stream_acks_undecodable_messages_it_cannot_reject(self):
         name = self.unique_name("stream-bad")
         handler = Names()

@@ -494,12 +494,14 @@ class Subscriber(BasicLifecycleObject):
         """
         Stop receiving: the binding is removed, the consumer cancelled, and an
         auto-delete queue goes away with it.  `subscribe()` starts again.
+        A stream keeps its binding: it goes on recording events for its other
+        readers and the next one (delete the queue to stop it).
         """
         self._stop_depth_watch()
         if self._recv.state != BasicStates.ACTIVE:
             return
         queue = self._recv.queue
-        if self._binding_key is not None and queue:
+        if self._binding_key is not None and queue and self.queue_type != "stream":
             yield self.exchange_manager.unbind(queue, self.consumer_config["exchange"], self._binding_key)
         yield self._recv.deactivate()
 
