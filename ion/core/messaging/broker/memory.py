@@ -5,8 +5,8 @@ Connections made to the same named broker share its exchanges and queues just
 as connections to one RabbitMQ do, so containers run (and are tested) in one
 process with no broker installed.  `EmbeddedBroker` is the server: it owns
 exchanges, queues and bindings and enforces RabbitMQ's rules (redeclaration,
-exclusivity, auto-delete, dead-lettering, length limits, queue types).  `MemoryConnection`
-is a client of it implementing IBrokerConnection.
+exclusivity, auto-delete, dead-lettering, length limits, queue types).
+`MemoryConnection` is a client of it implementing IBrokerConnection.
 
 The parts it is built from live beside it: exchange routing in
 memory_routing.py, queues, consumers and deliveries in memory_queue.py,
