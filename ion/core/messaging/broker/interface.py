@@ -97,7 +97,11 @@ class IDelivery(Interface):
     """One message handed to a consumer callback."""
 
     body = Attribute("The message body, always `bytes`.")
-    properties = Attribute("dict of AMQP basic properties; keys from PROPERTY_NAMES, only those set.")
+    properties = Attribute(
+        "dict of AMQP basic properties; keys from PROPERTY_NAMES, only those set.  The queue may add headers:"
+        " x-delivery-count (a quorum queue's count of earlier returns of the message) and x-stream-offset"
+        " (a stream message's offset)."
+    )
     exchange = Attribute("Exchange the message was published to ('' for the default exchange).")
     routing_key = Attribute("Routing key it was published with.")
     redelivered = Attribute("True when the broker delivered it before without an ack.")

@@ -106,7 +106,8 @@ class Queue:
     broker enforces its flags.  A quorum queue counts the times each message
     went back unsettled (rejected with requeue, or its consumer gone): its
     deliveries carry that count as x-delivery-count, and past x-delivery-limit
-    the broker dead-letters it (reason delivery_limit) instead.
+    the broker dead-letters it (reason delivery_limit) instead.  Without the
+    argument there is no limit, as in RabbitMQ 3.10 (4.0 defaults it to 20).
     """
 
     def __init__(self, name, durable, owner, auto_delete, arguments, queue_type="classic"):

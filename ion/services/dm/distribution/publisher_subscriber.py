@@ -253,7 +253,8 @@ class Subscriber(BasicLifecycleObject):
     'last' (from its last chunk), an aware datetime (from that time; whole
     seconds, and RabbitMQ starts at a chunk's first event), a number of
     seconds ago, or RabbitMQ's interval text ('10m', '1h', '2D'; units
-    Y M D h m s).  After a reconnect it goes on where it left off.
+    Y M D h m s).  After a reconnect it goes on where it left off;
+    `subscribe()` after `unsubscribe()` starts from `offset` again.
 
     A queue with no name is the broker's name for one of the subscriber's
     own, exclusive to its connection (RabbitMQ 4.3 refuses, by default,
