@@ -24,8 +24,9 @@ logged with the event.  Opt in per subscriber for more:
   the queue's name; the original route stays in its headers.
   On a quorum queue the broker counts deliveries itself, so a retry is the
   message rejected with requeue, and its attempts are the broker's
-  x-delivery-count + 1 (a delivery handed back unhandled, its consumer or
-  connection gone, counts as one too).
+  x-delivery-count + 1 (before RabbitMQ 4.3 a delivery handed back
+  unhandled, its consumer or connection gone, counts as one too; 4.3 counts
+  only basic.reject, which is what a retry sends).
 * `dead_letter=True` (implied by `retries`): an event the handler gave up on,
   and any message that cannot be decoded, goes to the system's dead letters
   (see dead_letters.py) with the reason, and is acked.  Without it,
@@ -600,7 +601,7 @@ class Subscriber(BasicLifecycleObject):
         queue counting `attempts`, then the original acked.
         """
         if self.queue_type == "quorum":
-            msg.requeue()
+            msg.requeue()  # basic.reject: RabbitMQ 4.3 counts rejects only, not basic.nack
             self.stats["retried"] += 1
             metrics.retried.labels(self._binding_key).inc()
             return
