@@ -379,12 +379,13 @@ class DefaultQueueTypeOptionTest(unittest.TestCase):
                 self.parse("--default_queue_type", bad)
 
 
-class ExclusiveQueueReconnectTest(ReconnectTestBase):
+class QueueTypeReconnectTest(ReconnectTestBase):
     """
-    RabbitMQ only (the embedded broker never loses its connections): an
-    anonymous subscriber queue is exclusive, so it dies with its connection;
-    after a cut the connection declares a new one, binds it again and the
-    subscriber consumes from it.
+    RabbitMQ only (the embedded broker never loses its connections), a TCP
+    proxy cuts the container's connection: an anonymous subscriber queue is
+    exclusive, so it dies with its connection, and the connection declares a
+    new one, binds it again and the subscriber consumes from it; a stream
+    subscription goes on where it left off; a quorum subscription resumes.
     """
 
     @defer.inlineCallbacks
@@ -436,6 +437,25 @@ class ExclusiveQueueReconnectTest(ReconnectTestBase):
         yield self.publish(pub, "fence")
         yield wait_for(lambda: "fence" in collector.names())
         self.assertEqual(collector.names(), ["before 0", "before 1", "before 2", "after 0", "after 1", "fence"])
+
+    @defer.inlineCallbacks
+    def test_quorum_subscription_resumes_after_a_cut(self):
+        proxy = self.proxy()
+        self.broker_url = proxy.url()
+        proc = yield self.start_process()
+        origin = unique("quorum-cut")
+        sub, collector = yield self.subscribe(proc, origin, queue_name=unique("quorum-cut"), queue_type="quorum",
+                                              durable=True, auto_delete=False, retries=2)
+        manager = self.container.exchange_manager
+        self.addCleanup(dead_letters.delete, manager)
+        self.addCleanup(manager.connection.queue_delete, sub._queue_name)
+        pub = yield self.publisher(proc, origin)
+        yield self.publish(pub, "before", persistent=True)
+        yield wait_for(lambda: collector.names() == ["before"])
+        self.assertEqual(proxy.cut(), 1)
+        yield self.publish(pub, "after", persistent=True)  # waits for the reconnect
+        yield wait_for(lambda: collector.names() == ["before", "after"])
+        self.assertEqual(sub.queue, sub._queue_name)
 
 
 @defer.inlineCallbacks
