@@ -142,7 +142,9 @@ class ReplayOptions(_AnyOrder):
     ]
     optFlags = [["dry-run", None, "List what would be replayed; publish nothing (no broker needed)."]]
 
-    def parseArgs(self, event=None):
+    def parseArgs(self, event=None, *more):
+        if more:
+            raise usage.UsageError("replay: one EVENT at most, not %d" % (1 + len(more),))
         self["events"] = [_find(event)] if event is not None else []
 
 
