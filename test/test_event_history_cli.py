@@ -182,6 +182,21 @@ class HistoryLiveTests(IonEventsRunner, DatabaseTestMixin):
         self.assertEqual(names, ["h0", "h1", "l0", "l1", "l2"])
 
     @defer.inlineCallbacks
+    def test_tail_since_several_events_merged_in_time_order(self):
+        rows = [make_row("m.a", 100.0), make_row("m.b", 200.0, event_id=3002), make_row("m.c", 300.0),
+                make_row("m.d", 400.0, event_id=1052)]
+        yield self.persister.store.insert(rows)
+        options = ion_events.TailOptions()
+        options.parseOptions(["--since", "1970-01-01T00:00:00", "--count", "3", "3003", "3002", "--store", self.url])
+        out = io.StringIO()
+        tail = ion_events.Tail(options, ion_events.Output(out=out, err=io.StringIO()), self.connection)
+        yield tail.start()
+        self.addCleanup(tail.stop)
+        seen = yield tail.done
+        self.assertEqual(seen, 3)
+        self.assertEqual([line.split(" ")[3] for line in out.getvalue().splitlines()], ["m.a", "m.b", "m.c"])
+
+    @defer.inlineCallbacks
     def test_replay_to_queue_marked_in_order(self):
         yield self.publish_stored("r0", "r1", "r2")
         sub = CollectingSubscriber(process=self.proc, origin="nobody", queue_name=self.unique_name("replayq"))

@@ -67,18 +67,24 @@ def query(options):
 
 
 @defer.inlineCallbacks
+def pages(store, one, limit, descending, each):
+    """Calls each(records) per page of the first `limit` events matching the query `one`, paged by cursor."""
+    seen, after = 0, None
+    while seen < limit:
+        records, after = yield store.find_events(limit=min(MAX_LIMIT, limit - seen), descending=descending,
+                                                 after=after, **one)
+        seen += len(records)
+        each(records)
+        if after is None:
+            break
+
+
+@defer.inlineCallbacks
 def find(store, queries, limit, descending):
-    """The `limit` first (in the order asked) of the events matching any of `queries`, paged by cursor."""
+    """The `limit` first (in the order asked) of the events matching any of `queries`."""
     found = []
     for one in queries:
-        got, after = [], None
-        while len(got) < limit:
-            records, after = yield store.find_events(limit=min(MAX_LIMIT, limit - len(got)), descending=descending,
-                                                     after=after, **one)
-            got += records
-            if after is None:
-                break
-        found += got
+        yield pages(store, one, limit, descending, found.extend)
     found.sort(key=lambda r: (r["event_time"], r["row"]), reverse=descending)
     return found[:limit]
 
@@ -108,17 +114,17 @@ def history(options, output):
 @defer.inlineCallbacks
 def replay(options, output, broker):
     """`replay`: the matching events republished, oldest first, at --rate per second (listed with --dry-run)."""
-    one = query(options)[0]
+    one = {k: v for k, v in query(options)[0].items() if v is not None}
+    dry = options["dry-run"]
     target = "queue %s" % (options["to-queue"],) if options["to-queue"] else "their routing keys"
     store = yield opened(options)
     try:
         count = yield event_replay.replay(
-            store, broker, {k: v for k, v in one.items() if v is not None}, to_queue=options["to-queue"],
-            # A dry run lists at once: nothing is sent, so there is nothing to pace.
-            rate=math.inf if options["dry-run"] else options["rate"], max_events=options["limit"], dry_run=options["dry-run"],
-            each=(lambda record: output.line(format_record(record))) if options["dry-run"] else None,
+            store, broker, one, to_queue=options["to-queue"], max_events=options["limit"], dry_run=dry,
+            rate=math.inf if dry else options["rate"],  # a dry run sends nothing: nothing to pace, it lists at once
+            each=(lambda record: output.line(format_record(record))) if dry else None,
         )
     finally:
         store.close()
-    output.line("%s %d events to %s" % ("would replay" if options["dry-run"] else "replayed", count, target))
+    output.line("%s %d events to %s" % ("would replay" if dry else "replayed", count, target))
     return 0

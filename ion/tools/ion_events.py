@@ -310,17 +310,24 @@ class Tail:
 
     @defer.inlineCallbacks
     def _catch_up(self):
+        stored = set()
+
+        def show(records):
+            for record in records:
+                stored.add(record["content_key"])
+                self._show(event_history.tail_line(record["routing_key"], record.event, self.options))
+
+        queries = event_history.query(self.options)
+        limit = self.options["count"] or sys.maxsize
         store = self.store or (yield event_history.opened(self.options))
         try:
-            records = yield event_history.find(store, event_history.query(self.options),
-                                               self.options["count"] or sys.maxsize, descending=False)
+            if len(queries) == 1:  # printed page by page as read
+                yield event_history.pages(store, queries[0], limit, False, show)
+            else:  # several events: their pages merged in time order
+                show((yield event_history.find(store, queries, limit, descending=False)))
         finally:
             if store is not self.store:
                 store.close()
-        stored = set()
-        for record in records:
-            stored.add(record["content_key"])
-            self._show(event_history.tail_line(record["routing_key"], record.event, self.options))
         held, self._held = self._held, None
         for data in held:
             if data["content"].Message.MyId.hex() not in stored:
