@@ -11,7 +11,7 @@ from ion.core.object.message_instance import new_message_instance
 from ion.services.dm.distribution import events
 from ion.core.object.codec import CodecError
 from ion.core.object.object_utils import is_repeated
-from ion.services.dm.inventory.event_rows import event_row, raw_event_row
+from ion.services.dm.inventory.event_rows import event_row, parse_raw_event, raw_event_row
 from ion.services.dm.inventory.event_store import EventStore, StoreError
 from ion.tools import event_catalog
 from test.databases import DatabaseTestMixin, for_each_database
@@ -188,18 +188,17 @@ class RawRowTest(unittest.TestCase):
             for fill in (True, False):
                 body, key = self.encoded(kind.event_id, fill)
                 decoded = event_row(envelope.decode(body), body, key, 1.0)
-                raw = raw_event_row(envelope.decode(body, raw=True), body, key, 1.0)
+                raw = raw_event_row(parse_raw_event(envelope.decode(body, raw=True)["content"]), body, key, 1.0)
                 self.assertEqual(raw, decoded, kind.name)
 
     def test_not_an_event_is_a_codec_error(self):
-        body, key = self.encoded(3003)
-        data = envelope.decode(body, raw=True)
         with self.assertRaises(CodecError):
-            raw_event_row(dict(data, content=b"\x00garbage"), body, key, 1.0)
+            parse_raw_event(b"\x00garbage")
         other = new_message_instance(events.LOGGING_EVENT_MESSAGE_TYPE)  # an IonMsg, but not of an EventMessage
-        sent = envelope.encode("sender", key, None, other)
+        sent = envelope.encode("sender", "3003.o", None, other)
         with self.assertRaises(CodecError) as caught:
-            raw_event_row(envelope.decode(sent.body, raw=True), sent.body, key, 1.0)
+            parse_raw_event(envelope.decode(sent.body, raw=True)["content"])
         self.assertIn("not an event", str(caught.exception))
+        body, key = self.encoded(3003)
         with self.assertRaises(CodecError):
-            raw_event_row(data, body, "no-id", 1.0)
+            raw_event_row(parse_raw_event(envelope.decode(body, raw=True)["content"]), body, "no-id", 1.0)

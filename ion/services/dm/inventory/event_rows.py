@@ -1,7 +1,8 @@
 """
 From a received event to the row the store keeps: `event_row` from the
-decoded message (its message instance), `raw_event_row` from the header map
-with the content left as Structure bytes, for the persister's fast path.
+decoded message (its message instance), `raw_event_row` from the RawEvent
+`parse_raw_event` makes of the content left as Structure bytes, for the
+persister's fast path.
 
 The raw path parses only what the row needs, once: the Structure, then the
 IonMsg head, its EventMessage and what that links to, each element checked
@@ -9,6 +10,8 @@ as the codec checks it (known type, version, key matching its content);
 it builds no repository, wrappers or message instance.  Both give the
 same row.
 """
+
+from typing import NamedTuple
 
 from ion.core.object import codec
 from ion.core.object.codec import CodecError
@@ -66,13 +69,22 @@ def _row(routing_key, name, when, content_key, body, fields, received):
     }
 
 
-def raw_event_row(data, body, routing_key, received):
+class RawEvent(NamedTuple):
+    """What the row needs of an event's content, parsed from its Structure bytes."""
+
+    name: str
+    datetime: float
+    content_key: bytes
+    fields: dict
+
+
+def parse_raw_event(content):
     """
-    The row event_row gives, from `data` whose 'ION R1 GPB' content is still
-    the Structure bytes.  CodecError if it is not an IonMsg holding an EventMessage.
+    The RawEvent of 'ION R1 GPB' content still as its Structure bytes.
+    CodecError if it is not an IonMsg holding an EventMessage.
     """
     try:
-        structure = Structure.FromString(data["content"])
+        structure = Structure.FromString(content)
     except Exception as e:  # DecodeError, or content that is not bytes at all
         raise CodecError("content is not a valid Structure: %s" % (e,)) from None
     graph = _Graph(structure)
@@ -80,7 +92,12 @@ def raw_event_row(data, body, routing_key, received):
     if not head.HasField("message_object"):
         raise CodecError("not an event: the IonMsg holds no object")
     event = graph.element(head.message_object.key, EVENT_MESSAGE_ID)
-    return _row(routing_key, event.name, event.datetime, structure.head.key, body, graph.plain(event), received)
+    return RawEvent(event.name, event.datetime, structure.head.key, graph.plain(event))
+
+
+def raw_event_row(event, body, routing_key, received):
+    """The row event_row gives, from the RawEvent of the body's content."""
+    return _row(routing_key, event.name, event.datetime, event.content_key, body, event.fields, received)
 
 
 class _Graph:
