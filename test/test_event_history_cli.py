@@ -210,6 +210,10 @@ class HistoryLiveTests(IonEventsRunner, DatabaseTestMixin):
         yield wait_for(lambda: len(sub.got) == 3, timeout=30)
         self.assertEqual([data["content"].name for data, _d in sub.got], ["r0", "r1", "r2"])
         self.assertTrue(all(REPLAY_HEADER in d.properties["headers"] for _data, d in sub.got))
+        run = self.ion_events("replay", "--to-queue", self.unique_name("nosuchq"), "--store", self.url)
+        code = yield run.exited
+        self.assertEqual(code, 2, run.err)
+        self.assertIn("there is no queue", run.err)
 
 
 for _broker_suffix, _broker_url in BROKER_URLS:

@@ -117,6 +117,9 @@ def replay(options, output, broker):
     one = {k: v for k, v in query(options)[0].items() if v is not None}
     dry = options["dry-run"]
     target = "queue %s" % (options["to-queue"],) if options["to-queue"] else "their routing keys"
+    if options["to-queue"] and not dry and not (yield broker.queue_exists(options["to-queue"])):
+        # The default exchange drops what is sent to no queue: say so before sending anything.
+        raise usage.UsageError("replay --to-queue: there is no queue %r on the broker" % (options["to-queue"],))
     store = yield opened(options)
     try:
         count = yield event_replay.replay(
