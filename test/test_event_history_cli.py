@@ -87,6 +87,7 @@ class HistoryScriptTests(DatabaseTestMixin):
             (["replay", "--dry-run", "3003", "3002"], "one EVENT at most, not 2"),
             (["replay", "--dry-run", "--store", "sqlite:"], "names no SQLite file"),
             (["replay"], "embedded broker"),
+            (["history", "--store", "/nonexistent/events.sqlite"], "no event store at /nonexistent/events.sqlite"),
         ]
         for argv, message in cases:
             if "--store" not in argv:

@@ -11,6 +11,7 @@ time (UTC unless it says otherwise).
 import datetime
 import json
 import math
+import os
 import re
 import time
 
@@ -91,7 +92,12 @@ def find(store, queries, limit, descending):
 
 @defer.inlineCallbacks
 def opened(options):
+    """The store --store names, open; a usage error for a SQLite file that is not there (opening would make it)."""
     store = EventStore(options["store"])
+    path = store.sqlite_path
+    if path is not None and path != ":memory:" and not os.path.exists(path):
+        raise usage.UsageError("no event store at %s (name one with --store: a postgresql:// URL or a SQLite path)"
+                               % (path,))
     yield store.open()
     return store
 

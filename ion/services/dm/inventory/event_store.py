@@ -113,6 +113,11 @@ class EventStore:
         self.dialect, self._args, self._kwargs = _connect_args(self.url)
         self._pool = None
 
+    @property
+    def sqlite_path(self):
+        """The SQLite file (None for PostgreSQL): a reader can tell a missing store from an empty one."""
+        return self._args[1] if self.dialect == "sqlite" else None
+
     @defer.inlineCallbacks
     def open(self):
         if self._pool is not None:
