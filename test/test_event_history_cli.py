@@ -169,7 +169,7 @@ class HistoryLiveTests(IonEventsRunner, DatabaseTestMixin):
         options.parseOptions(["--since", "1h", "--count", "5", "--json", "3003", "--origin", "hist.src"])
         store = _GatedStore(self.persister.store)
         out = io.StringIO()
-        tail = ion_events.Tail(options, ion_events.Output(out=out, err=io.StringIO()), self.connection, store=store)
+        tail = ion_events.Tail(options, ion_events.Output(out=out, err=io.StringIO()), store=store)
         started = tail.start()
         self.addCleanup(tail.stop)
         yield wait_for(lambda: store.asked, timeout=30)
@@ -190,7 +190,7 @@ class HistoryLiveTests(IonEventsRunner, DatabaseTestMixin):
         options = ion_events.TailOptions()
         options.parseOptions(["--since", "1970-01-01T00:00:00", "--count", "3", "3003", "3002", "--store", self.url])
         out = io.StringIO()
-        tail = ion_events.Tail(options, ion_events.Output(out=out, err=io.StringIO()), self.connection)
+        tail = ion_events.Tail(options, ion_events.Output(out=out, err=io.StringIO()))
         yield tail.start()
         self.addCleanup(tail.stop)
         seen = yield tail.done

@@ -231,13 +231,13 @@ class IonEventsTests(IonEventsRunner):
         output = ion_events.Output(out=_OutStream(run), err=_ErrStream(run))
         options = ion_events.TailOptions()
         options.parseOptions(["--queue-limit", "3", "3003", "--origin", "bounded"])
-        watcher = ion_events.Tail(options, output, self.connection)
+        watcher = ion_events.Tail(options, output)
         yield watcher.start()
         self.addCleanup(watcher.stop)
         (sub,) = watcher.subscribers
         config = sub.consumer_config
         self.assertEqual((config["queue"], config["auto_delete"], config["durable"]), (None, True, False))
-        self.assertEqual(config["arguments"], {"x-max-length": 3, "x-overflow": "drop-head"})
+        self.assertEqual(config["arguments"], {"x-max-length": 3, "x-overflow": "drop-head", "x-queue-type": "classic"})
         held = []
         sub.ondata = lambda data: held.append(defer.Deferred()) or held[-1]  # a tail that has stopped reading
 

@@ -128,8 +128,9 @@ class StatusTests(BrokerTestMixin):
         sub = yield SubscriberFactory(process=self.proc).build(
             subscriber_type=events.InfoLoggingEventSubscriber, origin=self.unique_name("gone"), handler=lambda d: None
         )
-        other = yield self.connect_broker()
-        yield other.queue_delete(sub.queue)  # the broker cancels the consumer; the subscriber is still ACTIVE
+        # The broker cancels the consumer; the subscriber is still ACTIVE.  (Deleted on the container's own
+        # connection: an anonymous subscriber queue is exclusive to it.)
+        yield self.container.exchange_manager.connection.queue_delete(sub.queue)
         yield wait_for(lambda: not sub.consuming)
         code, body = yield get_json(self.base + "/ready")
         self.assertEqual(code, 503)

@@ -6,7 +6,7 @@ ion.tools.event_history).
 Each runs inside a container of its own (the console script,
 ion.core.cc.ion_events_command, makes it) or of the caller's (tests on the
 embedded broker, which lives in one OS process): tail and publish use a
-process of that container; dead-letters and tail's depth checks use the
+process of that container; dead-letters and replay use the
 ExchangeManager it is given, on a broker connection of the tool's own.
 A command fires with the exit code; a usage error is UsageError
 (exit 2), a broker or runtime failure any other exception (exit 1).
@@ -254,9 +254,9 @@ class Tail:
     One subscriber per named event (or one for all) on an anonymous monitor
     queue: auto-delete (gone with tail's consumer, also when its connection
     dies) and bounded, so a slow or stopped tail cannot build up events on
-    the broker.  It is not exclusive: tail reads its depth through `broker`,
-    an ExchangeManager on a connection of its own, and the broker refuses
-    that for another connection's exclusive queue.  `done` fires with the count.
+    the broker.  Like every anonymous subscriber queue it is exclusive to its
+    connection, so tail reads its depth through the subscriber's own
+    (another connection would be refused).  `done` fires with the count.
 
     With --since it subscribes first and holds the live events, then prints
     the stored ones from that time, then the held ones whose content key was
@@ -264,12 +264,11 @@ class Tail:
     what was published before the subscription has reached the store.
     """
 
-    def __init__(self, options, output, broker, clock=None, store=None):
+    def __init__(self, options, output, clock=None, store=None):
         from twisted.internet import reactor
 
         self.options = options
         self.output = output
-        self.broker = broker
         self.clock = clock or reactor
         self.store = store  # the event store for --since; by default opened from --store
         self.seen = 0
@@ -358,7 +357,7 @@ class Tail:
             self.output.status("%d events, %.1f/s" % (self.seen, self.seen / elapsed))
         for sub in self.subscribers:
             try:
-                depth = yield self.broker.queue_depth(sub.queue)
+                depth = yield sub.exchange_manager.queue_depth(sub.queue)
             except Exception:
                 continue  # the queue is being re-made after a reconnect: try again next time
             if depth >= self.options["queue-limit"] and not self._full_warned:
@@ -378,9 +377,9 @@ class Tail:
 
 
 @defer.inlineCallbacks
-def tail(options, output, broker, stopped=None):
+def tail(options, output, stopped=None):
     """Until --count events or `stopped` fires (Ctrl-C); prints how many were seen."""
-    watcher = Tail(options, output, broker)
+    watcher = Tail(options, output)
     yield watcher.start()
     waits = [watcher.done] + ([stopped] if stopped is not None else [])
     yield defer.DeferredList(waits, fireOnOneCallback=True, consumeErrors=True)
@@ -477,7 +476,7 @@ def run(command, options, output, broker=None, stopped=None):
     if command == "types":
         return defer.maybeDeferred(types, options, output)
     if command == "tail":
-        return tail(options, output, broker, stopped)
+        return tail(options, output, stopped)
     if command == "publish":
         return publish(options, output)
     if command == "history":
