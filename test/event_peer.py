@@ -18,6 +18,7 @@ gives its PeerProcess.
 """
 
 import os
+import select
 import sys
 
 from twisted.internet import defer, reactor, stdio
@@ -35,13 +36,25 @@ WINDOW = 100
 
 
 class _Control(Protocol):
-    """stdout carries what happened; stdin closing means stop."""
+    """
+    stdout carries what happened; stdin closing means stop.
+
+    Lines go straight to the pipe, not through the transport's buffer: an
+    `EVENT` line is out before its ack is written, so a SIGKILL can never
+    leave an event acked to the broker but unreported to the test (the
+    transport may flush the AMQP socket first and die before stdout).
+    """
 
     def __init__(self):
         self.closed = defer.Deferred()
 
     def write(self, line):
-        self.transport.write(line.encode("utf-8") + b"\n")
+        data, fd = line.encode("utf-8") + b"\n", sys.stdout.fileno()
+        while data:
+            try:
+                data = data[os.write(fd, data):]
+            except BlockingIOError:  # StandardIO made the pipe non-blocking; wait until it drains
+                select.select([], [fd], [])
 
     def connectionLost(self, reason):
         self.closed.callback(None)

@@ -13,7 +13,7 @@ from twisted.trial import unittest
 from ion.core.messaging.broker.address import BrokerAddress
 from ion.core.process.process import Process
 from ion.services.dm.distribution import events
-from ion.services.dm.distribution.publisher_subscriber import SubscriberFactory
+from ion.services.dm.distribution.publisher_subscriber import DEFAULT_PREFETCH, SubscriberFactory
 from ion.test.iontest import IonTestCase
 from test import event_peer
 from test.brokers import RABBIT_URL, wait_for
@@ -69,7 +69,9 @@ class PeerKillTest(IonTestCase):
         yield wait_for(lambda: len(first.distinct | second.distinct) == EVENTS, timeout=240)
         received = len(first.names) + len(second.names)
         duplicates = received - EVENTS
-        self.assertLessEqual(duplicates, 1, "prefetch 1: only the event being handled at the kill comes again")
+        # Redelivered: what the killed one held unacked, at most its prefetch.  Handled twice among them:
+        # the one being handled and those whose acks were written but still in the process at the kill.
+        self.assertLessEqual(duplicates, DEFAULT_PREFETCH)
         figures("durable subscriber SIGKILLed and started again", published=EVENTS, received=received,
                 lost=0, duplicates=duplicates, before_kill=len(first.names))
 
