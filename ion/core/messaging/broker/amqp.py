@@ -117,6 +117,11 @@ class AMQPConnection:
     def connected(self):
         return self._state.ready
 
+    @property
+    def node(self):
+        """'host:port' of the cluster node of the latest connection (None before the first)."""
+        return self._link.node
+
     # -- IBrokerConnection
 
     def _call(self, name, **kwargs):
