@@ -285,6 +285,7 @@ class Subscriber(BasicLifecycleObject):
         depth_warning=None,
         clock=None,
         concurrency=1,
+        queue_type=None,
         *args,
         **kwargs
     ):
@@ -295,6 +296,8 @@ class Subscriber(BasicLifecycleObject):
         if not isinstance(concurrency, int) or isinstance(concurrency, bool) or concurrency < 1:
             raise ValueError("%s: concurrency must be an int >= 1, not %r" % (who, concurrency))
         arguments = _queue_arguments(who, max_length, max_length_bytes, overflow)
+        if queue_type is not None:  # 'classic', 'quorum' (durable, named, not auto-delete) or 'stream'
+            arguments = dict(arguments or {}, **{"x-queue-type": queue_type})
         if depth_warning is None:
             depth_warning = CONF.getValue("queue_depth_warning", 10000)
         if not isinstance(depth_warning, int) or isinstance(depth_warning, bool) or depth_warning < 0:
