@@ -243,7 +243,8 @@ class Consumer:
         self.tag = tag
         self.connection = connection
         self.exclusive = exclusive
-        self.active = True
+        self.active = True  # False once cancelled, and while subscribing again after its queue was deleted
+        self.stopped = False  # cancelled by its connection
         self.unacked = {}  # delivery tag -> Message
         self._broker = broker
         self._queue = queue
@@ -283,6 +284,13 @@ class Consumer:
         if self._queue.ready:
             self._broker.wake(self._queue)
 
+    def attach(self, queue):
+        """Consume from `queue` (again, after the broker cancelled it)."""
+        self._queue = queue
+        self.queue = queue.name
+        self.active = True
+
     def cancel(self):
+        self.stopped = True
         self._broker.cancel(self)
         return defer.succeed(None)
