@@ -12,7 +12,8 @@ handler is done (the event is acked right after); QUEUE_TYPE ('quorum',
 say) is the queue's x-queue-type.  `publish` sends COUNT
 persistent events named 0, 1, ... with up to 100 awaiting their confirm (at
 most RATE a second, if given), and
-writes `CONFIRMED <name>` as each confirm comes, then `DONE`.  `persist`
+writes `CONFIRMED <name>` as each confirm comes (`REFUSED <name>` for a
+basic.nack), then `DONE`.  `persist`
 runs an EventPersister of InfoLogging events on QUEUE into STORE_URL and
 writes `SUBSCRIBED <queue>`.  Each writes `NODE <host:port>` when it
 connects to a (new) node of the broker.  All log to
@@ -29,6 +30,7 @@ from twisted.logger import globalLogBeginner, textFileLogObserver
 
 from ion.core.cc.container import create_new_container, stop_container
 from ion.core.messaging.broker.address import BrokerAddress
+from ion.core.messaging.broker.interface import MessageRefused
 from ion.core.process.process import Process
 from ion.services.dm.distribution import events
 from ion.services.dm.distribution.publisher_subscriber import SubscriberFactory
@@ -72,10 +74,15 @@ def publish(control, proc, count, origin, rate=None):
     def confirmed(_, name):
         control.write("CONFIRMED " + name)
 
+    def refused(failure, name):
+        failure.trap(MessageRefused)  # a queue it routes to is down or full (basic.nack)
+        control.write("REFUSED " + name)
+
     window = []
     started = reactor.seconds()
     for i in range(int(count)):
-        window.append(pub.create_and_publish_event(name=str(i)).addCallback(confirmed, str(i)))
+        sent = pub.create_and_publish_event(name=str(i))
+        window.append(sent.addCallbacks(confirmed, refused, (str(i),), None, (str(i),)))
         if len(window) >= WINDOW:
             yield window.pop(0)
         ahead = rate and started + (i + 1) / float(rate) - reactor.seconds()
@@ -130,6 +137,7 @@ class PeerProcess(ProcessProtocol):
         self.names = []  # EVENT lines
         self.distinct = set()
         self.confirmed = set()  # CONFIRMED lines
+        self.refused = set()  # REFUSED lines
         self.queue = None
         self.nodes = []  # (seconds on the reactor, node) of each NODE line
         self.events_at = []  # reactor seconds of each EVENT line
@@ -153,6 +161,8 @@ class PeerProcess(ProcessProtocol):
                 self.confirmed.add(rest)
                 if not self.ready.called:
                     self.ready.callback(None)
+            elif kind == "REFUSED":
+                self.refused.add(rest)
             elif kind == "SUBSCRIBED":
                 self.queue = rest
                 self.ready.callback(rest)

@@ -3,6 +3,10 @@ Failover on a three-node RabbitMQ cluster (issue 15): a durable quorum-queue
 subscription loses no confirmed persistent event while the node its
 subscriber (or its publisher) is connected to is stopped and started again.
 
+A classic queue lives on one node: when that node stops, RabbitMQ cancels
+its consumers on the other nodes (basic.cancel), and the subscriber
+subscribes again, on the same connection, once the node is back.
+
 The cluster is private (test/rabbit_cluster.py), started per test and always
 removed.  Publisher and subscriber are OS processes of their own
 (test/event_peer.py) using the real API (EventPublisher, EventSubscriber
@@ -15,6 +19,8 @@ the failover.  The tests print FIGURES lines for the closing note.
 from twisted.internet import defer, reactor
 from twisted.trial import unittest
 
+from ion.core.messaging.broker import connect
+from ion.core.messaging.broker.address import BrokerAddress
 from test import event_peer, rabbit_cluster
 from test.brokers import wait_for
 from test.test_reconnect import figures, unique
@@ -86,3 +92,38 @@ class ClusterFailoverTest(unittest.TestCase):
 
     def test_publishers_node_stopped(self):
         return self.failover("publisher")
+
+    @defer.inlineCallbacks
+    def test_classic_queue_node_stopped_cancels_and_subscribes_again(self):
+        cluster = self.cluster
+        began = reactor.seconds()
+        sysname, origin, queue = unique("sys"), unique("cancel"), unique("classic")
+        home = yield connect(BrokerAddress.from_url(cluster.url(0)))
+        yield home.queue_declare("%s.%s" % (sysname, queue), durable=True, auto_delete=False)  # lives on node 0
+        yield home.close()
+        sub = yield event_peer.spawn(self, "subscribe", cluster.url(1, 2), sysname, queue, origin)
+        pub = yield event_peer.spawn(self, "publish", cluster.url(2, 1), sysname, 100000, origin, 200)
+        yield wait_for(lambda: len(sub.names) >= 200, timeout=60)
+        subscriber_nodes = list(sub.nodes)
+
+        yield cluster.stop_app(0)
+        stopped_at = reactor.seconds()
+        yield wait_for(lambda: b"cancelled consumer" in b"".join(sub._stderr), timeout=30)
+        # Three tries refused (404: the queue's home node is down), the next in 2 s.
+        yield wait_for(lambda: b"next try in 2.0 s" in b"".join(sub._stderr), timeout=30)
+        received_while_down = len([t for t in sub.events_at if t > stopped_at])
+        back_at = reactor.seconds()  # start_app issued: the node takes connections about 2 s later
+        yield cluster.start_app(0)
+        yield wait_for(lambda: any(t > back_at for t in sub.events_at), timeout=30)
+        consuming_again = min(t for t in sub.events_at if t > back_at) - back_at
+        self.assertEqual(sub.nodes, subscriber_nodes, "the subscriber's connection stayed up")
+        figures(
+            "cluster, classic queue's node stopped (basic.cancel)",
+            node_down_s="%.1f" % (back_at - stopped_at),
+            consuming_again_after_start_app_s="%.1f" % consuming_again,
+            received=len(sub.names),
+            received_while_down=received_while_down,
+            refused_while_down=len(pub.refused),  # basic.nack: the queue was down (a nack is no proof of loss)
+            test_s="%.1f" % (reactor.seconds() - began),
+        )
+        self.assertLess(consuming_again, CONSUME_AGAIN_LIMIT)
