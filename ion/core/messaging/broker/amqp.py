@@ -57,7 +57,12 @@ class AMQPConnection:
     - `Pipeline` (amqp_publishing): publishes and calls in order on the shared
       channel, publisher confirms, the in-flight bound;
     - `Consumers` (amqp_consumer): the running consumers, each on its own
-      channel, and their deliveries.
+      channel, and their deliveries; one the broker cancels subscribes
+      again (resubscribe.py).
+
+    A cluster address's nodes are taken in turn (nodes.py): each connection
+    attempt after a failure or a loss goes to the next one; `node` says
+    which one the connection is on.
 
     While disconnected, a call waits for that up to the address's
     `reconnect_timeout`, then fails with ConnectionLost.  A call in flight
