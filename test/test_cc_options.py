@@ -110,6 +110,14 @@ class BrokerOptionsTest(unittest.TestCase):
         self.assertEqual(address.nodes, (("a", 5701), ("b", 5702), ("c", 5672)))
         self.assertEqual((address.username, address.password, address.vhost), ("u", "p", "v"))
 
+    def test_ion_events_takes_a_cluster_too(self):
+        from ion.core.cc.ion_events_command import parse as parse_ion_events
+
+        options = parse_ion_events(["--broker", "amqp://u:p@a:5701/v", "--broker", "amqp://u:p@b:5702/v",
+                                    "--broker_node_order", "shuffle", "-s", "sys", "tail"])
+        address = options["broker_address"]
+        self.assertEqual((address.nodes, address.node_order), ((("a", 5701), ("b", 5702)), "shuffle"))
+
     def test_node_order_option(self):
         self.assertEqual(parse("--broker", "amqp://a,b/", "--broker_node_order", "shuffle")["broker_address"]
                          .node_order, "shuffle")
