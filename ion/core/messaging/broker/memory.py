@@ -438,6 +438,7 @@ class EmbeddedBroker:
         consumer.unacked.clear()
         if queue.auto_delete and not queue.consumers:
             self._delete_queue(queue)
+            consumer.connection.topology.remove_queue(queue.name)  # gone with its consumer: not declared again
         elif queue.ready:
             self.wake(queue)
 

@@ -18,13 +18,15 @@ from twisted.internet import defer, task
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from ion.core.messaging.broker.interface import BrokerError
+
 log = Logger()
 
 FIRST_DELAY = 0.25
 MAX_DELAY = 5.0
 
 
-class Gone(Exception):
+class Gone(BrokerError):
     """The queue is gone and this connection cannot make it again (it did not declare it): stop trying."""
 
 
