@@ -36,6 +36,10 @@ _TLS_KEYS = {"cafile", "certfile", "keyfile", "server_name"}
 # In which order the nodes of a cluster address are tried: as listed, or shuffled (each container its own
 # order, so a restarted cluster's clients spread over its nodes).
 NODE_ORDERS = ("in_order", "shuffle")
+# Seconds a TCP connect may take: one node of several that does not answer at all (powered off, cut off)
+# is passed over for the next after NODE_CONNECT_TIMEOUT, a lone broker is waited for longer.
+CONNECT_TIMEOUT = 30
+NODE_CONNECT_TIMEOUT = 10
 
 
 @dataclass(frozen=True)
@@ -44,8 +48,8 @@ class BrokerAddress:
     kind is 'memory' (the embedded broker named `memory_name`) or 'amqp'.
     For 'amqp', `tls` selects amqps; `endpoint_string`, when set, is a raw
     Twisted client endpoint description used instead of host/port/TLS.
-    `nodes` is every (host, port) of a cluster, the first being `host` and
-    `port` (given only host and port, it is that one node).
+    `nodes` is every (host, port) of a cluster; when given, its first sets
+    `host` and `port` (given only host and port, they are the one node).
     """
 
     kind: str = "amqp"
@@ -128,7 +132,7 @@ class BrokerAddress:
         if parts.scheme not in _SCHEMES:
             raise ValueError("invalid broker URL %s: scheme must be amqp, amqps, memory or endpoint" % shown)
         tls = parts.scheme == "amqps"
-        userinfo, _, hosts = parts.netloc.rpartition("@")
+        hosts = parts.netloc.rpartition("@")[2]
         nodes = _parse_nodes(hosts, _SCHEMES[parts.scheme], "invalid broker URL %s" % shown)
         allowed = {"heartbeat", "confirms", "reconnect_timeout", "max_in_flight", "node_order"}
         settings = _query(parts.query, shown, allowed | (_TLS_KEYS if tls else set()))
@@ -246,8 +250,9 @@ class BrokerAddress:
         if self.endpoint_string:
             return [(self.endpoint_string, clientFromString(reactor, self.endpoint_string))]
         endpoints = []
+        timeout = CONNECT_TIMEOUT if len(self.nodes) == 1 else NODE_CONNECT_TIMEOUT
         for host, port in self.nodes:
-            tcp = HostnameEndpoint(reactor, host, port, timeout=30)
+            tcp = HostnameEndpoint(reactor, host, port, timeout=timeout)
             endpoints.append((node_name(host, port), wrapClientTLS(self.tls_options(host), tcp) if self.tls else tcp))
         return endpoints
 
