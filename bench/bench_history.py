@@ -3,7 +3,9 @@ Event history figures (issue 14), medians of --runs runs:
 
 * persister: N persistent events wait in the persister's durable queue on
   RabbitMQ; a persister is started and timed until all are stored
-  (events/s), into PostgreSQL and into SQLite;
+  (events/s, and events per CPU second of the bench process, which the
+  other loads of a shared machine disturb less), into PostgreSQL and into
+  SQLite;
 * queries on PostgreSQL with --rows stored events (1,000 origins, one event
   every few seconds): the 100 newest of one origin, and a one-hour page of
   100, through the store's find_events (adbapi), milliseconds.
@@ -75,16 +77,16 @@ def persister_rate(args, url):
             yield defer.gatherResults(window, consumeErrors=True)
             sent += len(window)
         persister = EventPersister(spawnargs=spawnargs)
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.process_time()
         yield persister.spawn()
         from twisted.internet import reactor
 
         while persister.stats["stored"] < args.events:
             yield task.deferLater(reactor, 0.01, lambda: None)
-        elapsed = time.perf_counter() - started
+        elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
         yield persister.terminate()
         yield container.exchange_manager.delete_queue(name)
-        return args.events / elapsed
+        return args.events / elapsed, args.events / cpu
     finally:
         yield container.terminate()
         forget_container(container)
@@ -132,13 +134,14 @@ def query_times(args, url):
 @defer.inlineCallbacks
 def main(reactor, args):
     cleanups = []
-    figures = {"pg": [], "sqlite": [], "newest": [], "page": []}
+    figures = {"pg": [], "sqlite": [], "pg_cpu": [], "sqlite_cpu": [], "newest": [], "page": []}
     try:
         for _ in range(args.runs):
             url = yield fresh_database(args.pg, cleanups)
-            figures["pg"].append((yield persister_rate(args, url)))
-            path = os.path.join(tempfile.mkdtemp(), "events.sqlite")
-            figures["sqlite"].append((yield persister_rate(args, "sqlite:" + path)))
+            for kind, store in (("pg", url), ("sqlite", "sqlite:" + os.path.join(tempfile.mkdtemp(), "events.sqlite"))):
+                rate, per_cpu = yield persister_rate(args, store)
+                figures[kind].append(rate)
+                figures[kind + "_cpu"].append(per_cpu)
         for _ in range(args.runs):
             url = yield fresh_database(args.pg, cleanups)
             newest, page = yield query_times(args, url)
@@ -147,10 +150,10 @@ def main(reactor, args):
     finally:
         for cleanup in cleanups:
             yield cleanup()
-    print("FIGURES persister into PostgreSQL: %.0f events/s (median of %s)" % (
-        statistics.median(figures["pg"]), ["%.0f" % v for v in figures["pg"]]))
-    print("FIGURES persister into SQLite: %.0f events/s (median of %s)" % (
-        statistics.median(figures["sqlite"]), ["%.0f" % v for v in figures["sqlite"]]))
+    for kind, name in (("pg", "PostgreSQL"), ("sqlite", "SQLite")):
+        print("FIGURES persister into %s: %.0f events/s (median of %s); %.0f events per CPU second of this process"
+              % (name, statistics.median(figures[kind]), ["%.0f" % v for v in figures[kind]],
+                 statistics.median(figures[kind + "_cpu"])))
     print("FIGURES %d rows on PostgreSQL: 100 newest of one origin %.2f ms, one-hour page of 100 %.2f ms (medians)" % (
         args.rows, statistics.median(figures["newest"]), statistics.median(figures["page"])))
 

@@ -99,7 +99,8 @@ class ClusterFailoverTest(unittest.TestCase):
         began = reactor.seconds()
         sysname, origin, queue = unique("sys"), unique("cancel"), unique("classic")
         home = yield connect(BrokerAddress.from_url(cluster.url(0)))
-        yield home.queue_declare("%s.%s" % (sysname, queue), durable=True, auto_delete=False)  # lives on node 0
+        yield home.queue_declare("%s.%s" % (sysname, queue), durable=True, auto_delete=False,
+                                 arguments={"x-queue-type": "classic"})  # lives on node 0
         yield home.close()
         sub = yield event_peer.spawn(self, "subscribe", cluster.url(1, 2), sysname, queue, origin)
         pub = yield event_peer.spawn(self, "publish", cluster.url(2, 1), sysname, 100000, origin, 200)

@@ -118,12 +118,19 @@ class DurableRestartTest(IonTestCase):
     def test_subscriber_reconnects_first(self):
         return self.restart_while_publishing("subscriber")
 
-    @defer.inlineCallbacks
     def test_subscriber_away_across_restart(self):
         """The limit case: bound, gone, broker restarted, events published; all there when it is back."""
+        return self.away_across_restart("classic")
+
+    def test_quorum_subscriber_away_across_restart(self):
+        """The same on a quorum queue (issue 15): its events and its binding survive the restart too."""
+        return self.away_across_restart("quorum")
+
+    @defer.inlineCallbacks
+    def away_across_restart(self, queue_type):
         sysname, origin, queue = unique("sys"), unique("away"), unique("durable")
         flags = dict(subscriber_type=events.InfoLoggingEventSubscriber, origin=origin, queue_name=queue,
-                     durable=True, auto_delete=False)
+                     durable=True, auto_delete=False, queue_type=queue_type)
         proc = yield self.start_container(self.node.url, sysname)
         yield SubscriberFactory(process=proc).build(handler=lambda data: None, **flags)
         yield self._stop_container()
@@ -138,4 +145,5 @@ class DurableRestartTest(IonTestCase):
         yield SubscriberFactory(process=proc).build(handler=collector, **flags)
         yield wait_for(lambda: len(collector.distinct) == AWAY_EVENTS, timeout=30)
         self.assertEqual(collector.distinct, {str(i) for i in range(AWAY_EVENTS)})
-        figures("durable subscriber away across a restart", published=AWAY_EVENTS, delivered=len(collector.arrivals))
+        figures("durable %s subscriber away across a restart" % queue_type, published=AWAY_EVENTS,
+                delivered=len(collector.arrivals))

@@ -9,6 +9,7 @@ from twisted.internet import defer, task
 from twisted.logger import LogLevel, globalLogPublisher
 
 from ion.core.messaging import envelope
+from ion.core.object.message_instance import new_message_instance
 from ion.core.object.gpb.net.ooici.core.container.container_pb2 import Structure
 from ion.core.process.process import Process
 from ion.services.dm.distribution import events
@@ -127,6 +128,20 @@ class PersisterTests(PersisterFixture):
         self.assertEqual(persister.stats, dict(persister.stats, stored=1, duplicates=1))
         records = yield self.stored(persister)
         self.assertEqual([r["name"] for r in records], ["once"])
+
+    @defer.inlineCallbacks
+    def test_what_is_not_an_event_is_rejected_not_stored(self):
+        persister = yield self.spawn_persister(batch_size=1)
+        exchange = events.get_events_exchange_point()
+        not_an_event = new_message_instance(events.LOGGING_EVENT_MESSAGE_TYPE)  # an IonMsg of another object
+        for body in (b"not msgpack", envelope.encode("me", "3003.x", None, not_an_event).body):
+            yield self.container.exchange_manager.publish_raw(exchange, "3003.x", body)
+        pub = yield self.publisher("proc.a")
+        yield pub.create_and_publish_event(name="real")
+        yield self.wait_stored(persister, 1)
+        self.assertEqual(persister._subscriber.stats["undecodable"], 2)
+        depth = yield self.container.exchange_manager.queue_depth(persister.queue)
+        self.assertEqual(depth, 0)
 
     @defer.inlineCallbacks
     def test_batches_bounded_by_size_and_time(self):

@@ -9,8 +9,11 @@ from ion.core.messaging import envelope
 from ion.core.messaging.broker.topic import matches
 from ion.core.object.message_instance import new_message_instance
 from ion.services.dm.distribution import events
-from ion.services.dm.inventory.event_rows import event_row
+from ion.core.object.codec import CodecError
+from ion.core.object.object_utils import is_repeated
+from ion.services.dm.inventory.event_rows import event_row, parse_raw_event, raw_event_row
 from ion.services.dm.inventory.event_store import EventStore, StoreError
+from ion.tools import event_catalog
 from test.databases import DatabaseTestMixin, for_each_database
 
 
@@ -145,3 +148,57 @@ class StoreLocationTests(unittest.TestCase):
         self.assertEqual(EventStore("postgresql://h/db").dialect, "postgresql")
         self.patch(ioninit, "cont_args", {})
         self.assertEqual(EventStore().dialect, "sqlite")
+
+
+def _sample(field):
+    """A value for a scalar protobuf field: the last enum value, text, bytes, a bool or a number."""
+    if field.enum_type is not None:
+        return field.enum_type.values[-1].number
+    if field.type == field.TYPE_STRING:
+        return "text-" + field.name
+    if field.type == field.TYPE_BYTES:
+        return b"\x01\xff"
+    if field.type == field.TYPE_BOOL:
+        return True
+    return 1.5 if field.type in (field.TYPE_DOUBLE, field.TYPE_FLOAT) else 7
+
+
+class RawRowTest(unittest.TestCase):
+    """The persister's raw path gives the row the decoded path gives, for every event type."""
+
+    def encoded(self, event_id, fill=True):
+        msg = new_message_instance(events.EVENT_MESSAGE_TYPE)
+        msg.name, msg.origin, msg.datetime = "n", "o.p", 12.5
+        publisher = event_catalog.find(str(event_id)).publisher
+        if fill and publisher is not None and publisher.msg_type is not None:
+            payload = msg.CreateObject(publisher.msg_type)
+            gpb = payload.GPBMessage
+            for field in gpb.DESCRIPTOR.fields:
+                if field.message_type is None:
+                    if is_repeated(field):
+                        getattr(gpb, field.name).extend([_sample(field), _sample(field)])
+                    else:
+                        setattr(gpb, field.name, _sample(field))
+            msg.additional_data = payload
+        key = "%d.o.p" % (event_id,)
+        return envelope.encode("sender", key, None, msg).body, key
+
+    def test_same_row_for_every_event_type(self):
+        for kind in event_catalog.all_types():
+            for fill in (True, False):
+                body, key = self.encoded(kind.event_id, fill)
+                decoded = event_row(envelope.decode(body), body, key, 1.0)
+                raw = raw_event_row(parse_raw_event(envelope.decode(body, raw=True)["content"]), body, key, 1.0)
+                self.assertEqual(raw, decoded, kind.name)
+
+    def test_not_an_event_is_a_codec_error(self):
+        with self.assertRaises(CodecError):
+            parse_raw_event(b"\x00garbage")
+        other = new_message_instance(events.LOGGING_EVENT_MESSAGE_TYPE)  # an IonMsg, but not of an EventMessage
+        sent = envelope.encode("sender", "3003.o", None, other)
+        with self.assertRaises(CodecError) as caught:
+            parse_raw_event(envelope.decode(sent.body, raw=True)["content"])
+        self.assertIn("not an event", str(caught.exception))
+        body, key = self.encoded(3003)
+        with self.assertRaises(CodecError):
+            raw_event_row(parse_raw_event(envelope.decode(body, raw=True)["content"]), body, "no-id", 1.0)

@@ -30,6 +30,16 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COMMAND = [sys.executable, "-m", "ion.core.cc.ion_events_command"]
 
 
+@defer.inlineCallbacks
+def run_script(*argv):
+    """The console script's module as a subprocess to its end: fires with (stdout, stderr, exit code)."""
+    from twisted.internet import utils
+
+    env = dict(os.environ, PYTHONPATH=REPO)
+    out, err, code = yield utils.getProcessOutputAndValue(COMMAND[0], COMMAND[1:] + list(argv), env=env)
+    return out.decode(), err.decode(), code
+
+
 class Run:
     """One ion-events run as the test sees it: stdout lines, stderr text, `ready` (tail subscribed) and `exited`."""
 
@@ -87,7 +97,9 @@ class _OutStream(io.StringIO):
         return len(text)
 
 
-class IonEventsTests(BrokerTestMixin):
+class IonEventsRunner(BrokerTestMixin):
+    """A container on the test's broker and `ion_events(*argv)`: a subprocess on RabbitMQ, in-process on memory."""
+
     timeout = 60
 
     @defer.inlineCallbacks
@@ -158,6 +170,9 @@ class IonEventsTests(BrokerTestMixin):
         pub = cls(process=self.proc, origin=origin)
         return self.proc.register_life_cycle_object(pub).addCallback(lambda _: pub)
 
+
+
+class IonEventsTests(IonEventsRunner):
     # --- tail -----------------------------------------------------------
     @defer.inlineCallbacks
     def test_tail_json_count_by_id_and_origin_pattern(self):
@@ -216,13 +231,13 @@ class IonEventsTests(BrokerTestMixin):
         output = ion_events.Output(out=_OutStream(run), err=_ErrStream(run))
         options = ion_events.TailOptions()
         options.parseOptions(["--queue-limit", "3", "3003", "--origin", "bounded"])
-        watcher = ion_events.Tail(options, output, self.connection)
+        watcher = ion_events.Tail(options, output)
         yield watcher.start()
         self.addCleanup(watcher.stop)
         (sub,) = watcher.subscribers
         config = sub.consumer_config
         self.assertEqual((config["queue"], config["auto_delete"], config["durable"]), (None, True, False))
-        self.assertEqual(config["arguments"], {"x-max-length": 3, "x-overflow": "drop-head"})
+        self.assertEqual(config["arguments"], {"x-max-length": 3, "x-overflow": "drop-head", "x-queue-type": "classic"})
         held = []
         sub.ondata = lambda data: held.append(defer.Deferred()) or held[-1]  # a tail that has stopped reading
 
@@ -347,13 +362,8 @@ IonEventsMemoryTest, IonEventsRabbitTest = for_each_broker(IonEventsTests, globa
 class ScriptTest(unittest.TestCase):
     """What needs no broker, or refuses one, as a subprocess."""
 
-    @defer.inlineCallbacks
     def script(self, *argv):
-        from twisted.internet import utils
-
-        env = dict(os.environ, PYTHONPATH=REPO)
-        out, err, code = yield utils.getProcessOutputAndValue(COMMAND[0], COMMAND[1:] + list(argv), env=env)
-        return out.decode(), err.decode(), code
+        return run_script(*argv)
 
     @defer.inlineCallbacks
     def test_types(self):
@@ -367,7 +377,7 @@ class ScriptTest(unittest.TestCase):
 
     @defer.inlineCallbacks
     def test_help_for_each_subcommand(self):
-        for command in ("tail", "publish", "types", "dead-letters"):
+        for command in ("tail", "publish", "types", "dead-letters", "history", "replay"):
             out, err, code = yield self.script(command, "--help")
             self.assertEqual(code, 0, err)
             self.assertIn("--help", out)

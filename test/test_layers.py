@@ -17,12 +17,13 @@ Floors, lowest first (the first matching prefix wins; a package's
                   instances) and ion.core.messaging.envelope (with its R1
                   names serialization and ionmessage): bytes in, objects out,
                   no broker
- 3 broker         ion.core.messaging.broker: the connection (AMQP or embedded)
+ 3 broker         ion.core.messaging.broker: the connection (AMQP or embedded,
+                  the embedded one with its queue types and streams)
  4 messaging      the rest of ion.core.messaging: messages, receivers,
                   ExchangeManager (the only door above to the connection)
  5 processes      ion.core.process, ion.util (procutils and the rest)
  6 pub/sub        ion.services.dm.distribution: publishers, subscribers,
-                  events, dead letters
+                  events, dead letters, queue types (queue_types)
  7 services       the rest of ion.services, ion.interact, ion.tools (ion-events)
  8 container      ion.core.cc, ion.core.pack, ion.core.bootstrap, ion.test:
                   the capability container, its apps and the test harness

@@ -289,10 +289,11 @@ class ArgumentTest(unittest.TestCase):
         def make(**kwargs):
             return events.InfoLoggingEventSubscriber(process=proc, origin=ORIGIN, **kwargs)
 
-        self.assertNotIn("arguments", [k for k, v in make().consumer_config.items() if v])
+        # Unbounded: only the queue type, always explicit.
+        self.assertEqual(make().consumer_config["arguments"], {"x-queue-type": "classic"})
         self.assertEqual(
             make(max_length=5, max_length_bytes=100, overflow="reject-publish").consumer_config["arguments"],
-            {"x-max-length": 5, "x-max-length-bytes": 100, "x-overflow": "reject-publish"},
+            {"x-max-length": 5, "x-max-length-bytes": 100, "x-overflow": "reject-publish", "x-queue-type": "classic"},
         )
         self.assertEqual(make(max_length=5).consumer_config["arguments"]["x-overflow"], "drop-head")
         for kwargs, named in (

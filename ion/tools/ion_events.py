@@ -1,10 +1,12 @@
 """
-`ion-events` subcommands: tail, publish, types and dead-letters.
+`ion-events` subcommands: tail, publish, types, dead-letters, history and
+replay (the last two, and `tail --since`, read the event store: see
+ion.tools.event_history).
 
 Each runs inside a container of its own (the console script,
 ion.core.cc.ion_events_command, makes it) or of the caller's (tests on the
 embedded broker, which lives in one OS process): tail and publish use a
-process of that container; dead-letters and tail's depth checks use the
+process of that container; dead-letters and replay use the
 ExchangeManager it is given, on a broker connection of the tool's own.
 A command fires with the exit code; a usage error is UsageError
 (exit 2), a broker or runtime failure any other exception (exit 1).
@@ -21,7 +23,7 @@ from ion.core.exception import UsageError as IonUsageError
 from ion.core.object.object_utils import is_repeated
 from ion.core.process.process import Process
 from ion.services.dm.distribution import dead_letters, events
-from ion.tools import event_catalog
+from ion.tools import event_catalog, event_history
 
 # The monitor queue's bound: past it the oldest events are dropped (and tail says so).
 DEFAULT_QUEUE_LIMIT = 10000
@@ -44,12 +46,43 @@ class _AnyOrder(usage.Options):
         super().parseOptions(ordered + ["--"] + positional)
 
 
+def _time(option):
+    """The coerce of a time option: seconds since the epoch; a UsageError naming the option otherwise."""
+    def coerce(text):
+        try:
+            return event_history.parse_time(text)
+        except usage.UsageError as e:
+            raise usage.UsageError("%s: %s" % (option, e)) from None
+    return coerce
+
+
+def _rate(text):
+    try:
+        rate = float(text)
+    except ValueError:
+        rate = 0
+    if not rate > 0 or rate == float("inf"):
+        raise usage.UsageError("--rate must be a number of events per second > 0, not %r" % (text,))
+    return rate
+
+
+ORIGIN = ["origin", "o", None, "Origin pattern: * matches one dot-separated word, # any number."]
+SINCE = ["since", None, None, "From this time on: an age (30s, 10m, 2h, 1d) or an ISO 8601 time (UTC by default).",
+         _time("--since")]
+UNTIL = ["until", None, None, "Before this time: an age or an ISO 8601 time.", _time("--until")]
+STORE = ["store", None, None, "The event store: a postgresql:// URL or a SQLite path, as the container's "
+                              "event_store option (default: that option, else ion.config's)."]
+
+
 class TailOptions(_AnyOrder):
     synopsis = "[options] [EVENT ...]"
-    longdesc = ("Print events live as they are published.  An EVENT is an id (3003) or a name (InfoLogging, "
-                "LOGGING_INFO, InfoLoggingEventSubscriber); none means every event.")
+    longdesc = ("Print events live as they are published; with --since, first the stored ones from that time "
+                "(no gap, none twice).  An EVENT is an id (3003) or a name (InfoLogging, LOGGING_INFO, "
+                "InfoLoggingEventSubscriber); none means every event.")
     optParameters = [
-        ["origin", "o", None, "Origin pattern: * matches one dot-separated word, # any number."],
+        ORIGIN,
+        SINCE,
+        STORE,
         ["count", "c", None, "Stop after this many events.", lambda text: _whole_number("--count", text)],
         ["queue-limit", None, DEFAULT_QUEUE_LIMIT, "Events the monitor queue holds before the oldest are dropped.",
          lambda text: _whole_number("--queue-limit", text)],
@@ -84,6 +117,37 @@ class PublishOptions(_AnyOrder):
             raise usage.UsageError("publish: --origin is required")
 
 
+class HistoryOptions(_AnyOrder):
+    synopsis = "[EVENT ...] [options]"
+    longdesc = "The stored events, newest first, read from the event store (no broker needed)."
+    optParameters = [
+        ORIGIN, SINCE, UNTIL, STORE,
+        ["limit", "n", 100, "At most this many events.", lambda text: _whole_number("--limit", text)],
+    ]
+    optFlags = [["json", "j", "One JSON object per line (the stored columns but the body)."]]
+
+    def parseArgs(self, *names):
+        self["events"] = [_find(name) for name in names]
+
+
+class ReplayOptions(_AnyOrder):
+    synopsis = "[EVENT] [options]"
+    longdesc = ("Publish the stored events again, oldest first, with their exact bodies and an x-ion-replay "
+                "header: to their routing keys on the events exchange, or to one queue.")
+    optParameters = [
+        ORIGIN, SINCE, UNTIL, STORE,
+        ["limit", "n", 10000, "At most this many events.", lambda text: _whole_number("--limit", text)],
+        ["to-queue", "q", None, "Send them all to this queue (through the default exchange)."],
+        ["rate", "r", 100.0, "At most this many events per second.", _rate],
+    ]
+    optFlags = [["dry-run", None, "List what would be replayed; publish nothing (no broker needed)."]]
+
+    def parseArgs(self, event=None, *more):
+        if more:
+            raise usage.UsageError("replay: one EVENT at most, not %d" % (1 + len(more),))
+        self["events"] = [_find(event)] if event is not None else []
+
+
 class TypesOptions(usage.Options):
     synopsis = "[EVENT]"
     longdesc = "List the event ids, or describe one: its publisher and subscriber classes, payload type and fields."
@@ -115,7 +179,14 @@ SUBCOMMANDS = [
     ["publish", None, PublishOptions, "Publish one event."],
     ["types", None, TypesOptions, "The event types."],
     ["dead-letters", None, DeadLettersOptions, "Look at, requeue or purge the dead letters."],
+    ["history", None, HistoryOptions, "The stored events."],
+    ["replay", None, ReplayOptions, "Publish stored events again."],
 ]
+
+
+def needs_broker(command, options):
+    """Whether a subcommand talks to the broker (history and a dry-run replay read only the store)."""
+    return not (command in ("types", "history") or (command == "replay" and options["dry-run"]))
 
 
 def _whole_number(option, text):
@@ -183,21 +254,27 @@ class Tail:
     One subscriber per named event (or one for all) on an anonymous monitor
     queue: auto-delete (gone with tail's consumer, also when its connection
     dies) and bounded, so a slow or stopped tail cannot build up events on
-    the broker.  It is not exclusive: tail reads its depth through `broker`,
-    an ExchangeManager on a connection of its own, and the broker refuses
-    that for another connection's exclusive queue.  `done` fires with the count.
+    the broker.  Like every anonymous subscriber queue it is exclusive to its
+    connection, so tail reads its depth through the subscriber's own
+    (another connection would be refused).  `done` fires with the count.
+
+    With --since it subscribes first and holds the live events, then prints
+    the stored ones from that time, then the held ones whose content key was
+    not among them, then goes on live: no gap and no event twice, as long as
+    what was published before the subscription has reached the store.
     """
 
-    def __init__(self, options, output, broker, clock=None):
+    def __init__(self, options, output, clock=None, store=None):
         from twisted.internet import reactor
 
         self.options = options
         self.output = output
-        self.broker = broker
         self.clock = clock or reactor
+        self.store = store  # the event store for --since; by default opened from --store
         self.seen = 0
         self.done = defer.Deferred()
         self.subscribers = []
+        self._held = None  # live events that came while the stored ones were read
         self._started = None
         self._full_warned = False
         self._loop = None
@@ -205,6 +282,8 @@ class Tail:
     @defer.inlineCallbacks
     def start(self):
         self.process = yield _tool_process("ion-events-tail")
+        if self.options["since"] is not None:
+            self._held = []
         kinds = self.options["events"] or [None]
         for kind in kinds:
             sub = events.EventSubscriber(
@@ -222,20 +301,50 @@ class Tail:
         self._started = self.clock.seconds()
         keys = ", ".join(sub.topic(self.options["origin"]) for sub in self.subscribers)
         self.output.notice("tailing %s on %s" % (keys, events.get_events_exchange_point()))
+        if self._held is not None:
+            yield self._catch_up()
         self._loop = task.LoopingCall(self._check)
         self._loop.clock = self.clock
         self._loop.start(STATUS_INTERVAL, now=False)
 
+    @defer.inlineCallbacks
+    def _catch_up(self):
+        stored = set()
+
+        def show(records):
+            for record in records:
+                stored.add(record["content_key"])
+                self._show(event_history.tail_line(record["routing_key"], record.event, self.options))
+
+        queries = event_history.query(self.options)
+        limit = self.options["count"] or sys.maxsize
+        store = self.store or (yield event_history.opened(self.options))
+        try:
+            if len(queries) == 1:  # printed page by page as read
+                yield event_history.pages(store, queries[0], limit, False, show)
+            else:  # several events: their pages merged in time order
+                show((yield event_history.find(store, queries, limit, descending=False)))
+        finally:
+            if store is not self.store:
+                store.close()
+        held, self._held = self._held, None
+        for data in held:
+            if data["content"].Message.MyId.hex() not in stored:
+                self._print(data)
+
     def _received(self, data):
+        if self._held is not None:
+            self._held.append(data)
+        else:
+            self._print(data)
+
+    def _print(self, data):
+        self._show(event_history.tail_line(data.get("receiver", ""), data["content"], self.options))
+
+    def _show(self, line):
         if self.done.called:
             return
-        record = event_catalog.event_record(data.get("receiver", ""), data["content"], full=self.options["full"])
-        if self.options["json"]:
-            self.output.line(event_catalog.json_line(record))
-        elif self.options["full"]:
-            self.output.line(event_catalog.full_text(record))
-        else:
-            self.output.line(event_catalog.one_line(record))
+        self.output.line(line)
         self.seen += 1
         if self.options["count"] is not None and self.seen >= self.options["count"]:
             self.done.callback(self.seen)
@@ -248,7 +357,7 @@ class Tail:
             self.output.status("%d events, %.1f/s" % (self.seen, self.seen / elapsed))
         for sub in self.subscribers:
             try:
-                depth = yield self.broker.queue_depth(sub.queue)
+                depth = yield sub.exchange_manager.queue_depth(sub.queue)
             except Exception:
                 continue  # the queue is being re-made after a reconnect: try again next time
             if depth >= self.options["queue-limit"] and not self._full_warned:
@@ -268,9 +377,9 @@ class Tail:
 
 
 @defer.inlineCallbacks
-def tail(options, output, broker, stopped=None):
+def tail(options, output, stopped=None):
     """Until --count events or `stopped` fires (Ctrl-C); prints how many were seen."""
-    watcher = Tail(options, output, broker)
+    watcher = Tail(options, output)
     yield watcher.start()
     waits = [watcher.done] + ([stopped] if stopped is not None else [])
     yield defer.DeferredList(waits, fireOnOneCallback=True, consumeErrors=True)
@@ -367,7 +476,11 @@ def run(command, options, output, broker=None, stopped=None):
     if command == "types":
         return defer.maybeDeferred(types, options, output)
     if command == "tail":
-        return tail(options, output, broker, stopped)
+        return tail(options, output, stopped)
     if command == "publish":
         return publish(options, output)
+    if command == "history":
+        return event_history.history(options, output)
+    if command == "replay":
+        return event_history.replay(options, output, broker)
     return dead_letters_command(options, output, broker)

@@ -1,13 +1,15 @@
 """
 The `ion-events` console script: watch and poke the events of a running system.
 
-    ion-events [broker options] -s SYSNAME tail|publish|types|dead-letters ...
+    ion-events [broker options] -s SYSNAME tail|publish|types|dead-letters|history|replay ...
 
 It takes the container's broker options (-h/--broker_host ..., --broker URL,
 --broker_credfile, amqps:// for TLS) and runs the subcommand of
 ion.tools.ion_events in a small container of its own on that broker, in the
 system -s names.  The embedded broker lives inside one OS process, so it is
 refused here: use the subcommands in-process (ion.tools.ion_events.run).
+`history` and `replay --dry-run` read only the event store (--store) and
+need no broker.
 
 Exit codes: 0 success, 1 broker or runtime error (one line), 2 usage error.
 """
@@ -25,6 +27,7 @@ from ion.core.cc.service import Options as ContainerOptions
 from ion.core.cc.service import broker_option_parameters, check_broker_options, level_filtered, parse_log_level
 from ion.core.messaging.broker import connect
 from ion.core.messaging.exchange import ExchangeManager
+from ion.services.dm.inventory.event_store import StoreError
 from ion.tools import ion_events
 
 PROGRAM = "ion-events"
@@ -39,8 +42,8 @@ class Options(usage.Options):
 
     def postOptions(self):
         if self.subCommand is None:
-            raise usage.UsageError("name a command: tail, publish, types or dead-letters")
-        if self.subCommand == "types":
+            raise usage.UsageError("name a command: tail, publish, types, dead-letters, history or replay")
+        if not ion_events.needs_broker(self.subCommand, self.subOptions):
             return
         try:
             self["broker_address"] = check_broker_options(self)
@@ -68,8 +71,8 @@ def _usage_exit(message):
 @defer.inlineCallbacks
 def _run(reactor, options):
     output = ion_events.Output()
-    if options.subCommand == "types":
-        code = yield ion_events.run("types", options.subOptions, output)
+    if not ion_events.needs_broker(options.subCommand, options.subOptions):
+        code = yield ion_events.run(options.subCommand, options.subOptions, output)
         return code
     address = options["broker_address"]
     container = create_new_container()
@@ -130,10 +133,12 @@ def _main(argv):
 
 
 def _failed(failure, codes):
-    if failure.check(usage.UsageError):
+    if failure.check(usage.UsageError, StoreError):  # StoreError: --store or a query argument not usable
         codes.append(_usage_exit(failure.value))
     else:
-        sys.stderr.write("%s: %s: %s\n" % (PROGRAM, type(failure.value).__name__, failure.value))
+        # One line, also for a driver's message of several (psycopg's "connection failed: ...\n\tIs the server ...").
+        message = " ".join(str(failure.value).split())
+        sys.stderr.write("%s: %s: %s\n" % (PROGRAM, type(failure.value).__name__, message))
         codes.append(1)
 
 

@@ -33,7 +33,7 @@ from twisted.python.components import Componentized
 from ion.core import ioninit
 from ion.core.cc import status
 from ion.core.cc.container import create_new_container, stop_container
-from ion.core.exception import ConfigurationError
+from ion.core.exception import ConfigurationError, UsageError
 from ion.core.messaging.broker.address import (
     DEFAULT_MAX_IN_FLIGHT,
     DEFAULT_RECONNECT_TIMEOUT,
@@ -44,6 +44,7 @@ from ion.core.messaging.broker.address import (
     parse_reconnect_timeout,
 )
 from ion.core.resources import resource_path
+from ion.services.dm.distribution import queue_types
 
 log = Logger()
 CONF = ioninit.config(__name__)
@@ -51,6 +52,8 @@ CONF = ioninit.config(__name__)
 # (a process's arguments are in /proc/<pid>/cmdline and ps; its environment is readable only by its owner).
 PASSWORD_VARIABLE = "ION_BROKER_PASSWORD"
 VERSION = "1.1.5.post3"
+# The ion.config section the subscribers read their default queue type from.
+PUBSUB_CONFIG = "ion.services.dm.distribution.publisher_subscriber"
 LOG_LEVELS = ("debug", "info", "warn", "error", "critical")
 # Options that name a broker piece by piece; --broker names it whole.
 BROKER_PART_OPTIONS = ("broker_host", "broker_port", "broker_vhost", "broker_heartbeat", "broker_reconnect_timeout",
@@ -140,6 +143,9 @@ class Options(usage.Options):
         ["lockfile", None, None, "File locked until startup is complete."],
         ["args", "a", "", "Container args: \"{'k': 'v'}\" or k=v,k2=v2."],
         ["status_port", None, None, "Serve /metrics, /live and /ready on 127.0.0.1:PORT (default: off)."],
+        ["default_queue_type", None, None,
+         "Queue type of named durable subscriptions that name none: classic or quorum (default: ion.config's"
+         " default_queue_type of ion.services.dm.distribution.publisher_subscriber, classic)."],
         ["log-level", None, None,
          "Lowest level logged: debug, info, warn, error or critical (default: ion.config's"
          " ion.core.cc.service log_level, else info)."],
@@ -174,7 +180,9 @@ class Options(usage.Options):
             self["args"] = ioninit.merge_sysname(self["args"], self["sysname"])
             self["container_args"] = ioninit.parse_container_args(self["args"])
             self["log_level"] = parse_log_level(self["log-level"] or CONF.get("log_level", "info"))
-        except ValueError as e:
+            if self["default_queue_type"] is not None:
+                queue_types.check_default(self["default_queue_type"], "--default_queue_type")
+        except (ValueError, UsageError) as e:
             raise OptionValueError(e) from e
 
     def broker_address(self):
@@ -222,6 +230,13 @@ def _ordered(address, node_order):
     if address.kind != "amqp" or parse_node_order(node_order) == "in_order":
         return address
     return dataclasses.replace(address, node_order=node_order)
+
+
+def apply_default_queue_type(options):
+    """--default_queue_type, if given, overrides ion.config's for the subscribers of this container."""
+    if options.get("default_queue_type") is not None:
+        ioninit.merge_config({PUBSUB_CONFIG: {"default_queue_type": options["default_queue_type"]}},
+                             origin="--default_queue_type")
 
 
 def check_broker_options(options):
@@ -307,6 +322,7 @@ class CapabilityContainer(service.Service):
         address = self.options["broker_address"]
         if address.kind == "memory":
             log.info("No broker named: using the embedded in-memory broker (use -h HOST or --broker URL for RabbitMQ)")
+        apply_default_queue_type(self.options)
         self.container = create_new_container()
         yield self.container.initialize(address, self.options["container_args"])
         yield self.container.activate()

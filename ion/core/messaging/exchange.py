@@ -188,9 +188,13 @@ class ExchangeManager:
         yield self.connection.exchange_delete(name)
         self._exchanges.pop(name, None)
 
-    def consume(self, queue, callback, prefetch_count=1, no_ack=False):
-        """Start consuming `queue`: callback(IDelivery) for each message; fires with the IConsumer."""
-        return self.connection.consume(queue, callback, prefetch_count=prefetch_count, no_ack=no_ack)
+    def consume(self, queue, callback, prefetch_count=1, no_ack=False, arguments=None):
+        """
+        Start consuming `queue`: callback(IDelivery) for each message; fires
+        with the IConsumer.  `arguments`: basic.consume's (x-stream-offset).
+        """
+        return self.connection.consume(queue, callback, prefetch_count=prefetch_count, no_ack=no_ack,
+                                       arguments=arguments)
 
     def queue_deleted(self, queue):
         """`queue` is gone (an auto-delete queue's consumer was cancelled), and its bindings with it."""

@@ -265,6 +265,7 @@ class Receiver(BasicLifecycleObject):
             self._deliver,
             prefetch_count=config.get("prefetch_count", 1),
             no_ack=config.get("no_ack", False),
+            arguments=config.get("consumer_arguments"),
         )
 
     def on_deactivate(self, *args, **kwargs):

@@ -210,8 +210,9 @@ class AMQPConnection:
             return defer.fail()
         return self._pipeline.publish((exchange, routing_key, body, properties, mandatory))
 
-    def consume(self, queue, callback, prefetch_count=1, no_ack=False, exclusive=False, consumer_tag=None):
-        return self._consumers.consume(queue, callback, prefetch_count, no_ack, exclusive, consumer_tag)
+    def consume(self, queue, callback, prefetch_count=1, no_ack=False, exclusive=False, consumer_tag=None,
+                arguments=None):
+        return self._consumers.consume(queue, callback, prefetch_count, no_ack, exclusive, consumer_tag, arguments)
 
     def add_return_listener(self, listener):
         self._return_listeners.append(listener)

@@ -69,9 +69,14 @@ class Consumer:
     reconnect it consumes again on a new channel, from the queue's new name if
     the broker named it, under a new tag unless the caller chose one.  So it
     does after the broker cancelled it (`_channel` is None meanwhile).
+
+    A stream consumer (one with an x-stream-offset argument) starts again
+    where it left off, not at its first offset again: from the lowest offset
+    it was handed and has not settled, or else the one after the last it was
+    handed (the broker keeps no position for it).
     """
 
-    def __init__(self, registry, queue, callback, prefetch_count, no_ack, exclusive, requested_tag):
+    def __init__(self, registry, queue, callback, prefetch_count, no_ack, exclusive, requested_tag, arguments=None):
         self.queue = queue
         self.tag = None
         self._registry = registry
@@ -81,6 +86,10 @@ class Consumer:
         self._no_ack = no_ack
         self._exclusive = exclusive
         self._requested_tag = requested_tag
+        self._arguments = dict(arguments or {})
+        self._stream = "x-stream-offset" in self._arguments
+        self._stream_unsettled = {}  # (channel, delivery tag) -> stream offset
+        self._stream_next = None  # the offset after the last one delivered
         self._stopping = False
         self._stopped = TwistedEvent()
         self._done = False
@@ -122,6 +131,8 @@ class Consumer:
         if self._stopping and not self._no_ack:
             return  # unacked: requeued when the channel closes
         content = msg.content
+        if self._stream:
+            self._stream_delivered(channel, msg.delivery_tag, content.properties)
         delivery = Delivery(content.body, content.properties, msg.exchange, msg.routing_key, msg.redelivered,
                             msg.delivery_tag, msg.consumer_tag, self, channel)
         try:
@@ -129,7 +140,22 @@ class Consumer:
         except Exception:
             log.failure("consumer {tag} on {queue}: callback failed", tag=self.tag, queue=self.queue)
 
+    def _stream_delivered(self, channel, delivery_tag, properties):
+        offset = (properties.get("headers") or {}).get("x-stream-offset")
+        if isinstance(offset, int):
+            self._stream_unsettled[channel, delivery_tag] = offset
+            self._stream_next = max(self._stream_next or 0, offset + 1)
+
+    def arguments_now(self):
+        """The basic.consume arguments for (re)starting: a stream consumer's position follows its deliveries."""
+        if not self._stream or self._stream_next is None:
+            return self._arguments
+        position = min(self._stream_unsettled.values(), default=self._stream_next)
+        return dict(self._arguments, **{"x-stream-offset": position})
+
     def _settle(self, channel, delivery_tag, ack, requeue):
+        # Handled, even if the ack cannot reach the broker any more: a stream resumes after it.
+        self._stream_unsettled.pop((channel, delivery_tag), None)
         if self._no_ack:
             return
         what = "ack" if ack else "reject"
@@ -166,10 +192,10 @@ class Consumers:
         self._channels = {}  # channel id -> Consumer, on the current connection
 
     @defer.inlineCallbacks
-    def consume(self, queue, callback, prefetch_count, no_ack, exclusive, consumer_tag):
+    def consume(self, queue, callback, prefetch_count, no_ack, exclusive, consumer_tag, arguments=None):
         """A new running Consumer; waits for READY, and starts again if the connection dropped under it."""
         consumer = Consumer(self, self._topology.current(queue), callback, prefetch_count, no_ack, exclusive,
-                            consumer_tag)
+                            consumer_tag, arguments)
         while True:
             yield self._state.when_ready(self._address.reconnect_timeout)
             try:
@@ -193,7 +219,7 @@ class Consumers:
             yield invoke(channel, "basic_qos", prefetch_size=0, prefetch_count=consumer._prefetch_count, global_=False)
             reply = yield invoke(channel, "basic_consume", queue=consumer.queue,
                                  consumer_tag=consumer._requested_tag or "", no_ack=consumer._no_ack,
-                                 exclusive=consumer._exclusive)
+                                 exclusive=consumer._exclusive, arguments=consumer.arguments_now())
         except BaseException:
             if self._channels.get(channel.id) is consumer:
                 del self._channels[channel.id]

@@ -97,7 +97,11 @@ class IDelivery(Interface):
     """One message handed to a consumer callback."""
 
     body = Attribute("The message body, always `bytes`.")
-    properties = Attribute("dict of AMQP basic properties; keys from PROPERTY_NAMES, only those set.")
+    properties = Attribute(
+        "dict of AMQP basic properties; keys from PROPERTY_NAMES, only those set.  The queue may add headers:"
+        " x-delivery-count (a quorum queue's count of earlier returns of the message) and x-stream-offset"
+        " (a stream message's offset)."
+    )
     exchange = Attribute("Exchange the message was published to ('' for the default exchange).")
     routing_key = Attribute("Routing key it was published with.")
     redelivered = Attribute("True when the broker delivered it before without an ack.")
@@ -152,7 +156,9 @@ class IBrokerConnection(Interface):
         connection (ResourceLocked for others) and goes with it.  An
         auto-delete queue is deleted when its last consumer is cancelled.
         `arguments` is the AMQP x-arguments table (e.g. x-dead-letter-exchange;
-        x-max-length, x-max-length-bytes and x-overflow bound it).
+        x-max-length, x-max-length-bytes and x-overflow bound it; x-queue-type
+        is 'classic', the default, 'quorum' or 'stream', which must be named,
+        durable, not exclusive and not auto-delete, else PreconditionFailed).
         """
 
     def queue_delete(queue, if_unused=False, if_empty=False):
@@ -196,7 +202,7 @@ class IBrokerConnection(Interface):
         with MessageRefused when a full reject-publish queue refused it.
         """
 
-    def consume(queue, callback, prefetch_count=1, no_ack=False, exclusive=False, consumer_tag=None):
+    def consume(queue, callback, prefetch_count=1, no_ack=False, exclusive=False, consumer_tag=None, arguments=None):
         """
         Start consuming.  `callback(delivery)` is called with an IDelivery for
         each message, at most `prefetch_count` unacked at a time (0 means
@@ -206,6 +212,9 @@ class IBrokerConnection(Interface):
         declares the queue again as this connection declared it (with its
         bindings and the exchanges routing to it) and consumes again, trying
         again with backoff; a queue this connection deletes stops it.
+        `arguments` is basic.consume's x-arguments table (x-stream-offset:
+        where a stream consumer starts; a stream also needs a prefetch_count
+        and no_ack False).
         """
 
     def add_return_listener(listener):

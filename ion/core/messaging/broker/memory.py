@@ -5,14 +5,15 @@ Connections made to the same named broker share its exchanges and queues just
 as connections to one RabbitMQ do, so containers run (and are tested) in one
 process with no broker installed.  `EmbeddedBroker` is the server: it owns
 exchanges, queues and bindings and enforces RabbitMQ's rules (redeclaration,
-exclusivity, auto-delete, dead-lettering, length limits, cancelling the
-consumers of a deleted queue).  `MemoryConnection` is a client of it
-implementing IBrokerConnection; like the AMQP one, it records what it
-declared and subscribes a consumer the broker cancelled again
+exclusivity, auto-delete, dead-lettering, length limits, queue types,
+cancelling the consumers of a deleted queue).  `MemoryConnection` is a
+client of it implementing IBrokerConnection; like the AMQP one, it records
+what it declared and subscribes a consumer the broker cancelled again
 (resubscribe.py).
 
 The parts it is built from live beside it: exchange routing in
-memory_routing.py, queues, consumers and deliveries in memory_queue.py, and
+memory_routing.py, queues, consumers and deliveries in memory_queue.py,
+streams in memory_stream.py, the queue types' rules in memory_types.py, and
 the reactor-driven delivery pump (deliveries and returns are never handed out
 from inside `publish`) in memory_pump.py.
 """
@@ -46,6 +47,13 @@ from ion.core.messaging.broker.memory_queue import (
     is_cycle,
 )
 from ion.core.messaging.broker.memory_routing import EXCHANGE_CLASSES, DefaultExchange, queues_reached
+from ion.core.messaging.broker.memory_stream import StreamQueue
+from ion.core.messaging.broker.memory_types import (
+    check_consume,
+    check_declaration,
+    connection_exception,
+    queue_type_of,
+)
 from ion.core.messaging.broker.resubscribe import Resubscriptions, redeclare_queue
 from ion.core.messaging.broker.topology import Topology
 
@@ -57,6 +65,7 @@ log = Logger()
 _EQUIVALENT_ARGUMENTS = (
     "x-dead-letter-exchange",
     "x-dead-letter-routing-key",
+    "x-delivery-limit",
     "x-expires",
     "x-max-length",
     "x-max-length-bytes",
@@ -110,7 +119,7 @@ def _inequivalent(arg, kind, name, received, current):
 
 def _incoming(destination):
     """The (exchange, routing_key) bindings that lead to a queue or exchange."""
-    return destination.bindings if isinstance(destination, Queue) else destination.incoming
+    return destination.bindings if isinstance(destination, (Queue, StreamQueue)) else destination.incoming
 
 
 def _check_limit_arguments(name, arguments):
@@ -142,11 +151,13 @@ class EmbeddedBroker:
     the MemoryConnection operations and raise ChannelErrors like RabbitMQ.
     """
 
-    def __init__(self, name="default", clock=None):
+    def __init__(self, name="default", clock=None, wall_clock=None):
         if clock is None:
             from twisted.internet import reactor as clock
         self.name = name
         self.clock = clock
+        # Stamps stream messages and resolves relative stream offsets (tests may give a task.Clock).
+        self.wall_clock = clock if wall_clock is None else wall_clock
         self._pump = DeliveryPump(clock)
         self._connections = set()
         self.reset()
@@ -253,8 +264,13 @@ class EmbeddedBroker:
         owner = conn if exclusive else None
         queue = self.queues.get(name) if name else None
         if queue is None:
+            queue_type = check_declaration(name, durable, exclusive, auto_delete, arguments)
             name = name or _generated_name("amq.gen-")
-            queue = self.queues[name] = Queue(name, durable, owner, auto_delete, arguments)
+            if queue_type == "stream":
+                queue = StreamQueue(name, durable, owner, auto_delete, arguments, self)
+            else:
+                queue = Queue(name, durable, owner, auto_delete, arguments, queue_type)
+            self.queues[name] = queue
             if owner is not None:
                 conn.exclusive_queues.add(queue)
             return name
@@ -267,7 +283,10 @@ class EmbeddedBroker:
             if received != current:
                 raise _inequivalent(arg, "queue", name, received, current)
         for arg in _EQUIVALENT_ARGUMENTS:
-            if arguments.get(arg) != queue.arguments.get(arg):
+            received, current = arguments.get(arg), queue.arguments.get(arg)
+            if arg == "x-queue-type":  # 'classic' and no type are the same
+                received, current = queue_type_of(arguments), queue_type_of(queue.arguments)
+            if received != current:
                 raise _inequivalent(arg, "queue", name, arguments.get(arg), queue.arguments.get(arg))
         return name
 
@@ -301,7 +320,12 @@ class EmbeddedBroker:
         self._pump.forget(queue)
 
     def queue_purge(self, conn, name):
-        return self._usable_queue(conn, name).purge()
+        queue = self._usable_queue(conn, name)
+        if queue.type == "stream":
+            error = connection_exception("queue.purge not supported by stream queues queue %r in vhost '/'" % name)
+            self.connection_exception(conn, error.text)
+            raise error
+        return queue.purge()
 
     def queue_depth(self, conn, name):
         return self._usable_queue(conn, name).depth()
@@ -384,8 +408,13 @@ class EmbeddedBroker:
             self.dead_letter(queue, message, "maxlen")
 
     def requeue(self, queue, messages):
-        """Give messages back to their queue; a drop-head queue then trims its oldest, as RabbitMQ does."""
-        queue.requeue(messages)
+        """
+        Give messages back to their queue; a drop-head queue then trims its
+        oldest, as RabbitMQ does.  A quorum queue dead-letters those past its
+        x-delivery-limit instead (gone, without a dead-letter exchange).
+        """
+        for message in queue.requeue(messages):
+            self.dead_letter(queue, message, "delivery_limit")
         self._drop_overflow(queue, requeued=True)
 
     def dead_letter(self, queue, message, reason):
@@ -401,30 +430,50 @@ class EmbeddedBroker:
 
     # -- consumers
 
-    def consume(self, conn, queue_name, callback, prefetch_count, no_ack, exclusive, consumer_tag):
-        queue = self._consumable_queue(conn, queue_name, exclusive)
+    def consume(self, conn, queue_name, callback, prefetch_count, no_ack, exclusive, consumer_tag, arguments):
+        arguments = dict(arguments or {})
+        queue = self._consumable_queue(conn, queue_name, prefetch_count, no_ack, exclusive, arguments)
         tag = consumer_tag or _generated_name("amq.ctag-")
         consumer = Consumer(self, conn, queue, callback, prefetch_count, no_ack, exclusive, tag)
+        consumer.arguments = arguments
         self._attach(consumer, queue)
         return consumer
 
     def consume_again(self, conn, consumer, queue_name):
         """A consumer this broker cancelled (its queue was deleted) consumes from `queue_name`."""
-        queue = self._consumable_queue(conn, queue_name, consumer.exclusive)
+        queue = self._consumable_queue(conn, queue_name, consumer._prefetch, consumer._no_ack, consumer.exclusive,
+                                       consumer.arguments)
         consumer.attach(queue)
         self._attach(consumer, queue)
 
-    def _consumable_queue(self, conn, queue_name, exclusive):
+    def _consumable_queue(self, conn, queue_name, prefetch_count, no_ack, exclusive, arguments):
         queue = self._usable_queue(conn, queue_name)
+        try:
+            check_consume(queue, prefetch_count, no_ack, arguments)
+        except ChannelError as e:
+            if e.code == 540:
+                self.connection_exception(conn, e.text)
+            raise
         if queue.consumers and (exclusive or queue.consumers[0].exclusive):
             raise _access_refused("queue %r in exclusive use" % queue_name)
         return queue
 
     def _attach(self, consumer, queue):
+        if queue.type == "stream":
+            consumer.position = queue.start_position(consumer.arguments.get("x-stream-offset", "next"))
         queue.consumers.append(consumer)
         consumer.connection.consumers[consumer] = None
         if queue.ready:
             self.wake(queue)
+
+    def connection_exception(self, conn, text):
+        """What RabbitMQ does on a connection exception: log it and close the connection (on the next turn)."""
+        log.error("{conn}: connection exception: {text}; closing the connection", conn=conn.description, text=text)
+        self.clock.callLater(0, conn.close)
+
+    def seconds(self):
+        """The wall clock's time (for streams)."""
+        return self.wall_clock.seconds()
 
     def cancel(self, consumer):
         """Stop a consumer: its unacked messages go back, an auto-delete queue may go."""
@@ -522,8 +571,11 @@ class MemoryConnection:
     def publish(self, exchange, routing_key, body, properties=None, mandatory=False):
         return self._call(self.broker.publish, exchange, routing_key, body, properties, mandatory)
 
-    def consume(self, queue, callback, prefetch_count=1, no_ack=False, exclusive=False, consumer_tag=None):
-        return self._call(self.broker.consume, queue, callback, prefetch_count, no_ack, exclusive, consumer_tag)
+    def consume(self, queue, callback, prefetch_count=1, no_ack=False, exclusive=False, consumer_tag=None,
+                arguments=None):
+        return self._call(
+            self.broker.consume, queue, callback, prefetch_count, no_ack, exclusive, consumer_tag, arguments
+        )
 
     def add_return_listener(self, listener):
         self._return_listeners.append(listener)

@@ -87,22 +87,34 @@ def is_cycle(queue_name, properties):
 class Message:
     """One message as it sits in one queue (each queue keeps its own redelivered flag)."""
 
-    __slots__ = ("body", "properties", "exchange", "routing_key", "redelivered", "seq")
+    __slots__ = ("body", "properties", "exchange", "routing_key", "redelivered", "seq", "returns", "timestamp")
 
-    def __init__(self, body, properties, exchange, routing_key, seq):
+    def __init__(self, body, properties, exchange, routing_key, seq, timestamp=None):
         self.body = body
         self.properties = properties
         self.exchange = exchange
         self.routing_key = routing_key
         self.redelivered = False
         self.seq = seq
+        self.returns = 0  # times handed back unsettled (a quorum queue's x-delivery-count)
+        self.timestamp = timestamp  # when a stream took it, in ms
 
 
 class Queue:
-    """A queue's ready messages, consumers and bindings; the broker enforces its flags."""
+    """
+    A classic or quorum queue's ready messages, consumers and bindings; the
+    broker enforces its flags.  A quorum queue counts the times each message
+    went back unsettled (rejected with requeue, or its consumer gone): its
+    deliveries carry that count as x-delivery-count, and past x-delivery-limit
+    the broker dead-letters it (reason delivery_limit) instead.  Without the
+    argument there is no limit, as in RabbitMQ 3.10 (4.0 defaults it to 20).
+    """
 
-    def __init__(self, name, durable, owner, auto_delete, arguments):
+    def __init__(self, name, durable, owner, auto_delete, arguments, queue_type="classic"):
         self.name = name
+        self.type = queue_type
+        limit = arguments.get("x-delivery-limit") if queue_type == "quorum" else None
+        self.delivery_limit = limit if isinstance(limit, int) and not isinstance(limit, bool) else None
         self.durable = durable
         self.owner = owner  # the connection of an exclusive queue, else None
         self.auto_delete = auto_delete
@@ -122,12 +134,21 @@ class Queue:
         self.ready_bytes += len(body)
 
     def requeue(self, messages):
-        """Put messages back in their original order ahead of newer ones, as RabbitMQ does."""
+        """
+        Put messages back in their original order ahead of newer ones, as
+        RabbitMQ does; return those past the delivery limit, which are not.
+        """
+        over = []
         for message in messages:
             message.redelivered = True
+            message.returns += self.type == "quorum"
+            if self.delivery_limit is not None and message.returns > self.delivery_limit:
+                over.append(message)
+                continue
             position = next((i for i, waiting in enumerate(self.ready) if waiting.seq > message.seq), len(self.ready))
             self.ready.insert(position, message)
             self.ready_bytes += len(message.body)
+        return over
 
     def purge(self):
         """Drop every ready message; return how many there were."""
@@ -202,7 +223,7 @@ class Queue:
                 break
             message = ready.popleft()
             self.ready_bytes -= len(message.body)
-            consumer.deliver(message)
+            consumer.deliver(message, {"x-delivery-count": message.returns} if message.returns else None)
             sent += 1
         return sent
 
@@ -215,9 +236,11 @@ class Delivery:
         "body", "properties", "exchange", "routing_key", "redelivered", "delivery_tag", "consumer_tag", "_consumer"
     )
 
-    def __init__(self, message, delivery_tag=None, consumer=None):
+    def __init__(self, message, delivery_tag=None, consumer=None, headers=None):
         self.body = message.body
         self.properties = copy_properties(message.properties)
+        if headers:
+            self.properties["headers"] = dict(self.properties.get("headers") or {}, **headers)
         self.exchange = message.exchange
         self.routing_key = message.routing_key
         self.redelivered = message.redelivered
@@ -252,6 +275,8 @@ class Consumer:
         self._prefetch = prefetch_count
         self._no_ack = no_ack
         self._next_tag = 1
+        self.position = None  # a stream consumer's next offset
+        self.arguments = {}  # basic.consume's x-arguments (x-stream-offset)
 
     def wants_more(self):
         return self._no_ack or not self._prefetch or len(self.unacked) < self._prefetch
@@ -262,13 +287,14 @@ class Consumer:
             return float("inf")
         return max(self._prefetch - len(self.unacked), 0)
 
-    def deliver(self, message):
+    def deliver(self, message, headers=None):
+        """Hand `message` to the callback, with `headers` added to the delivery's (the queue type's own)."""
         tag = self._next_tag
         self._next_tag += 1
         if not self._no_ack:
             self.unacked[tag] = message
         try:
-            self._callback(Delivery(message, tag, self))
+            self._callback(Delivery(message, tag, self, headers))
         except Exception:
             log.failure("Consumer {tag} of queue {queue} failed", tag=self.tag, queue=self.queue)
 
@@ -277,7 +303,12 @@ class Consumer:
         message = self.unacked.pop(delivery_tag, None)
         if message is None:
             return
-        if reject and requeue:
+        if reject and self._queue.type == "stream":
+            self._broker.connection_exception(
+                self.connection, "basic.nack and basic.reject not supported by stream queues queue %r in vhost '/'"
+                % self.queue
+            )
+        elif reject and requeue:
             self._broker.requeue(self._queue, (message,))
         elif reject:
             self._broker.dead_letter(self._queue, message, "rejected")

@@ -428,7 +428,10 @@ class EventSubscriber(Subscriber):
     """
     Receives events of `event_id` (any when None) from `origin` (any when
     None; wildcards allowed).  A named queue is shared by every subscriber
-    using the same name: they compete for the events.
+    using the same name: they compete for the events, except on a stream
+    (queue_type='stream'), where each reads them all from its own `offset`.
+    Every other Subscriber parameter (durable, retries, queue_type, ...)
+    passes through.
     """
 
     event_id = None

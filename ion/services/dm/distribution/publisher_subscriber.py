@@ -22,11 +22,31 @@ logged with the event.  Opt in per subscriber for more:
   header; the original is acked once the copy has been confirmed.  The copy
   queues behind the events already waiting, and its delivery's routing key is
   the queue's name; the original route stays in its headers.
+  On a quorum queue the broker counts deliveries itself, so a retry is the
+  message rejected with requeue, and its attempts are the broker's
+  x-delivery-count + 1 (before RabbitMQ 4.3 a delivery handed back
+  unhandled, its consumer or connection gone, counts as one too; 4.3 counts
+  only basic.reject, which is what a retry sends).
 * `dead_letter=True` (implied by `retries`): an event the handler gave up on,
   and any message that cannot be decoded, goes to the system's dead letters
   (see dead_letters.py) with the reason, and is acked.  Without it,
   undecodable messages are rejected, and an event that failed its last retry
   too is rejected.
+
+Queue types (`queue_type`, see queue_types.py).  Every queue declares its
+type, 'classic' too.  A quorum queue also declares the system's dead-letter
+exchange and a delivery limit (x-delivery-limit: 20, or `retries` if
+more; queue_types.delivery_limit): RabbitMQ 4 limits deliveries to 20 by
+default and drops a message past the limit when no dead-letter exchange is
+set.  So what goes past the limit (a subscriber dying on it again and
+again), and what is rejected, ends in the dead letters (x-death reason
+delivery_limit or rejected) rather than nowhere.  The subscriber itself
+dead-letters a failed event after its last retry, before the broker would.
+A stream keeps every event; each stream subscriber reads it from its
+`offset` (a window of events back, without the event store) and acks
+without removing anything.  A stream cannot retry, and an undecodable
+message from it is acked (dead-lettered first if asked), never rejected:
+RabbitMQ closes the connection on a rejection from a stream.
 
 Failures are logged at a bounded rate: the first in each second with its
 traceback, the event and what became of it (acked, retried, dead-lettered,
@@ -68,7 +88,7 @@ from ion.core.messaging.envelope import check_routing_key
 from ion.core.messaging.exchange import COMPANION_FLAGS, durable_companion
 from ion.core.messaging.messaging import Message
 from ion.core.messaging.receiver import WorkerReceiver, container_of
-from ion.services.dm.distribution import dead_letters
+from ion.services.dm.distribution import dead_letters, queue_types
 from ion.services.dm.distribution.queue_depth import DepthWatch
 from ion.util.state_object import BasicLifecycleObject, BasicStates
 
@@ -221,6 +241,27 @@ class Subscriber(BasicLifecycleObject):
     `retries` and `dead_letter` choose what happens to failed and
     undecodable messages (see the module docstring); `stats` counts them.
 
+    `queue_type` is 'classic', 'quorum' or 'stream' (None: the container's
+    default, ion.config's default_queue_type or twistd cc
+    --default_queue_type, for a named queue with durable=True and
+    auto_delete=False, else classic).  Quorum queues and streams must be
+    named, durable=True and auto_delete=False; a stream takes no length
+    limits and no retries.  What RabbitMQ would refuse is a UsageError here,
+    before anything is sent.  An existing queue keeps its type: a subscriber
+    asking for another one fails at activation (PreconditionFailed).
+    `offset` (streams only) is where the subscriber starts reading: 'next'
+    (the default: only new events), 'first' (everything the stream holds),
+    'last' (from its last chunk), an aware datetime (from that time; whole
+    seconds, and RabbitMQ starts at a chunk's first event), a number of
+    seconds ago, or RabbitMQ's interval text ('10m', '1h', '2D'; units
+    Y M D h m s).  After a reconnect it goes on where it left off;
+    `subscribe()` after `unsubscribe()` starts from `offset` again.
+
+    A queue with no name is the broker's name for one of the subscriber's
+    own, exclusive to its connection (RabbitMQ 4.3 refuses, by default,
+    queues neither durable nor exclusive); a named queue that is not
+    durable draws a warning naming that rule.
+
     Handling is R1's, whatever the prefetch: `ondata` is called for one event
     at a time, in queue order, and the next call comes only after the
     previous one finished and its ack was sent.  `concurrency=N` opts in to
@@ -286,6 +327,7 @@ class Subscriber(BasicLifecycleObject):
         clock=None,
         concurrency=1,
         queue_type=None,
+        offset=None,
         *args,
         **kwargs
     ):
@@ -295,9 +337,19 @@ class Subscriber(BasicLifecycleObject):
             prefetch_count = DEFAULT_PREFETCH
         if not isinstance(concurrency, int) or isinstance(concurrency, bool) or concurrency < 1:
             raise ValueError("%s: concurrency must be an int >= 1, not %r" % (who, concurrency))
-        arguments = _queue_arguments(who, max_length, max_length_bytes, overflow)
-        if queue_type is not None:  # 'classic', 'quorum' (durable, named, not auto-delete) or 'stream'
-            arguments = dict(arguments or {}, **{"x-queue-type": queue_type})
+        default_type = queue_types.check_default(
+            CONF.getValue("default_queue_type", "classic"), "ion.config %r default_queue_type" % (__name__,)
+        )
+        queue_type = queue_types.resolve(queue_type, queue_name, durable, auto_delete, default_type)
+        limits = [name for name, value in (("max_length", max_length), ("max_length_bytes", max_length_bytes),
+                                           ("overflow", overflow)) if value is not None]
+        queue_types.check(who, queue_type, queue_name, durable, auto_delete, retries, limits, offset)
+        consumer_arguments = None
+        if queue_type == "stream":
+            consumer_arguments = {"x-stream-offset": queue_types.stream_offset(who, offset)}
+        self.queue_type = queue_type
+        arguments = dict(_queue_arguments(who, max_length, max_length_bytes, overflow) or {})
+        arguments["x-queue-type"] = queue_type  # always explicit: see queue_types.py
         if depth_warning is None:
             depth_warning = CONF.getValue("queue_depth_warning", 10000)
         if not isinstance(depth_warning, int) or isinstance(depth_warning, bool) or depth_warning < 0:
@@ -312,10 +364,17 @@ class Subscriber(BasicLifecycleObject):
             raise ValueError("%s: retries must be None or an int >= 0, not %r" % (who, retries))
         self._retries = retries
         self._dead_letter = retries is not None if dead_letter is None else bool(dead_letter)
-        # Fixed now, like the exchange point: the system this subscriber belongs to.
-        self.dead_letter_name = dead_letters.dead_letter_name() if self._dead_letter else None
+        # Fixed now, like the exchange point: the system this subscriber belongs to.  A quorum queue
+        # always dead-letters there too (the broker's x-dead-letter-exchange): see the module docstring.
+        uses_dead_letters = self._dead_letter or queue_type == "quorum"
+        self.dead_letter_name = dead_letters.dead_letter_name() if uses_dead_letters else None
+        if queue_type == "quorum":
+            arguments["x-dead-letter-exchange"] = self.dead_letter_name
+            arguments["x-delivery-limit"] = queue_types.delivery_limit(retries)
         if queue_name is None and (durable or not auto_delete):
             log.warn("Subscriber with a durable or non-auto-delete queue but no queue_name: the flags have no use")
+        if queue_name is not None and not durable:
+            _warn_transient_shared(queue_name)
         self._xp_name = xp_name
         self._binding_key = binding_key
         self._queue_name = queue_name
@@ -333,7 +392,12 @@ class Subscriber(BasicLifecycleObject):
             exchange=durable_companion(xp_name) if durable else xp_name,
             durable=durable,
             auto_delete=auto_delete,
-            exclusive=False,
+            # A broker-named queue is exclusive: RabbitMQ 4.3 refuses, by default, queues neither
+            # durable nor exclusive.  No R1 peer can tell: the queue is server-named (nobody else
+            # knows its name), private to this subscriber anyway, and it goes when the subscriber
+            # does (auto-delete) or its connection does (exclusive), as before.  After a reconnect
+            # the connection declares it again under a new name and binds it again (amqp_topology).
+            exclusive=queue_name is None,
             mandatory=True,
             immediate=False,
             warn_if_exists=False,
@@ -341,6 +405,7 @@ class Subscriber(BasicLifecycleObject):
             queue=queue_name,
             prefetch_count=prefetch_count,
             arguments=arguments,
+            consumer_arguments=consumer_arguments,
         )
         self._sub_name = "%s_subscriber_recv_%d" % (process.id.full, next(_subscriber_numbers))
         self._recv = WorkerReceiver(
@@ -358,7 +423,8 @@ class Subscriber(BasicLifecycleObject):
             from twisted.internet import reactor as clock
         self._depth_watch = None
         metrics.track_subscriber(self)
-        if depth_warning:
+        # A stream's depth is every event it keeps, not a backlog: nothing to warn about.
+        if depth_warning and queue_type != "stream":
             interval = CONF.getValue("queue_depth_check_interval", 10)
             if not isinstance(interval, (int, float)) or isinstance(interval, bool) or not interval > 0:
                 raise ValueError("ion.config %r: queue_depth_check_interval must be a number > 0, not %r"
@@ -412,7 +478,7 @@ class Subscriber(BasicLifecycleObject):
     @defer.inlineCallbacks
     def subscribe(self):
         """Declare the queue (and the dead letters, if used), bind it and start consuming."""
-        if self._dead_letter:
+        if self.dead_letter_name is not None:
             yield dead_letters.declare(self.exchange_manager, self.dead_letter_name)
         if self._recv.state == BasicStates.INIT:
             yield self._recv.attach()
@@ -430,12 +496,14 @@ class Subscriber(BasicLifecycleObject):
         """
         Stop receiving: the binding is removed, the consumer cancelled, and an
         auto-delete queue goes away with it.  `subscribe()` starts again.
+        A stream keeps its binding: it goes on recording events for its other
+        readers and the next one (delete the queue to stop it).
         """
         self._stop_depth_watch()
         if self._recv.state != BasicStates.ACTIVE:
             return
         queue = self._recv.queue
-        if self._binding_key is not None and queue:
+        if self._binding_key is not None and queue and self.queue_type != "stream":
             yield self.exchange_manager.unbind(queue, self.consumer_config["exchange"], self._binding_key)
         yield self._recv.deactivate()
 
@@ -485,7 +553,7 @@ class Subscriber(BasicLifecycleObject):
     def _handler_failed(self, failure, data, msg):
         self.stats["handler_failed"] += 1
         metrics.handler_failed.labels(self._binding_key).inc()
-        attempts = dead_letters.attempts_of(msg.delivery.properties) + 1
+        attempts = self._attempts_before(msg) + 1
         if msg.state != Message.RECEIVED:
             outcome = "settled by the handler"
         elif self._retries is None and not self._dead_letter:
@@ -514,9 +582,29 @@ class Subscriber(BasicLifecycleObject):
         elif outcome == "rejected":
             msg.reject()
 
+    def _attempts_before(self, msg):
+        """
+        Deliveries of this message before this one: on a quorum queue the
+        broker's count (x-delivery-count), else the failed attempts our retry
+        copies carry (x-ion-attempts).
+        """
+        if self.queue_type == "quorum":
+            count = (msg.delivery.properties.get("headers") or {}).get("x-delivery-count", 0)
+            return count if isinstance(count, int) and count >= 0 else 0
+        return dead_letters.attempts_of(msg.delivery.properties)
+
     @defer.inlineCallbacks
     def _retry(self, msg, attempts):
-        """Republish a copy to our own queue counting `attempts`, then ack the original."""
+        """
+        Have the message handled again: on a quorum queue rejected with
+        requeue (the broker counts it), else a copy republished to our own
+        queue counting `attempts`, then the original acked.
+        """
+        if self.queue_type == "quorum":
+            msg.requeue()  # basic.reject: RabbitMQ 4.3 counts rejects only, not basic.nack
+            self.stats["retried"] += 1
+            metrics.retried.labels(self._binding_key).inc()
+            return
         exchange, routing_key = dead_letters.first_route(msg.delivery)
         properties = dead_letters.with_headers(
             msg.delivery,
@@ -548,9 +636,15 @@ class Subscriber(BasicLifecycleObject):
         metrics.dead_lettered.labels(self._binding_key).inc()
 
     def _receive_error(self, data, msg, reason):
-        """A message that cannot be decoded: dead-lettered if we do that; the receiver rejects it otherwise."""
+        """
+        A message that cannot be decoded: dead-lettered if we do that; the
+        receiver rejects it otherwise, except from a stream, which refuses
+        basic.reject (RabbitMQ would close the connection): there it is acked.
+        """
         if self._dead_letter:
-            return self._bury(msg, reason, dead_letters.attempts_of(msg.delivery.properties))
+            return self._bury(msg, reason, self._attempts_before(msg))
+        if self.queue_type == "stream":
+            msg.ack()
 
     def check_content(self, data):
         """Raise (a CodecError saying why) for a decoded message this subscriber cannot take; any is fine here."""
@@ -563,6 +657,22 @@ class Subscriber(BasicLifecycleObject):
         """R1's optional PubSub-controller registration; there is no such service here."""
         log.info("Subscriber {key}: no PubSub controller to register with", key=self._binding_key)
         return defer.succeed(False)
+
+
+_warned_transient = set()  # queue names warned about: once per process is enough
+
+
+def _warn_transient_shared(queue_name):
+    """A named non-durable queue is shared and transient: RabbitMQ 4.3 refuses those by default."""
+    if queue_name in _warned_transient:
+        return
+    _warned_transient.add(queue_name)
+    log.warn(
+        "Subscriber queue {queue} is named (shared) and not durable: RabbitMQ 4.3 refuses such queues by default "
+        "(deprecated feature transient_nonexcl_queues); pass durable=True (with auto_delete=False to keep it), "
+        "or queue_name=None for a queue of the subscriber's own",
+        queue=queue_name,
+    )
 
 
 def _summary(content):

@@ -30,11 +30,11 @@ from twisted.internet import defer, task
 from twisted.logger import Logger
 
 from ion.core.exception import ConfigurationError
-from ion.core.object.codec import CodecError
+from ion.core.object.codec import ION_R1_GPB, CodecError
 from ion.core.process.process import Process, ProcessFactory
 from ion.services.dm.distribution import dead_letters
 from ion.services.dm.distribution.events import EventSubscriber
-from ion.services.dm.inventory.event_rows import event_row
+from ion.services.dm.inventory.event_rows import parse_raw_event, raw_event_row
 from ion.services.dm.inventory.event_store import EventStore
 
 log = Logger()
@@ -54,11 +54,27 @@ DEFAULTS = {
 
 
 class _PersistingSubscriber(EventSubscriber):
-    """Hands each event with its delivery to the persister, which settles it after the commit."""
+    """
+    Hands each event with its delivery to the persister, which settles it
+    after the commit.  Its receiver is raw: the msgpack header is decoded,
+    the GPB content stays the Structure bytes, which event_rows parses only
+    as far as the row needs (no repository, wrappers or message instance).
+    """
 
     def __init__(self, take, **kwargs):
         super().__init__(**kwargs)
         self._take = take
+        self._recv.raw = True
+
+    def check_content(self, data):
+        """
+        Parses the content once, here, into the RawEvent the row is made
+        of: what is not an event goes the receiver's undecodable way (a
+        rate-limited warning, rejected or dead-lettered), as for any subscriber.
+        """
+        if data.get("encoding") != ION_R1_GPB:
+            raise CodecError("not an event: encoding %r is not %r" % (data.get("encoding"), ION_R1_GPB))
+        data["content"] = parse_raw_event(data["content"])
 
     def _receive_handler(self, data, msg):
         return self._take(data, msg)
@@ -157,7 +173,7 @@ class EventPersister(Process):
     def _take(self, data, msg):
         _exchange, routing_key = dead_letters.first_route(msg.delivery)
         try:
-            row = event_row(data, msg.body, routing_key, self.clock.seconds())
+            row = raw_event_row(data["content"], msg.body, routing_key, self.clock.seconds())
         except (CodecError, AttributeError, TypeError, ValueError) as e:
             log.warn("EventPersister: rejected an event it cannot store ({e})", e=e)
             msg.reject()

@@ -28,11 +28,13 @@ def replay_properties(record):
 
 @defer.inlineCallbacks
 def replay(store, exchange_manager, query=None, to_queue=None, rate=100.0, max_events=10000, clock=None,
-           dry_run=False):
+           dry_run=False, each=None):
     """
     Publish the events matching `query` (find_events arguments; order is
     always oldest first) at most `rate` per second, up to `max_events`.
     Fires with the number published (or that would be, when `dry_run`).
+    `each(record)`, if given, is called for every event as it goes (or
+    would go).
     """
     if not isinstance(rate, (int, float)) or isinstance(rate, bool) or rate <= 0:
         raise StoreError("replay rate must be a number > 0 (events per second), not %r" % (rate,))
@@ -59,6 +61,8 @@ def replay(store, exchange_manager, query=None, to_queue=None, rate=100.0, max_e
                                                        replay_properties(record))
                 else:
                     yield exchange_manager.publish_raw("", to_queue, record["body"], replay_properties(record))
+            if each is not None:
+                each(record)
             sent += 1
         if after is None:
             break
