@@ -55,11 +55,14 @@ def _free_port():
 
 
 class RabbitNode:
-    """One RabbitMQ node in a temporary directory; `url` once `start()` has fired."""
+    """
+    One RabbitMQ node in a temporary directory; `url` once `start()` has
+    fired.  `name` may hold '%d' for the node's port (a cluster names its nodes).
+    """
 
-    def __init__(self):
+    def __init__(self, name="iontest%d@localhost"):
         self.port = _free_port()
-        self.name = "iontest%d@localhost" % self.port
+        self.name = name % self.port if "%d" in name else name
         self.url = "amqp://guest:guest@127.0.0.1:%d/%%2F" % self.port
         self.directory = tempfile.mkdtemp(prefix="rabbit-node-")
         self._env = self._environment()

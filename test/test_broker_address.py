@@ -1,11 +1,12 @@
 """BrokerAddress: URL and option parsing, credential files, and keeping the password out of sight."""
 
+import dataclasses
 import datetime
 import ipaddress
 import os
 import stat
 
-from twisted.internet import reactor
+from twisted.internet import defer, reactor
 from twisted.internet.endpoints import HostnameEndpoint, TCP4ClientEndpoint
 from twisted.logger import Logger
 from twisted.trial import unittest
@@ -233,3 +234,188 @@ class EndpointTest(unittest.TestCase):
         with self.assertRaises(ValueError) as caught:
             BrokerAddress.from_url("amqps://h/?cafile=%s" % path).endpoint(reactor)
         self.assertIn(path, str(caught.exception))
+
+
+class ClusterAddressTest(unittest.TestCase):
+    """An address naming several nodes of one cluster."""
+
+    def test_nodes_in_one_url(self):
+        a = BrokerAddress.from_url("amqp://guest:%s@127.0.0.1:5701,127.0.0.1:5702,mq/%%2F" % SECRET)
+        self.assertEqual(a.nodes, (("127.0.0.1", 5701), ("127.0.0.1", 5702), ("mq", 5672)))
+        self.assertEqual((a.host, a.port, a.node_order), ("127.0.0.1", 5701, "in_order"))
+        self.assertEqual(a.description, "amqp://127.0.0.1:5701,127.0.0.1:5702,mq:5672/%2F")
+        for text in (str(a), repr(a)):
+            self.assertNotIn(SECRET, text)
+
+    def test_each_node_its_own_default_port(self):
+        self.assertEqual(BrokerAddress.from_url("amqps://a,[::1]:5999,[::2]/").nodes,
+                         (("a", 5671), ("::1", 5999), ("::2", 5671)))
+
+    def test_node_order(self):
+        a = BrokerAddress.from_url("amqp://a:1,b:2/?node_order=shuffle")
+        self.assertEqual(a.node_order, "shuffle")
+        self.assertEqual(a.description, "amqp://a:1,b:2/%2F?node_order=shuffle")
+        self.assertEqual(BrokerAddress.from_url("amqp://a,b/?node_order=in_order").node_order, "in_order")
+
+    def test_one_node_is_as_before(self):
+        a = BrokerAddress.from_url("amqp://mq:5673/")
+        self.assertEqual(a.nodes, (("mq", 5673),))
+        self.assertEqual(BrokerAddress(host="h", port=1).nodes, (("h", 1),))
+
+    def assertRejected(self, url, *fragments):
+        with self.assertRaises(ValueError) as caught:
+            BrokerAddress.from_url(url)
+        for fragment in fragments:
+            self.assertIn(fragment, str(caught.exception))
+        self.assertNotIn(SECRET, str(caught.exception))
+
+    def test_bad_nodes_are_named(self):
+        self.assertRejected("amqp://u:%s@a:5701,b:x/" % SECRET, "bad port 'x'", "'b:x'", "u:***@")
+        self.assertRejected("amqp://a,,b/", "empty node", "'a,,b'")
+        self.assertRejected("amqp://a,:5702/", "no host", "':5702'")
+        self.assertRejected("amqp://a,b:99999/", "'b:99999'", "1..65535")
+        self.assertRejected("amqp://a,::1/", "'::1'", "brackets")
+        self.assertRejected("amqp://a,[::1/", "amqp://a,[::1/", "IPv6")
+        self.assertRejected("amqp://a,b/?node_order=random", "node_order 'random'", "in_order or shuffle")
+
+    def test_immutable(self):
+        a = BrokerAddress.from_url("amqp://a,b/")
+        with self.assertRaises(Exception):
+            a.nodes = ()
+
+    def test_options_host_list(self):
+        a = BrokerAddress.from_options(host="a:5701,b", port=5702)
+        self.assertEqual(a.nodes, (("a", 5701), ("b", 5702)))
+        with self.assertRaises(ValueError) as caught:
+            BrokerAddress.from_options(host="a,b:no")
+        self.assertIn("'b:no'", str(caught.exception))
+
+    def test_with_nodes(self):
+        a = BrokerAddress.from_url("amqp://u:p@a:1/v").with_nodes(BrokerAddress.from_url("amqp://u:p@b:2,c:3/v"))
+        self.assertEqual(a.nodes, (("a", 1), ("b", 2), ("c", 3)))
+        with self.assertRaises(ValueError) as caught:
+            BrokerAddress.from_url("amqp://u:%s@a/v" % SECRET).with_nodes(BrokerAddress.from_url("amqp://u:x@b/w"))
+        self.assertIn("differ in vhost, password", str(caught.exception))
+        self.assertNotIn(SECRET, str(caught.exception))
+        with self.assertRaises(ValueError):
+            BrokerAddress.from_url("memory").with_nodes(BrokerAddress.from_url("amqp://b/"))
+
+    def test_node_endpoints(self):
+        endpoints = BrokerAddress.from_url("amqp://a:1,b:2/").node_endpoints(reactor)
+        self.assertEqual([name for name, _ in endpoints], ["a:1", "b:2"])
+        self.assertTrue(all(isinstance(e, HostnameEndpoint) for _, e in endpoints))
+
+
+class NodeRotationTest(unittest.TestCase):
+    """Each connect goes to the next node; a shuffled pass takes its order from the random source given."""
+
+    def rotation(self, order, random=None):
+        from ion.core.messaging.broker.nodes import NodeRotation
+
+        self.tried = []
+        tried = self.tried
+
+        class Endpoint:
+            def __init__(self, name):
+                self.name = name
+
+            def connect(self, factory):
+                tried.append(self.name)
+                return "connecting to %s" % self.name
+
+        return NodeRotation([(name, Endpoint(name)) for name in "abc"], order, random)
+
+    def test_in_order_wraps_around(self):
+        rotation = self.rotation("in_order")
+        self.assertEqual(rotation.connect(None), "connecting to a")
+        self.assertEqual(rotation.current, "a")
+        for _ in range(6):
+            rotation.connect(None)
+        self.assertEqual(self.tried, list("abcabca"))
+
+    def test_shuffle_is_deterministic_under_an_injected_random(self):
+        import random
+
+        first = self.rotation("shuffle", random.Random(7))
+        for _ in range(9):
+            first.connect(None)
+        runs = self.tried
+        second = self.rotation("shuffle", random.Random(7))
+        for _ in range(9):
+            second.connect(None)
+        self.assertEqual(self.tried, runs)
+        passes = [runs[i:i + 3] for i in (0, 3, 6)]
+        self.assertTrue(all(sorted(p) == list("abc") for p in passes), passes)  # each pass tries every node once
+
+    def test_shuffle_uses_the_source(self):
+        class Reversing:
+            def shuffle(self, items):
+                items.reverse()
+
+        rotation = self.rotation("shuffle", Reversing())
+        for _ in range(4):
+            rotation.connect(None)
+        self.assertEqual(self.tried, list("cbac"))
+
+
+class NodeRotationRabbitTest(unittest.TestCase):
+    """On the real RabbitMQ: a node that is down is passed over, and a lost connection moves to the next node."""
+
+    def closed_port(self):
+        import socket
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return s.getsockname()[1]
+
+    def proxy(self):
+        from test.proxy import TcpProxy
+
+        proxy = TcpProxy()
+        self.addCleanup(proxy.stop)
+        return proxy
+
+    @defer.inlineCallbacks
+    def open(self, nodes):
+        from ion.core.messaging.broker import connect
+        from test.brokers import RABBIT_URL
+
+        rabbit = BrokerAddress.from_url(RABBIT_URL)
+        address = dataclasses.replace(rabbit, nodes=tuple(("127.0.0.1", port) for port in nodes))
+        conn = yield connect(address)
+        self.addCleanup(conn.close)
+        return conn
+
+    @defer.inlineCallbacks
+    def test_first_node_down(self):
+        from test.brokers import RABBIT_URL
+
+        closed, rabbit = self.closed_port(), BrokerAddress.from_url(RABBIT_URL).port
+        conn = yield self.open([closed, rabbit])
+        self.assertEqual(conn.node, "127.0.0.1:%d" % rabbit)
+        queue = yield conn.queue_declare()
+        yield conn.queue_delete(queue)
+
+    @defer.inlineCallbacks
+    def test_no_node_up(self):
+        from ion.core.messaging.broker.interface import ConnectionLost
+
+        error = yield self.assertFailure(self.open([self.closed_port(), self.closed_port()]), ConnectionLost)
+        self.assertIn("cannot connect to amqp://127.0.0.1:", str(error))
+
+    @defer.inlineCallbacks
+    def test_lost_connection_moves_to_the_next_node(self):
+        from test.brokers import wait_for
+
+        first, second = self.proxy(), self.proxy()
+        conn = yield self.open([first.port, second.port])
+        self.assertEqual(conn.node, "127.0.0.1:%d" % first.port)
+        queue = yield conn.queue_declare(exclusive=True)
+        got = []
+        yield conn.consume(queue, lambda d: (got.append(d.body), d.ack()))
+        first.refusing = True  # should it come back to this node, the test fails
+        self.assertEqual(first.cut(), 1)
+        yield wait_for(lambda: conn.connected and conn.node == "127.0.0.1:%d" % second.port)
+        yield conn.publish("", queue, b"after the move")
+        yield wait_for(lambda: got == [b"after the move"])
+        self.assertEqual(first.attempts, 1)

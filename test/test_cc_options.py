@@ -100,6 +100,32 @@ class BrokerOptionsTest(unittest.TestCase):
         self.assertEqual(parse("--broker", "memory")["broker_address"].kind, "memory")
         self.assertEqual(parse("--broker", "memory://side")["broker_address"].memory_name, "side")
 
+    def test_cluster_in_one_url(self):
+        address = parse("--broker", "amqp://u:p@127.0.0.1:5701,127.0.0.1:5702/%2F")["broker_address"]
+        self.assertEqual(address.nodes, (("127.0.0.1", 5701), ("127.0.0.1", 5702)))
+        self.assertEqual(address.node_order, "in_order")
+
+    def test_broker_repeated_adds_nodes(self):
+        address = parse("--broker", "amqp://u:p@a:5701/v", "--broker", "amqp://u:p@b:5702,c/v")["broker_address"]
+        self.assertEqual(address.nodes, (("a", 5701), ("b", 5702), ("c", 5672)))
+        self.assertEqual((address.username, address.password, address.vhost), ("u", "p", "v"))
+
+    def test_ion_events_takes_a_cluster_too(self):
+        from ion.core.cc.ion_events_command import parse as parse_ion_events
+
+        options = parse_ion_events(["--broker", "amqp://u:p@a:5701/v", "--broker", "amqp://u:p@b:5702/v",
+                                    "--broker_node_order", "shuffle", "-s", "sys", "tail"])
+        address = options["broker_address"]
+        self.assertEqual((address.nodes, address.node_order), ((("a", 5701), ("b", 5702)), "shuffle"))
+
+    def test_node_order_option(self):
+        self.assertEqual(parse("--broker", "amqp://a,b/", "--broker_node_order", "shuffle")["broker_address"]
+                         .node_order, "shuffle")
+        self.assertEqual(parse("--broker", "amqp://a,b/?node_order=shuffle")["broker_address"].node_order, "shuffle")
+        address = parse("-h", "a,b:5673", "--broker_node_order=shuffle")["broker_address"]
+        self.assertEqual((address.nodes, address.node_order), ((("a", 5672), ("b", 5673)), "shuffle"))
+        self.assertEqual(parse("--broker_node_order", "shuffle")["broker_address"].kind, "memory")
+
 
 class ContainerArgsTest(unittest.TestCase):
     def test_key_value_pairs(self):
@@ -213,6 +239,13 @@ class UsageErrorsTest(unittest.TestCase):
         self.assertUsageError(["--broker", "http://rabbit/"], "http://rabbit/", "scheme must be amqp")
         self.assertUsageError(["--broker", "amqp://rabbit:99999/"], "bad port")
         self.assertUsageError(["--broker", "amqp://rabbit/?colour=red"], "unknown setting(s) colour")
+
+    def test_bad_cluster_options(self):
+        self.assertUsageError(["--broker", "amqp://a,b:x/"], "bad port 'x' in node 'b:x'")
+        self.assertUsageError(["--broker_node_order", "random"], "--broker_node_order", "'random'", "in_order or shuffle")
+        self.assertUsageError(["--broker", "amqp://u:p@a/v", "--broker", "amqp://u:p@b/w"], "differ in vhost")
+        self.assertUsageError(["--broker", "amqp://a/", "--broker", "memory"], "only amqp:// and amqps://")
+        self.assertUsageError(["-h", "a,,b"], "empty node")
 
     def test_bad_broker_url_hides_password(self):
         message = self.assertUsageError(["--broker", "ftp://me:topsecret@rabbit/"], "ftp://me:***@rabbit/")

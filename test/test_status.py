@@ -124,18 +124,30 @@ class StatusTests(BrokerTestMixin):
         self.assertEqual(after[("ion_rpc_seconds_count", ())] - before.get(("ion_rpc_seconds_count", ()), 0), 2)
 
     @defer.inlineCallbacks
-    def test_ready_503_when_a_subscriber_lost_its_consumer(self):
+    def test_ready_503_while_a_subscriber_has_no_consumer(self):
+        """
+        Its queue deleted by another connection, the subscriber is not consuming
+        until it has declared the queue again: held up here by an exclusive queue
+        of the same name, which the other connection takes at once.  Once that
+        one is gone, it consumes again and /ready says so.
+        """
         sub = yield SubscriberFactory(process=self.proc).build(
-            subscriber_type=events.InfoLoggingEventSubscriber, origin=self.unique_name("gone"), handler=lambda d: None
+            subscriber_type=events.InfoLoggingEventSubscriber, origin=self.unique_name("gone"),
+            queue_name=self.unique_name("taken"), handler=lambda d: None
         )
-        # The broker cancels the consumer; the subscriber is still ACTIVE.  (Deleted on the container's own
-        # connection: an anonymous subscriber queue is exclusive to it.)
-        yield self.container.exchange_manager.connection.queue_delete(sub.queue)
+        queue = sub.queue
+        other = yield self.connect_broker()
+        yield other.queue_delete(queue)  # the broker cancels the consumer; the subscriber is still ACTIVE
+        yield other.queue_declare(queue, exclusive=True)  # its declaration fails until `other` closes
         yield wait_for(lambda: not sub.consuming)
         code, body = yield get_json(self.base + "/ready")
         self.assertEqual(code, 503)
         self.assertFalse(body["ready"])
         self.assertIn("has no consumer", body["reason"])
+        yield other.close()
+        yield wait_for(lambda: sub.consuming)
+        code, body = yield get_json(self.base + "/ready")
+        self.assertEqual(code, 200, body)
 
 
 StatusMemoryTest, StatusRabbitTest = for_each_broker(StatusTests, globals(), base=IonTestCase)

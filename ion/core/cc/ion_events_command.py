@@ -38,6 +38,7 @@ class Options(usage.Options):
     optParameters = broker_option_parameters()
     subCommands = ion_events.SUBCOMMANDS
     broker_address = ContainerOptions.broker_address
+    opt_broker = ContainerOptions.opt_broker
 
     def postOptions(self):
         if self.subCommand is None:

@@ -4,7 +4,9 @@
     twistd -n cc [options] [file.app|file.rel|script.py ...]
 
 With no broker named the container runs on the embedded in-memory broker;
-`-h HOST` (with -p/-v/--broker_* options) or `--broker URL` selects RabbitMQ.
+`-h HOST` (with -p/-v/--broker_* options) or `--broker URL` selects RabbitMQ;
+a cluster's nodes are listed comma-separated (`-h a,b:5673`, or in the URL)
+or with --broker given once per node.
 """
 
 import dataclasses
@@ -35,8 +37,10 @@ from ion.core.exception import ConfigurationError, UsageError
 from ion.core.messaging.broker.address import (
     DEFAULT_MAX_IN_FLIGHT,
     DEFAULT_RECONNECT_TIMEOUT,
+    NODE_ORDERS,
     BrokerAddress,
     parse_max_in_flight,
+    parse_node_order,
     parse_reconnect_timeout,
 )
 from ion.core.resources import resource_path
@@ -115,8 +119,13 @@ class Options(usage.Options):
 
     optParameters = [
         ["sysname", "s", None, "System (cluster) name; scopes exchanges and queues."],
-        ["broker", None, None, "Broker URL: amqp://user:pass@host:port/vhost, amqps://... for TLS, or memory."],
-        ["broker_host", "h", None, "AMQP broker host (default: the embedded in-memory broker)."],
+        ["broker", None, None, "Broker URL: amqp://user:pass@host:port/vhost, amqps://... for TLS, or memory."
+         "  A cluster: amqp://user:pass@host1:port1,host2:port2/vhost, or --broker once per node."],
+        ["broker_host", "h", None, "AMQP broker host, or a cluster's hosts as host1,host2:port2 (default: the"
+         " embedded in-memory broker)."],
+        ["broker_node_order", None, "in_order",
+         "Order in which a cluster's nodes are tried: %s (a --broker URL may say ?node_order=shuffle too)."
+         % " or ".join(NODE_ORDERS)],
         ["broker_port", "p", 5672, "AMQP broker port."],
         ["broker_vhost", "v", "/", "AMQP virtual host."],
         ["broker_heartbeat", None, 30, "AMQP heartbeat in seconds (0: off)."],
@@ -146,6 +155,10 @@ class Options(usage.Options):
         ["no_history", "i", "Do not read or write ~/.cchistory."],
         ["no_dbmanhole", None, "Do not start the debug manhole (it is off unless ion.config's debug_manhole is True)."],
     ]
+
+    def opt_broker(self, url):
+        """Broker URL: amqp://user:pass@host:port/vhost, amqps://... for TLS, or memory; repeat it per cluster node."""
+        self["broker"] = (self["broker"] or ()) + (url,)
 
     def opt_version(self):
         """Print the version and exit."""
@@ -179,13 +192,13 @@ class Options(usage.Options):
             given = [_option_name(self, name) for name in BROKER_PART_OPTIONS if self[name] != self.defaults[name]]
             if given:
                 raise ValueError("--broker URL and %s both name the broker: give one or the other" % (", ".join(given),))
-            address = BrokerAddress.from_url(self["broker"])
-            if from_environment is not None and address.kind == "amqp" and not _names_password(self["broker"]):
+            address = _cluster_address(self["broker"])
+            if from_environment is not None and address.kind == "amqp" and not any(map(_names_password, _urls(self["broker"]))):
                 address = dataclasses.replace(address, password=from_environment)
-            return address
+            return _ordered(address, self["broker_node_order"])
         if not self["broker_host"] or self["broker_host"] == "memory":
             return BrokerAddress.from_url("memory")
-        return BrokerAddress.from_options(
+        return _ordered(BrokerAddress.from_options(
             host=self["broker_host"],
             port=self["broker_port"],
             vhost=self["broker_vhost"],
@@ -195,7 +208,28 @@ class Options(usage.Options):
             heartbeat=self["broker_heartbeat"],
             reconnect_timeout=self["broker_reconnect_timeout"],
             max_in_flight=self["broker_max_in_flight"],
-        )
+        ), self["broker_node_order"])
+
+
+def _urls(broker):
+    """--broker's URLs: a tuple from the command line, a str from callers that set it directly."""
+    return (broker,) if isinstance(broker, str) else broker
+
+
+def _cluster_address(broker):
+    """One BrokerAddress from --broker given once or more."""
+    urls = _urls(broker)
+    address = BrokerAddress.from_url(urls[0])
+    for url in urls[1:]:
+        address = address.with_nodes(BrokerAddress.from_url(url))
+    return address
+
+
+def _ordered(address, node_order):
+    """`address` shuffling its nodes if --broker_node_order says so."""
+    if address.kind != "amqp" or parse_node_order(node_order) == "in_order":
+        return address
+    return dataclasses.replace(address, node_order=node_order)
 
 
 def apply_default_queue_type(options):
@@ -215,12 +249,17 @@ def check_broker_options(options):
     options["broker_heartbeat"] = _heartbeat(options["broker_heartbeat"])
     options["broker_reconnect_timeout"] = _reconnect_timeout(options["broker_reconnect_timeout"])
     options["broker_max_in_flight"] = _max_in_flight(options["broker_max_in_flight"])
+    try:
+        parse_node_order(options["broker_node_order"])
+    except ValueError:
+        raise ValueError("--broker_node_order must be %s, not %r" % (" or ".join(NODE_ORDERS),
+                                                                    options["broker_node_order"])) from None
     return options.broker_address()
 
 
 def broker_option_parameters():
     """The optParameters naming the broker and the system, for other commands (ion-events)."""
-    wanted = ("sysname", "broker") + BROKER_PART_OPTIONS
+    wanted = ("sysname", "broker", "broker_node_order") + BROKER_PART_OPTIONS
     return [list(p) for p in Options.optParameters if p[0] in wanted]
 
 

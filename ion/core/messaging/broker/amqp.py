@@ -32,6 +32,7 @@ from ion.core.messaging.broker.amqp_protocol import SPEC_PATH, load_spec
 from ion.core.messaging.broker.amqp_publishing import Pipeline
 from ion.core.messaging.broker.amqp_states import ConnectionState
 from ion.core.messaging.broker.amqp_topology import Topology
+from ion.core.messaging.broker.resubscribe import redeclare_queue
 from ion.core.messaging.broker.interface import EXCHANGE_TYPES, PROPERTY_NAMES, ChannelError, IBrokerConnection
 
 __all__ = ["CLOSE_TIMEOUT", "HANDSHAKE_NOTICE", "HANDSHAKE_TIMEOUT", "SPEC_PATH", "AMQPConnection", "Consumer",
@@ -56,7 +57,12 @@ class AMQPConnection:
     - `Pipeline` (amqp_publishing): publishes and calls in order on the shared
       channel, publisher confirms, the in-flight bound;
     - `Consumers` (amqp_consumer): the running consumers, each on its own
-      channel, and their deliveries.
+      channel, and their deliveries; one the broker cancels subscribes
+      again (resubscribe.py).
+
+    A cluster address's nodes are taken in turn (nodes.py): each connection
+    attempt after a failure or a loss goes to the next one; `node` says
+    which one the connection is on.
 
     While disconnected, a call waits for that up to the address's
     `reconnect_timeout`, then fails with ConnectionLost.  A call in flight
@@ -92,7 +98,8 @@ class AMQPConnection:
         self._state = ConnectionState(address.description, clock)
         self._topology = Topology()
         self._pipeline = Pipeline(self._state, address, self._topology, clock)
-        self._consumers = Consumers(self._state, address, self._topology)
+        self._consumers = Consumers(self._state, address, self._topology,
+                                    lambda queue: redeclare_queue(self, self._topology, queue), clock)
         self._link = Link(self, self._state, self._pipeline, self._consumers, self._topology, address, reactor, clock)
         self._return_listeners = []
 
@@ -116,6 +123,11 @@ class AMQPConnection:
     @property
     def connected(self):
         return self._state.ready
+
+    @property
+    def node(self):
+        """'host:port' of the cluster node of the latest connection (None before the first)."""
+        return self._link.node
 
     # -- IBrokerConnection
 
@@ -145,11 +157,21 @@ class AMQPConnection:
         return self._call("queue_declare", queue=queue, passive=passive, **flags).addCallback(declared)
 
     def queue_delete(self, queue, if_unused=False, if_empty=False):
+        name = self._topology.current(queue)
+        # Its consumers, cancelled by the broker, are not subscribed again (a cancel coming after the reply
+        # finds the queue unrecorded and gone, and stops the consumer too).
+        self._topology.deleting.add(name)
+
         def deleted(reply):
-            self._topology.remove_queue(self._topology.current(queue))
+            self._topology.remove_queue(name)
             return reply.message_count
 
-        return self._call("queue_delete", queue=queue, if_unused=if_unused, if_empty=if_empty).addCallback(deleted)
+        def done(result):
+            self._topology.deleting.discard(name)
+            return result
+
+        d = self._call("queue_delete", queue=queue, if_unused=if_unused, if_empty=if_empty)
+        return d.addCallback(deleted).addBoth(done)
 
     def queue_purge(self, queue):
         return self._call("queue_purge", queue=queue).addCallback(lambda r: r.message_count)

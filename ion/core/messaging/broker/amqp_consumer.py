@@ -1,7 +1,8 @@
 """
 The consuming side of an AMQPConnection: a Consumer on its own channel, the
 Deliveries it hands to its callback (returned messages are Deliveries too),
-and the Consumers registry that starts them and resumes them after a reconnect.
+and the Consumers registry that starts them, resumes them after a reconnect
+and subscribes them again when the broker cancels them (see resubscribe.py).
 """
 
 from twisted.internet import defer
@@ -11,7 +12,15 @@ from zope.interface import implementer
 
 from ion.core.messaging.broker.amqp_channel import BASIC, close_channel, invoke, open_channel
 from ion.core.messaging.broker.amqp_errors import dropped_under
-from ion.core.messaging.broker.interface import BrokerError, ChannelError, IConsumer, IDelivery, ResourceLocked
+from ion.core.messaging.broker.interface import (
+    BrokerError,
+    ChannelError,
+    IConsumer,
+    IDelivery,
+    NotFound,
+    ResourceLocked,
+)
+from ion.core.messaging.broker.resubscribe import Gone, Resubscriptions
 
 log = Logger()
 
@@ -58,7 +67,8 @@ class Consumer:
     """
     A basic.consume on its own channel.  It outlives connections: after a
     reconnect it consumes again on a new channel, from the queue's new name if
-    the broker named it, under a new tag unless the caller chose one.
+    the broker named it, under a new tag unless the caller chose one.  So it
+    does after the broker cancelled it (`_channel` is None meanwhile).
 
     A stream consumer (one with an x-stream-offset argument) starts again
     where it left off, not at its first offset again: from the lowest offset
@@ -83,11 +93,12 @@ class Consumer:
         self._stopping = False
         self._stopped = TwistedEvent()
         self._done = False
+        self._cancelled_by_broker = False
 
     @property
     def active(self):
-        """False once cancelled, by us or by the broker (its queue deleted): no more deliveries come."""
-        return not self._stopping
+        """False once cancelled, and while subscribing again after the broker cancelled it: no deliveries come."""
+        return not self._stopping and not self._cancelled_by_broker
 
     def cancel(self):
         if not self._stopping:
@@ -170,11 +181,13 @@ class Consumers:
     new connection.
     """
 
-    def __init__(self, state, address, topology):
+    def __init__(self, state, address, topology, redeclare, clock):
         self.description = address.description
         self._state = state
         self._address = address
         self._topology = topology
+        self._redeclare = redeclare  # queue -> Deferred firing with its name, declared again as recorded
+        self._resubscriptions = Resubscriptions(clock)
         self._running = []  # every running Consumer, resumed after a reconnect
         self._channels = {}  # channel id -> Consumer, on the current connection
 
@@ -214,6 +227,7 @@ class Consumers:
                 yield close_channel(channel).addErrback(lambda _: None)
             raise
         consumer.tag = reply.consumer_tag
+        consumer._cancelled_by_broker = False
         if consumer._stopping:  # cancelled meanwhile
             yield consumer._cancel()
 
@@ -251,6 +265,7 @@ class Consumers:
         return defer.DeferredList([c.cancel() for c in list(self._running)])
 
     def stop_all(self):
+        self._resubscriptions.stop()
         for consumer in list(self._running):
             consumer._stop()
 
@@ -268,12 +283,51 @@ class Consumers:
         consumer._deliver(channel, msg)
 
     def cancelled_by_broker(self, channel):
-        consumer = self._channels.get(channel.id)
-        if consumer is not None:
-            log.warn("broker cancelled consumer {tag} on {queue} (queue deleted?)", tag=consumer.tag,
-                     queue=consumer.queue)
-            self._topology.remove_queue(consumer.queue)
-            consumer.cancel()
+        """
+        The broker stopped `channel`'s consumer: its queue was deleted, its
+        node went down or its leader moved.  Unless this connection is
+        deleting the queue itself, the consumer subscribes again on a new
+        channel (the old one closes, so its unacked messages go back).
+        """
+        consumer = self._channels.pop(channel.id, None)
+        if consumer is None or consumer._stopping or consumer._channel is not channel:
+            return
+        consumer._channel = None
+        consumer._cancelled_by_broker = True
+        close_channel(channel).addErrback(lambda _: None)
+        queue = self._topology.current(consumer.queue)
+        if queue in self._topology.deleting:
+            consumer._stop()
+            return
+        recorded = queue in self._topology.queues
+        log.warn("{conn}: the broker cancelled consumer {tag} on {queue} (queue deleted, its node down or its"
+                 " leader moved); subscribing again{how}", conn=self.description, tag=consumer.tag, queue=queue,
+                 how=" (declaring the queue again)" if recorded else "")
+        what = "%s: consumer on %r" % (self.description, queue)
+
+        def wanted():
+            return consumer._channel is None and not consumer._stopping and not self._state.closing
+
+        self._resubscriptions.start(lambda: self._subscribe_again(consumer, recorded), wanted, what).addCallback(
+            lambda done: done or consumer._channel is not None or consumer._stop())
+
+    @defer.inlineCallbacks
+    def _subscribe_again(self, consumer, recorded):
+        """One try: declare the queue again if we declared it, then consume; Gone if it is gone for good."""
+        self._state.check_open()
+        if not self._state.ready:  # logging in again: resume() starts it
+            raise self._state.not_connected()
+        queue = self._topology.current(consumer.queue)
+        if recorded and queue in self._topology.queues:
+            consumer.queue = yield self._redeclare(queue)
+        try:
+            yield self._start(consumer)
+        except NotFound:
+            if not recorded:
+                log.warn("{conn}: queue {queue} is gone; consumer {tag} is stopped", conn=self.description,
+                         queue=queue, tag=consumer.tag)
+                raise Gone() from None
+            raise
 
     def channel_closed(self, channel):
         """The broker closed `channel`: its consumer (returned, or None) stops."""

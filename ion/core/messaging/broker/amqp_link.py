@@ -18,6 +18,7 @@ from ion.core import metrics
 from ion.core.messaging.broker.amqp_errors import reason_text
 from ion.core.messaging.broker.amqp_protocol import Client, Delegate, load_spec
 from ion.core.messaging.broker.interface import BrokerError, ConnectionLost
+from ion.core.messaging.broker.nodes import NodeRotation
 
 log = Logger()
 
@@ -38,7 +39,9 @@ class Link:
     backoff (waits on `clock`).  Each new connection logs in, opens the
     shared channel, replays the topology and resumes the consumers; only
     then is the state READY.  The first connection must succeed (`start`).
-    `owner` is what the txamqp Delegate reports to.
+    `owner` is what the txamqp Delegate reports to.  A cluster address's
+    nodes are taken in turn (`NodeRotation`): each attempt after a failure
+    or a loss goes to the next one; `node` is the one connected to.
     """
 
     def __init__(self, owner, state, pipeline, consumers, topology, address, reactor, clock):
@@ -55,17 +58,19 @@ class Link:
         # prepareConnection only starts the AMQP handshake: ClientService cannot take a connection
         # lost while it is being prepared (no transition for it), so _setup drops a connection it
         # cannot use, and ClientService connects again.
-        self.service = ClientService(address.endpoint(reactor), factory, retryPolicy=RECONNECT_POLICY, clock=clock,
+        self.nodes = NodeRotation(address.node_endpoints(reactor), address.node_order)
+        self.node = None
+        self.service = ClientService(self.nodes, factory, retryPolicy=RECONNECT_POLICY, clock=clock,
                                      prepareConnection=self._connection_made)
         self._first = None  # Deferred of the first connection attempt
         self._closed = TwistedEvent()
 
     @defer.inlineCallbacks
     def start(self):
-        """Connect for the first time; fails (and gives up: CLOSED) if that does not work."""
+        """Connect for the first time, trying each node once; fails (and gives up: CLOSED) if none works."""
         self._first = defer.Deferred()
         self.service.startService()
-        self.service.whenConnected(failAfterFailures=1).addErrback(self._first_failed)
+        self.service.whenConnected(failAfterFailures=len(self._address.nodes)).addErrback(self._first_failed)
         try:
             yield self._first
         except BaseException:
@@ -84,6 +89,7 @@ class Link:
 
     def _connection_made(self, proxy):
         """A new TCP connection: set it up on its own (see __init__); ClientService has nothing to wait for."""
+        self.node = self.nodes.current
         self._setup(proxy.delegate.client)
 
     @defer.inlineCallbacks
@@ -103,10 +109,11 @@ class Link:
         if state.closing:
             return  # close() is dropping this connection
         if state.lost_at is None:
-            log.info("connected to {conn}", conn=self.description)
+            log.info("connected to {conn} (node {node})", conn=self.description, node=self.node)
         else:
-            log.info("reconnected to {conn} after {seconds:.1f} s; resumed {count} consumers", conn=self.description,
-                     seconds=self._clock.seconds() - state.lost_at, count=resumed)
+            log.info("reconnected to {conn} (node {node}) after {seconds:.1f} s; resumed {count} consumers",
+                     conn=self.description, node=self.node, seconds=self._clock.seconds() - state.lost_at,
+                     count=resumed)
             state.lost_at = None
             metrics.broker_reconnects.inc()
         state.to("ready")
@@ -158,7 +165,8 @@ class Link:
         self._consumers.lost()
         if state.ready:
             state.to("lost")
-            log.warn("connection to {conn} lost: {why}; reconnecting", conn=self.description, why=reason_text(reason))
+            log.warn("connection to {conn} (node {node}) lost: {why}; reconnecting", conn=self.description,
+                     node=self.node, why=reason_text(reason))
         self._pipeline.lost()
 
     def close(self):

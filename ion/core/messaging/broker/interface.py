@@ -120,6 +120,7 @@ class IConsumer(Interface):
 
     queue = Attribute("Name of the queue consumed from (the broker's name for an anonymous queue).")
     tag = Attribute("Consumer tag.")
+    active = Attribute("False once cancelled, and while subscribing again after the broker cancelled it.")
 
     def cancel():
         """
@@ -206,6 +207,11 @@ class IBrokerConnection(Interface):
         Start consuming.  `callback(delivery)` is called with an IDelivery for
         each message, at most `prefetch_count` unacked at a time (0 means
         unlimited); its return value is ignored.  Fires with an IConsumer.
+        If the broker cancels it (its queue deleted by another connection, a
+        queue's node down, a quorum queue's leader moved), the connection
+        declares the queue again as this connection declared it (with its
+        bindings and the exchanges routing to it) and consumes again, trying
+        again with backoff; a queue this connection deletes stops it.
         `arguments` is basic.consume's x-arguments table (x-stream-offset:
         where a stream consumer starts; a stream also needs a prefetch_count
         and no_ack False).

@@ -5,8 +5,11 @@ Connections made to the same named broker share its exchanges and queues just
 as connections to one RabbitMQ do, so containers run (and are tested) in one
 process with no broker installed.  `EmbeddedBroker` is the server: it owns
 exchanges, queues and bindings and enforces RabbitMQ's rules (redeclaration,
-exclusivity, auto-delete, dead-lettering, length limits, queue types).
-`MemoryConnection` is a client of it implementing IBrokerConnection.
+exclusivity, auto-delete, dead-lettering, length limits, queue types,
+cancelling the consumers of a deleted queue).  `MemoryConnection` is a
+client of it implementing IBrokerConnection; like the AMQP one, it records
+what it declared and subscribes a consumer the broker cancelled again
+(resubscribe.py).
 
 The parts it is built from live beside it: exchange routing in
 memory_routing.py, queues, consumers and deliveries in memory_queue.py,
@@ -51,6 +54,8 @@ from ion.core.messaging.broker.memory_types import (
     connection_exception,
     queue_type_of,
 )
+from ion.core.messaging.broker.resubscribe import Resubscriptions, redeclare_queue
+from ion.core.messaging.broker.topology import Topology
 
 __all__ = ["EmbeddedBroker", "MemoryConnection", "connect", "get_broker"]
 
@@ -150,7 +155,7 @@ class EmbeddedBroker:
         if clock is None:
             from twisted.internet import reactor as clock
         self.name = name
-        self._clock = clock
+        self.clock = clock
         # Stamps stream messages and resolves relative stream offsets (tests may give a task.Clock).
         self.wall_clock = clock if wall_clock is None else wall_clock
         self._pump = DeliveryPump(clock)
@@ -306,6 +311,8 @@ class EmbeddedBroker:
             consumer.active = False
             consumer.unacked.clear()
             consumer.connection.consumers.pop(consumer, None)
+            # RabbitMQ's basic.cancel to a consumer_cancel_notify client: later, not from inside this call.
+            self.clock.callLater(0, consumer.connection.cancelled_by_broker, consumer)
         queue.consumers.clear()
         queue.purge()
         for exchange, routing_key in list(queue.bindings):
@@ -424,8 +431,23 @@ class EmbeddedBroker:
     # -- consumers
 
     def consume(self, conn, queue_name, callback, prefetch_count, no_ack, exclusive, consumer_tag, arguments):
-        queue = self._usable_queue(conn, queue_name)
         arguments = dict(arguments or {})
+        queue = self._consumable_queue(conn, queue_name, prefetch_count, no_ack, exclusive, arguments)
+        tag = consumer_tag or _generated_name("amq.ctag-")
+        consumer = Consumer(self, conn, queue, callback, prefetch_count, no_ack, exclusive, tag)
+        consumer.arguments = arguments
+        self._attach(consumer, queue)
+        return consumer
+
+    def consume_again(self, conn, consumer, queue_name):
+        """A consumer this broker cancelled (its queue was deleted) consumes from `queue_name`."""
+        queue = self._consumable_queue(conn, queue_name, consumer._prefetch, consumer._no_ack, consumer.exclusive,
+                                       consumer.arguments)
+        consumer.attach(queue)
+        self._attach(consumer, queue)
+
+    def _consumable_queue(self, conn, queue_name, prefetch_count, no_ack, exclusive, arguments):
+        queue = self._usable_queue(conn, queue_name)
         try:
             check_consume(queue, prefetch_count, no_ack, arguments)
         except ChannelError as e:
@@ -434,20 +456,20 @@ class EmbeddedBroker:
             raise
         if queue.consumers and (exclusive or queue.consumers[0].exclusive):
             raise _access_refused("queue %r in exclusive use" % queue_name)
-        tag = consumer_tag or _generated_name("amq.ctag-")
-        consumer = Consumer(self, conn, queue, callback, prefetch_count, no_ack, exclusive, tag)
+        return queue
+
+    def _attach(self, consumer, queue):
         if queue.type == "stream":
-            consumer.position = queue.start_position(arguments.get("x-stream-offset", "next"))
+            consumer.position = queue.start_position(consumer.arguments.get("x-stream-offset", "next"))
         queue.consumers.append(consumer)
-        conn.consumers[consumer] = None
+        consumer.connection.consumers[consumer] = None
         if queue.ready:
             self.wake(queue)
-        return consumer
 
     def connection_exception(self, conn, text):
         """What RabbitMQ does on a connection exception: log it and close the connection (on the next turn)."""
         log.error("{conn}: connection exception: {text}; closing the connection", conn=conn.description, text=text)
-        self._clock.callLater(0, conn.close)
+        self.clock.callLater(0, conn.close)
 
     def seconds(self):
         """The wall clock's time (for streams)."""
@@ -465,6 +487,7 @@ class EmbeddedBroker:
         consumer.unacked.clear()
         if queue.auto_delete and not queue.consumers:
             self._delete_queue(queue)
+            consumer.connection.topology.remove_queue(queue.name)  # gone with its consumer: not declared again
         elif queue.ready:
             self.wake(queue)
 
@@ -479,6 +502,8 @@ class MemoryConnection:
         self.closed = False
         self.consumers = {}  # ordered set of this connection's consumers
         self.exclusive_queues = set()
+        self.topology = Topology()  # what it declared, to declare again for a consumer the broker cancelled
+        self._resubscriptions = Resubscriptions(broker.clock)
         self._return_listeners = []
         broker.connected(self)
 
@@ -495,17 +520,31 @@ class MemoryConnection:
             return defer.fail(ConnectionLost("connection to %s is closed" % self.description))
         return defer.maybeDeferred(operation, self, *args)
 
+    def _recorded(self, d, record, *args):
+        """`d`, recording its success in the topology with record(*args)."""
+        return d.addCallback(lambda result: (record(*args), result)[1])
+
     def exchange_declare(self, exchange, type="topic", durable=False, auto_delete=True, passive=False):
-        return self._call(self.broker.exchange_declare, exchange, type, durable, auto_delete, passive)
+        d = self._call(self.broker.exchange_declare, exchange, type, durable, auto_delete, passive)
+        if passive:
+            return d
+        flags = dict(type=type, durable=durable, auto_delete=auto_delete)
+        return self._recorded(d, self.topology.add_exchange, exchange, flags)
 
     def exchange_delete(self, exchange, if_unused=False):
-        return self._call(self.broker.exchange_delete, exchange, if_unused)
+        d = self._call(self.broker.exchange_delete, exchange, if_unused)
+        return self._recorded(d, self.topology.remove_exchange, exchange)
 
     def queue_declare(self, queue="", durable=False, exclusive=False, auto_delete=True, passive=False, arguments=None):
-        return self._call(self.broker.queue_declare, queue, durable, exclusive, auto_delete, passive, arguments)
+        d = self._call(self.broker.queue_declare, queue, durable, exclusive, auto_delete, passive, arguments)
+        if passive:
+            return d
+        flags = dict(durable=durable, exclusive=exclusive, auto_delete=auto_delete, arguments=arguments or {})
+        return d.addCallback(lambda name: (self.topology.add_queue(name, flags), name)[1])
 
     def queue_delete(self, queue, if_unused=False, if_empty=False):
-        return self._call(self.broker.queue_delete, queue, if_unused, if_empty)
+        d = self._call(self.broker.queue_delete, queue, if_unused, if_empty)
+        return self._recorded(d, self.topology.remove_queue, queue)
 
     def queue_purge(self, queue):
         return self._call(self.broker.queue_purge, queue)
@@ -514,16 +553,20 @@ class MemoryConnection:
         return self._call(self.broker.queue_depth, queue)
 
     def queue_bind(self, queue, exchange, routing_key):
-        return self._call(self.broker.queue_bind, queue, exchange, routing_key)
+        d = self._call(self.broker.queue_bind, queue, exchange, routing_key)
+        return self._recorded(d, self.topology.bind, queue, exchange, routing_key)
 
     def queue_unbind(self, queue, exchange, routing_key):
-        return self._call(self.broker.queue_unbind, queue, exchange, routing_key)
+        d = self._call(self.broker.queue_unbind, queue, exchange, routing_key)
+        return self._recorded(d, self.topology.unbind, queue, exchange, routing_key)
 
     def exchange_bind(self, destination, source, routing_key):
-        return self._call(self.broker.exchange_bind, destination, source, routing_key)
+        d = self._call(self.broker.exchange_bind, destination, source, routing_key)
+        return self._recorded(d, self.topology.bind_exchange, destination, source, routing_key)
 
     def exchange_unbind(self, destination, source, routing_key):
-        return self._call(self.broker.exchange_unbind, destination, source, routing_key)
+        d = self._call(self.broker.exchange_unbind, destination, source, routing_key)
+        return self._recorded(d, self.topology.unbind_exchange, destination, source, routing_key)
 
     def publish(self, exchange, routing_key, body, properties=None, mandatory=False):
         return self._call(self.broker.publish, exchange, routing_key, body, properties, mandatory)
@@ -541,6 +584,28 @@ class MemoryConnection:
         if listener in self._return_listeners:
             self._return_listeners.remove(listener)
 
+    def cancelled_by_broker(self, consumer):
+        """The broker deleted `consumer`'s queue: declare it again as recorded and consume (see resubscribe.py)."""
+        if self.closed or consumer.stopped:
+            return
+        queue = consumer.queue
+        if queue not in self.topology.queues:  # deleted by this connection, or never declared by it: gone
+            log.debug("{conn}: queue {queue} deleted; consumer {tag} is stopped", conn=self.description, queue=queue,
+                      tag=consumer.tag)
+            return
+        log.warn("{conn}: the broker cancelled consumer {tag} on {queue} (queue deleted); declaring it again and"
+                 " subscribing again", conn=self.description, tag=consumer.tag, queue=queue)
+
+        @defer.inlineCallbacks
+        def attempt():
+            name = yield redeclare_queue(self, self.topology, queue)
+            yield self._call(self.broker.consume_again, consumer, name)
+
+        def wanted():
+            return not (self.closed or consumer.stopped or consumer.active)
+
+        self._resubscriptions.start(attempt, wanted, "%s: consumer on %r" % (self.description, queue))
+
     def returned(self, delivery):
         """Hand an unroutable mandatory message to the return listeners (from the pump)."""
         if self.closed:
@@ -554,5 +619,6 @@ class MemoryConnection:
     def close(self):
         if not self.closed:
             self.closed = True
+            self._resubscriptions.stop()
             self.broker.disconnected(self)
         return defer.succeed(None)

@@ -266,7 +266,8 @@ class Consumer:
         self.tag = tag
         self.connection = connection
         self.exclusive = exclusive
-        self.active = True
+        self.active = True  # False once cancelled, and while subscribing again after its queue was deleted
+        self.stopped = False  # cancelled by its connection
         self.unacked = {}  # delivery tag -> Message
         self._broker = broker
         self._queue = queue
@@ -275,6 +276,7 @@ class Consumer:
         self._no_ack = no_ack
         self._next_tag = 1
         self.position = None  # a stream consumer's next offset
+        self.arguments = {}  # basic.consume's x-arguments (x-stream-offset)
 
     def wants_more(self):
         return self._no_ack or not self._prefetch or len(self.unacked) < self._prefetch
@@ -313,6 +315,13 @@ class Consumer:
         if self._queue.ready:
             self._broker.wake(self._queue)
 
+    def attach(self, queue):
+        """Consume from `queue` (again, after the broker cancelled it)."""
+        self._queue = queue
+        self.queue = queue.name
+        self.active = True
+
     def cancel(self):
+        self.stopped = True
         self._broker.cancel(self)
         return defer.succeed(None)
