@@ -23,6 +23,14 @@ COOKIE = "/var/lib/rabbitmq/.erlang.cookie"
 START_TIMEOUT = 90
 
 
+# Seconds after which a node whose VM is not running has exited rather than not written its pid file yet.
+EXIT_GRACE = 20
+
+
+class _NodeExited(AssertionError):
+    """The node's Erlang VM is gone before the node started."""
+
+
 def available():
     """Why a private node cannot be started here, or None if it can."""
     if not os.path.exists(RABBITMQ_SERVER) or not shutil.which("rabbitmqctl"):
@@ -63,15 +71,18 @@ class RabbitNode:
     def __init__(self, name="iontest%d@localhost"):
         self.port = _free_port()
         self.name = name % self.port if "%d" in name else name
-        self.url = "amqp://guest:guest@127.0.0.1:%d/%%2F" % self.port
         self.directory = tempfile.mkdtemp(prefix="rabbit-node-")
+        cookie = os.path.join(self.directory, ".erlang.cookie")
+        shutil.copyfile(COOKIE, cookie)
+        os.chmod(cookie, 0o400)
         self._env = self._environment()
+
+    @property
+    def url(self):
+        return "amqp://guest:guest@127.0.0.1:%d/%%2F" % self.port
 
     def _environment(self):
         d = self.directory
-        cookie = os.path.join(d, ".erlang.cookie")
-        shutil.copyfile(COOKIE, cookie)
-        os.chmod(cookie, 0o400)
         with open(os.path.join(d, "rabbit.conf"), "w") as f:
             # guest may log in over 127.0.0.1 only, as on the system node.
             f.write("listeners.tcp.local = 127.0.0.1:%d\n" % self.port)
@@ -102,21 +113,55 @@ class RabbitNode:
         return code, (out + err).decode("utf-8", "replace").strip()
 
     @defer.inlineCallbacks
-    def start(self):
-        yield getProcessOutputAndValue(RABBITMQ_SERVER, ("-detached",), env=self._env)
-        yield self.wait_running()
+    def start(self, attempts=3):
+        """
+        Start the node.  Its ports are chosen free, but a busy machine can
+        take one before the node binds it (outgoing connections draw from the
+        same range), and the node's VM then exits at boot: that attempt is
+        made again on new ports, the name kept.
+        """
+        for attempt in range(1, attempts + 1):
+            yield getProcessOutputAndValue(RABBITMQ_SERVER, ("-detached",), env=self._env)
+            try:
+                yield self.wait_running()
+                return
+            except _NodeExited:
+                if attempt == attempts:
+                    raise
+                self.port = _free_port()
+                self._env = self._environment()
 
     @defer.inlineCallbacks
     def wait_running(self, timeout=START_TIMEOUT):
         """Until the node's app runs and takes AMQP connections."""
-        deadline = reactor.seconds() + timeout
+        started = reactor.seconds()
         while True:
             code, text = yield self.rabbitmqctl("--timeout", "10", "await_startup")
             if code == 0 and self._accepts():
                 return
-            if reactor.seconds() > deadline:
-                raise AssertionError("RabbitMQ node %s did not start: %s" % (self.name, text))
+            waited = reactor.seconds() - started
+            if waited > EXIT_GRACE and not self._vm_alive():
+                raise _NodeExited("RabbitMQ node %s exited while starting: %s\n%s"
+                                  % (self.name, text, self._log_tail()))
+            if waited > timeout:
+                raise AssertionError("RabbitMQ node %s did not start: %s\n%s" % (self.name, text, self._log_tail()))
             yield task.deferLater(reactor, 0.5, lambda: None)
+
+    def _vm_alive(self):
+        try:
+            with open(os.path.join(self.directory, "pid")) as f:
+                os.kill(int(f.read().strip()), 0)
+        except (OSError, ValueError):
+            return False
+        return True
+
+    def _log_tail(self, lines=15):
+        path = os.path.join(self.directory, "log", self.name + ".log")
+        try:
+            with open(path, errors="replace") as f:
+                return "".join(f.readlines()[-lines:])
+        except OSError:
+            return "(no log at %s)" % path
 
     def _accepts(self):
         try:
