@@ -40,10 +40,17 @@ class Repository:
     """The objects of one message. `persistent` is kept for R1 callers; nothing here caches."""
 
     def __init__(self):
-        self.key = str(uuid.uuid4()).upper()
+        self._key = None
         self.persistent = False
         self._objects = {}
         self._local_ids = itertools.count(1)
+
+    @property
+    def key(self):
+        """The repository's unique name (a new message's identity); made when first asked for."""
+        if self._key is None:
+            self._key = str(uuid.uuid4()).upper()
+        return self._key
 
     def create_object(self, type_id):
         """A new, unlinked object of the given type (an int, TypeIdentifier or GPBType)."""
