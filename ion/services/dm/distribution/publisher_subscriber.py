@@ -322,6 +322,7 @@ class Subscriber(BasicLifecycleObject):
         self._auto_delete = auto_delete
         self._subscriber_id = None
         self._resource_id = None
+        self._counters = None  # (delivered, handled, handler_seconds) for this binding key, see _receive_handler
         # The queue's flags are the subscriber's; the exchange keeps its own (R1 mixed them up).
         # A durable queue binds to the exchange point's durable companion (see the module docstring).
         exchange_flags = COMPANION_QUEUE_FLAGS if durable else EXCHANGE_FLAGS
@@ -451,7 +452,13 @@ class Subscriber(BasicLifecycleObject):
         with no Deferred machinery in between.  Its time (failures too) goes
         to the handler-seconds metric.
         """
-        metrics.delivered.labels(self._binding_key).inc()
+        counters = self._counters
+        if counters is None:  # the labelled metrics, looked up once (labels() costs more than inc())
+            key = self._binding_key
+            counters = self._counters = (
+                metrics.delivered.labels(key), metrics.handled.labels(key), metrics.handler_seconds.labels(key)
+            )
+        counters[0].inc()
         started = time.perf_counter()
         try:
             result = self.ondata(data)
@@ -466,7 +473,7 @@ class Subscriber(BasicLifecycleObject):
         return None
 
     def _timed(self, started):
-        metrics.handler_seconds.labels(self._binding_key).observe(time.perf_counter() - started)
+        self._counters[2].observe(time.perf_counter() - started)
 
     def _failed_later(self, failure, data, msg, started):
         self._timed(started)
@@ -474,7 +481,7 @@ class Subscriber(BasicLifecycleObject):
 
     def _handled(self, _, msg, started):
         self._timed(started)
-        metrics.handled.labels(self._binding_key).inc()
+        self._counters[1].inc()
         if msg.state == Message.RECEIVED:
             msg.ack()
 
