@@ -27,12 +27,20 @@ class CodecError(IonError):
     """Content could not be packed, or received content is malformed or forged."""
 
 
+class Packed(bytes):
+    """The Structure bytes of an object packed already (pack_elements'): sent as 'ION R1 GPB' content as they are."""
+
+    __slots__ = ()
+
+
 def encode_content(content):
-    """(Structure bytes, ION_R1_GPB) for a MessageInstance or object; anything else as (content, None)."""
+    """(Structure bytes, ION_R1_GPB) for a MessageInstance, object or Packed; anything else as (content, None)."""
     if isinstance(content, MessageInstance):
         return pack(content.Message), ION_R1_GPB
     if isinstance(content, Wrapper):
         return pack(content), ION_R1_GPB
+    if type(content) is Packed:
+        return bytes(content), ION_R1_GPB
     return content, None
 
 
@@ -49,14 +57,18 @@ def pack(root):
         raise CodecError("only a whole object can be sent, not a part of %r" % (root.Root,))
     try:
         head, elements = root.Repository.commit(root)
-        structure = Structure()
-        _fill(structure.head, head)
-        for key, element in elements.items():
-            if key != head.key:
-                _fill(structure.items.add(), element)
-        return structure.SerializeToString()
+        return pack_elements(head, [element for key, element in elements.items() if key != head.key])
     except EncodeError as e:
         raise CodecError("cannot serialize %r: %s" % (root, e)) from e
+
+
+def pack_elements(head, items):
+    """The Structure of a head Element and the other Elements (children before parents, as commit gives them)."""
+    structure = Structure()
+    _fill(structure.head, head)
+    for element in items:
+        _fill(structure.items.add(), element)
+    return structure.SerializeToString()
 
 
 def _fill(target, element):

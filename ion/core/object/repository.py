@@ -54,8 +54,11 @@ class Repository:
 
     def create_object(self, type_id):
         """A new, unlinked object of the given type (an int, TypeIdentifier or GPBType)."""
-        message_class = object_utils.get_gpb_class_from_type_id(type_id)
-        return self.add_object(message_class(), str(next(self._local_ids)).encode())
+        return self.add_new(object_utils.get_gpb_class_from_type_id(type_id)())
+
+    def add_new(self, gpb):
+        """A protobuf message built elsewhere as a new object of this repository (next local id), as create_object."""
+        return self.add_object(gpb, str(next(self._local_ids)).encode())
 
     def add_object(self, gpb, key):
         """Wrap a protobuf message as an object of this repository, reachable by links holding `key`."""
