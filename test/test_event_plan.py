@@ -13,7 +13,7 @@ from ion.core.object import codec, repository
 from ion.services.dm.distribution import event_plan, events
 from test.test_events import PAYLOAD_FIELDS
 
-FIXED = uuid.UUID("12345678-1234-4234-8234-123456789abc")
+FIXED = "12345678-1234-4234-8234-123456789ABC"
 EVENT_FIELDS = {
     "name": "n", "description": "d", "status": "CACHED", "origin": "o", "body": "b", "user_id": "u",
     "data_resource_id": "r", "datetime": 1306000000.25,
@@ -24,9 +24,18 @@ def publisher(cls):
     return cls.__new__(cls)  # the event-making methods need no process
 
 
+class RepositoryKeyTest(unittest.TestCase):
+    def test_repository_keys_are_random_uuid4s(self):
+        keys = {repository.Repository().key for _ in range(1000)}
+        self.assertEqual(len(keys), 1000)
+        for key in keys:
+            parsed = uuid.UUID(key)
+            self.assertEqual((parsed.version, parsed.variant, str(parsed).upper()), (4, uuid.RFC_4122, key))
+
+
 class EventPlanTest(unittest.TestCase):
     def setUp(self):
-        self.patch(repository.uuid, "uuid4", lambda: FIXED)
+        self.patch(repository, "new_key", lambda: FIXED)
 
     def both(self, cls, fields):
         """(fast event, its packed bytes, the general path's event) for the same fields and identity."""
@@ -45,7 +54,7 @@ class EventPlanTest(unittest.TestCase):
                 # The live objects are what packing left of the general path's: they pack the same again.
                 self.assertEqual(repr(fast), repr(slow))
                 self.assertEqual(codec.pack(fast.Message), packed)
-                self.assertEqual(fast.MessageIdentity, str(FIXED).upper())
+                self.assertEqual(fast.MessageIdentity, FIXED)
                 self.assertEqual(fast.additional_data.ObjectType, cls.msg_type)
 
     def test_the_envelope_is_byte_identical(self):

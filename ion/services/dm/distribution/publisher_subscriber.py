@@ -146,6 +146,7 @@ class Publisher(BasicLifecycleObject):
         check_routing_key(str(routing_key))
         self._xp_name = xp_name
         self._routing_key = routing_key
+        self._who = "publisher %s" % (routing_key,)  # for container_of's error, made once
         self.delivery_mode = 2 if persistent else 1
         self._credentials = credentials
         self._process = process
@@ -155,7 +156,7 @@ class Publisher(BasicLifecycleObject):
 
     @property
     def exchange_manager(self):
-        return container_of(self._process, "publisher %s" % (self._routing_key,)).exchange_manager
+        return container_of(self._process, self._who).exchange_manager
 
     def _exchange_config(self):
         config = dict(messaging.PROCESS_EXCHANGE)
