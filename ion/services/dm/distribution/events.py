@@ -209,10 +209,10 @@ class EventPublisher(Publisher):
         Publish a created event under `<event_id>.<origin>` (the constructor's
         origin by default).  A bad origin fails the Deferred before anything is sent.
         """
-        return self._publish_event(event_msg, event_msg, origin)
+        return self._publish_event(event_msg, event_msg, origin, self.publish)
 
-    def _publish_event(self, event_msg, content, origin):
-        """publish_event of `event_msg`, sending `content` (the event, or its packed bytes)."""
+    def _publish_event(self, event_msg, content, origin, send):
+        """publish_event of `event_msg`, sending `content` (the event, or its packed bytes) with `send`."""
         if origin is None or origin == "":
             origin = self._origin
         if origin is None or origin in ("", "unknown"):
@@ -221,7 +221,7 @@ class EventPublisher(Publisher):
             routing_key = self._topic_of(origin)
         except (AssertionError, TypeError, ValueError):
             return defer.fail()
-        return metrics.observe_publish(self.publish(content, routing_key=routing_key), self.event_id)
+        return metrics.observe_publish(send(content, routing_key=routing_key), self.event_id)
 
     def create_and_publish_event(self, **kwargs):
         """create_event then publish_event; an `origin` kwarg is both a field and the routing origin."""
@@ -232,14 +232,22 @@ class EventPublisher(Publisher):
             event_msg, packed = self._new_packed_event(kwargs)
         except Exception:
             return defer.fail()
-        # publish gets the packed bytes only when it is Publisher's own; one replaced gets the event (R1).
+        # Publisher's own publish is skipped for the packed bytes; one replaced gets the event (R1).
         stock = type(self).publish is Publisher.publish and "publish" not in self.__dict__
-        content = packed if packed is not None and stock else event_msg
+        send = self._send_packed if packed is not None and stock else self.publish
+        content = event_msg if send == self.publish else packed
         if routing_key is None:
-            sent = self._publish_event(event_msg, content, None)
+            sent = self._publish_event(event_msg, content, None, send)
         else:
-            sent = self.publish(content, routing_key=routing_key)
+            sent = send(content, routing_key=routing_key)
         return sent.addCallback(lambda _: event_msg)
+
+    def _send_packed(self, packed, routing_key):
+        """Publisher.publish of packed event content, without the header map it would fire with."""
+        try:
+            return self._send(packed, routing_key)[1]
+        except Exception:  # no container, or one not connected yet
+            return defer.fail()
 
     def _topic_of(self, origin):
         """topic(origin), remembered for each origin (a str) that passed its checks."""

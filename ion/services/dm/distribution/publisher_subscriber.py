@@ -63,7 +63,7 @@ from twisted.python.failure import Failure
 
 from ion.core import ioninit, metrics
 from ion.core.exception import UsageError
-from ion.core.messaging import messaging
+from ion.core.messaging import envelope, messaging
 from ion.core.messaging.envelope import check_routing_key
 from ion.core.messaging.exchange import COMPANION_FLAGS, durable_companion
 from ion.core.messaging.messaging import Message
@@ -190,18 +190,26 @@ class Publisher(BasicLifecycleObject):
         without sending anything if the routing key is too long.
         """
         try:
-            return self.exchange_manager.send(
-                self._exchange_config(),
-                self._process.id.full,
-                routing_key or self._routing_key,
-                None,
-                data,
-                {"sender-name": self._process.proc_name},
-                mandatory=mandatory,
-                delivery_mode=self.delivery_mode if delivery_mode is None else delivery_mode,
-            )
+            sealed, sent = self._send(data, routing_key, mandatory, delivery_mode)
         except Exception:  # no container, or one not connected yet
             return defer.fail()
+        return sent.addCallback(lambda _: sealed.message)
+
+    def _send(self, data, routing_key=None, mandatory=None, delivery_mode=None):
+        """publish's work: (the Envelope, the broker's Deferred); raises if there is nothing to send it with."""
+        exchange_manager = self.exchange_manager
+        sealed = envelope.encode(
+            self._process.id.full,
+            routing_key or self._routing_key,
+            None,
+            data,
+            {"sender-name": self._process.proc_name},
+            self.delivery_mode if delivery_mode is None else delivery_mode,
+        )
+        config = self._exchange_config()
+        if mandatory is None:
+            mandatory = config.get("mandatory", False)
+        return sealed, exchange_manager.publish(config, sealed, mandatory)
 
     def register(self, xp_name=None, topic_name=None, publisher_name=None, credentials=None):
         """R1's optional PubSub-controller registration; there is no such service here."""
