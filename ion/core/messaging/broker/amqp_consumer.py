@@ -36,18 +36,18 @@ class Delivery:
         self._channel = channel  # the one it came on: a tag means nothing on another
         self._settled = False
 
-    def ack(self):
-        self._settle(True, False)
+    def ack(self, multiple=False):
+        self._settle(True, False, multiple)
 
     def reject(self, requeue=False):
-        self._settle(False, requeue)
+        self._settle(False, requeue, False)
 
-    def _settle(self, ack, requeue):
+    def _settle(self, ack, requeue, multiple):
         # A second ack of one tag would make the broker close the channel.
         if self._consumer is None or self._settled:
             return
         self._settled = True
-        self._consumer._settle(self._channel, self.delivery_tag, ack, requeue)
+        self._consumer._settle(self._channel, self.delivery_tag, ack, requeue, multiple)
 
     def __repr__(self):
         return "<Delivery %s/%s tag=%s %d bytes>" % (self.exchange, self.routing_key, self.delivery_tag, len(self.body))
@@ -118,7 +118,7 @@ class Consumer:
         except Exception:
             log.failure("consumer {tag} on {queue}: callback failed", tag=self.tag, queue=self.queue)
 
-    def _settle(self, channel, delivery_tag, ack, requeue):
+    def _settle(self, channel, delivery_tag, ack, requeue, multiple=False):
         if self._no_ack:
             return
         what = "ack" if ack else "reject"
@@ -131,7 +131,7 @@ class Consumer:
                       dtag=delivery_tag)
             return
         if ack:
-            data = channel.client.method_frame(channel.id, BASIC["ack"], (delivery_tag, False))
+            data = channel.client.method_frame(channel.id, BASIC["ack"], (delivery_tag, multiple))
         else:
             data = channel.client.method_frame(channel.id, BASIC["reject"], (delivery_tag, requeue))
         channel.client.write(data)
