@@ -234,8 +234,10 @@ class EventPublisher(Publisher):
             return defer.fail()
         # Publisher's own publish is skipped for the packed bytes; one replaced gets the event (R1).
         stock = type(self).publish is Publisher.publish and "publish" not in self.__dict__
-        send = self._send_packed if packed is not None and stock else self.publish
-        content = event_msg if send == self.publish else packed
+        if packed is not None and stock:
+            send, content = self._send_packed, packed
+        else:
+            send, content = self.publish, event_msg
         if routing_key is None:
             sent = self._publish_event(event_msg, content, None, send)
         else:
