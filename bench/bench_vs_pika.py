@@ -3,7 +3,7 @@ The project's events beside pika SelectConnection, in one run (issue 11, item 5)
 
     python bench/bench_vs_pika.py [--broker URL] [--runs 3] [--events N] [--fanout-events N]
                                   [--rate 1000] [--seconds 5] [--window 1000] [--prefetch P]
-                                  [--ack-batch N] [--scenarios rate,fanout,latency] [--json FILE]
+                                  [--scenarios rate,fanout,latency] [--json FILE]
 
 Every publisher and every consumer is its own OS process; the parent only
 starts them and collects what they report.  Each run has six scenarios, pika
@@ -25,8 +25,7 @@ Figures: publish rate (N / (last confirm - first publish)), delivered rate
 and the growth of each client's peak RSS (ru_maxrss) over the N events.
 Each project figure is printed with its ratio to pika's of the same run; with
 --runs R the medians of the R runs and every run's value.  --prefetch P gives
-the project subscriber prefetch_count=P instead of its default (to choose it),
---ack-batch N its ack_batch=N (acks sent N at a time, basic.ack multiple).
+the project subscriber prefetch_count=P instead of its default (to choose it).
 """
 
 import argparse
@@ -248,8 +247,6 @@ def ion_subscriber(reactor, args):
         proc = Process(spawnargs={"proc-name": "bench-subscriber"})
         yield proc.spawn()
         options = {} if args.prefetch is None else {"prefetch_count": args.prefetch}
-        if args.ack_batch is not None:
-            options["ack_batch"] = args.ack_batch
         for _ in range(args.subs):
             yield SubscriberFactory(process=proc).build(
                 subscriber_type=InfoLoggingEventSubscriber, origin=ORIGIN, handler=handler, **options)
@@ -316,8 +313,6 @@ def child(args, role, **extra):
             "--rate", str(args.rate)]
     if args.prefetch is not None:
         argv += ["--prefetch", str(args.prefetch)]
-    if args.ack_batch is not None:
-        argv += ["--ack-batch", str(args.ack_batch)]
     for key, value in extra.items():
         if value is True:
             argv.append("--" + key)
@@ -396,10 +391,9 @@ ROWS = [
 
 def report(args, runs):
     print("RabbitMQ %s; %d run(s); N=%d events (fanout: %d x 10 deliveries); paced %d/s for %g s; window %d; "
-          "project subscriber prefetch %s, ack_batch %s"
+          "project subscriber prefetch %s"
           % (args.broker, len(runs), args.events, args.fanout_events, args.rate, args.seconds, args.window,
-             "default" if args.prefetch is None else args.prefetch,
-             "default" if args.ack_batch is None else args.ack_batch))
+             "default" if args.prefetch is None else args.prefetch))
     print("%-44s %10s %10s %7s   runs (project)" % ("", "pika", "project", "ratio"))
     for label, scenario_name, key in ROWS:
         pika = [r.get("pika_" + scenario_name, {}).get(key) for r in runs]
@@ -421,7 +415,6 @@ def parse_args(argv=None):
     parser.add_argument("--seconds", type=float, default=5, help="length of the latency scenario (default 5 s)")
     parser.add_argument("--window", type=int, default=1000, help="publishes in flight (default 1000)")
     parser.add_argument("--prefetch", type=int, help="project subscriber prefetch_count (default: its default)")
-    parser.add_argument("--ack-batch", type=int, help="project subscriber ack_batch (default: its default, 1)")
     parser.add_argument("--scenarios", default="rate,fanout,latency", help="which to run (default all three)")
     parser.add_argument("--json", help="also write every run's figures to this file")
     parser.add_argument("--role", choices=("pika_pub", "pika_sub", "ion_pub", "ion_sub"), help=argparse.SUPPRESS)

@@ -605,23 +605,6 @@ class BrokerSemanticsTests(BrokerTestMixin):
         self.assertEqual(got[q], [b"a", b"a", b"b", b"c"])
 
     @inlineCallbacks
-    def test_ack_multiple_settles_every_earlier_unsettled_delivery(self):
-        """basic.ack multiple: this delivery and every earlier unsettled one; later ones stay unacked."""
-        conn = yield self.connect_broker()
-        q = yield self.queue(conn, exclusive=True, auto_delete=False)
-        first, consumer = yield self.inbox(conn, q, no_ack=False, prefetch_count=0)
-        for i in range(6):
-            yield conn.publish("", q, b"%d" % i)
-        yield first.wait(6)
-        first.deliveries[1].reject(requeue=False)  # settled already: multiple passes over it
-        first.deliveries[3].ack(multiple=True)  # 0, 2 and 3
-        first.deliveries[5].ack()
-        yield consumer.cancel()
-        second, _ = yield self.inbox(conn, q, no_ack=False, prefetch_count=0)
-        got = yield self.fenced(conn, {q: second})
-        self.assertEqual(got[q], [b"4"])
-
-    @inlineCallbacks
     def test_cancel_requeues_unacked(self):
         conn = yield self.connect_broker()
         q = yield self.queue(conn, exclusive=True, auto_delete=False)

@@ -6,7 +6,6 @@ whatever the prefetch; `concurrency=N` allows N calls at once.
 
 from twisted.internet import defer
 
-from ion.core.messaging.broker import amqp_consumer, memory_queue
 from ion.core.messaging.messaging import Message
 from ion.core.process.process import Process
 from ion.services.dm.distribution import events
@@ -179,85 +178,6 @@ class HandlerGuaranteeTests(BrokerTestMixin):
             yield wait_for(lambda: len(holder.started) == i)
             holder.release()
         self.assertEqual(sorted(holder.started[1:]), ["e%02d" % i for i in range(1, 10)])
-
-    def spy_on_broker_acks(self, finished):
-        """[(tag, multiple)] of every ack the broker gets, checking each covers only finished handlers' events."""
-        acks = []
-
-        def spying(original):
-            def ack(delivery, multiple=False):
-                covered = range(1, delivery.delivery_tag + 1) if multiple else [delivery.delivery_tag]
-                unfinished = [tag for tag in covered if tag not in finished and tag not in settled]
-                self.assertEqual(unfinished, [], "acked before its handler finished")
-                settled.update(covered)
-                acks.append((delivery.delivery_tag, multiple))
-                return original(delivery, multiple)
-
-            return ack
-
-        settled = set()
-        for cls in (memory_queue.Delivery, amqp_consumer.Delivery):
-            self.patch(cls, "ack", spying(cls.ack))
-        return acks
-
-    @defer.inlineCallbacks
-    def test_batched_acks_in_order_after_each_handler(self):
-        finished, seen = set(), []
-        acks = self.spy_on_broker_acks(finished)
-
-        def handler(data):
-            name = data["content"].name
-            seen.append(name)
-            finished.add(int(name[1:]) + 1)  # e00 came first: delivery tag 1
-
-        name = self.unique_name("batched")
-        sub = yield SubscriberFactory(process=self.proc).build(
-            subscriber_type=events.InfoLoggingEventSubscriber, origin="batched", handler=handler,
-            queue_name=name, auto_delete=False, ack_batch=10,
-        )
-        self.addCleanup(self.container.exchange_manager.delete_queue, sub.queue)
-        yield self.publish("batched")
-        yield wait_for(lambda: len(seen) == EVENTS and not sub._recv._acks._waiting)
-        self.assertEqual(seen, ["e%02d" % i for i in range(EVENTS)])
-        self.assertLess(len(acks), EVENTS)
-        self.assertIn(True, [multiple for _, multiple in acks])
-        self.assertEqual(max(tag for tag, _ in acks), EVENTS)
-        queue = sub.queue
-        yield sub.unsubscribe()  # nothing unacked: nothing handed back
-        depth = yield self.container.exchange_manager.connection.queue_depth(queue)
-        self.assertEqual(depth, 0)
-
-    @defer.inlineCallbacks
-    def test_batched_acks_with_concurrency_only_cover_finished_runs(self):
-        finished = set()
-        acks = self.spy_on_broker_acks(finished)
-        name = self.unique_name("batchpar")
-        sub, holder = yield self.subscriber("batchpar", concurrency=4, ack_batch=10, queue_name=name,
-                                            auto_delete=False)
-        self.addCleanup(self.container.exchange_manager.delete_queue, sub.queue)
-        yield self.publish("batchpar", count=8)
-        yield wait_for(lambda: len(holder.started) == 4)
-        # e01 finishes while e00 is still being handled: acked on its own, e00 not at all.
-        finished.add(2)
-        holder.held.pop(1).callback(None)
-        yield wait_for(lambda: (2, False) in acks)
-        self.assertEqual(acks, [(2, False)])
-        while holder.held or len(holder.started) < 8:
-            if holder.held:
-                finished.add(len(finished) + 1 if 1 in finished else 1)
-                holder.held.pop(0).callback(None)
-            else:
-                yield wait_for(lambda: holder.held or len(holder.started) == 8)
-        yield wait_for(lambda: not sub._recv.processing_messages and not sub._recv._acks._waiting)
-        self.assertEqual(sorted(holder.started), ["e%02d" % i for i in range(8)])
-        queue = sub.queue
-        yield sub.unsubscribe()
-        depth = yield self.container.exchange_manager.connection.queue_depth(queue)
-        self.assertEqual(depth, 0)
-
-    def test_ack_batch_must_be_positive(self):
-        for bad in (0, -1, 1.5, True, None):
-            self.assertRaises(ValueError, events.InfoLoggingEventSubscriber, process=self.proc, ack_batch=bad)
 
     def test_concurrency_must_be_positive(self):
         for bad in (0, -1, 1.5, True, "2"):

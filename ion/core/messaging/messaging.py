@@ -32,19 +32,16 @@ class Message:
     a second settlement raises MessageStateError.  `payload` is the header
     map with its content decoded (envelope.decode), made on first access and
     kept: every reader of one delivery sees the same dict.  A `raw` message's
-    GPB content stays bytes.  With `acks` (an acks.AckBatch) its ack may
-    leave in a batch, shortly after `ack()`.
+    GPB content stays bytes.
     """
 
     RECEIVED, ACK, REJECTED, REQUEUED = "RECEIVED", "ACK", "REJECTED", "REQUEUED"
 
-    def __init__(self, delivery, raw=False, acks=None):
+    def __init__(self, delivery, raw=False):
         self.delivery = delivery
         self.raw = raw
         self._state = self.RECEIVED
         self._payload = None
-        self._acks = acks  # an acks.AckBatch when the receiver sends its acks in batches
-        self._ack_entry = acks.track(delivery) if acks is not None else None
 
     def __getattr__(self, name):
         # AMQP properties (content_type, reply_to, ...) read through to the delivery.
@@ -81,21 +78,14 @@ class Message:
 
     def ack(self):
         self._settle(self.ACK)
-        if self._acks is None:
-            self.delivery.ack()
-        else:
-            self._acks.ack(self._ack_entry)
+        self.delivery.ack()
 
     def reject(self):
         self._settle(self.REJECTED)
-        if self._acks is not None:
-            self._acks.settle_other(self._ack_entry)
         self.delivery.reject(requeue=False)
 
     def requeue(self):
         self._settle(self.REQUEUED)
-        if self._acks is not None:
-            self._acks.settle_other(self._ack_entry)
         self.delivery.reject(requeue=True)
 
 

@@ -25,7 +25,6 @@ from twisted.python.failure import Failure
 from ion.core import ioninit
 from ion.core.exception import IonError
 from ion.core.messaging import messaging
-from ion.core.messaging.acks import AckBatch
 from ion.core.messaging.envelope import MAX_ROUTING_KEY_BYTES, WireFormatError, check_routing_key
 from ion.core.messaging.messaging import Message
 from ion.core.messaging.names import get_scoped_name
@@ -137,9 +136,6 @@ class Receiver(BasicLifecycleObject):
     whatever the prefetch.  None (the default) handles each as it arrives.
     Deliveries still waiting when consuming stops are left unacked: the
     broker hands them back to the queue when the consumer is cancelled.
-
-    `ack_batch=N` (N > 1) sends acks in batches, basic.ack multiple (see
-    ion.core.messaging.acks); None or 1 sends each ack at once.
     """
 
     queue_factory = None  # one of messaging.process / worker / fanout
@@ -165,7 +161,6 @@ class Receiver(BasicLifecycleObject):
         content_check=None,
         clock=None,
         concurrency=None,
-        ack_batch=None,
     ):
         super().__init__()
         if concurrency is not None and (
@@ -188,10 +183,6 @@ class Receiver(BasicLifecycleObject):
         self._queue = None
         self.processing_messages = {}
         self.concurrency = concurrency
-        if ack_batch is not None and (not isinstance(ack_batch, int) or isinstance(ack_batch, bool) or ack_batch < 1):
-            raise ValueError("receiver %s: ack_batch must be None or an int >= 1, not %r" % (name, ack_batch))
-        self.ack_batch = ack_batch
-        self._acks = None  # the AckBatch of the current consumer, when acks are batched
         self._waiting = deque()  # deliveries not yet handled, in arrival order (with a concurrency bound)
         self._pumping = False
         self._draining = False
@@ -271,7 +262,6 @@ class Receiver(BasicLifecycleObject):
             yield self._declare()
         config = self.full_config()
         self._draining = False
-        self._acks = AckBatch(self.ack_batch) if self.ack_batch is not None and self.ack_batch > 1 else None
         self.consumer = yield self.exchange_manager.consume(
             self._queue,
             self._deliver,
@@ -298,8 +288,6 @@ class Receiver(BasicLifecycleObject):
         self._waiting.clear()  # unacked: requeued by the broker when the consumer is cancelled
         yield self.wait_idle(exclude)
         self.handler_failures.flush()
-        if self._acks is not None:
-            self._acks.flush()  # before the cancel: the broker would hand those messages back
         consumer, self.consumer = self.consumer, None
         if consumer is not None:
             yield consumer.cancel()
@@ -330,7 +318,7 @@ class Receiver(BasicLifecycleObject):
     def _deliver(self, delivery):
         if self._draining:
             return  # left unacked: cancelling the consumer hands it back to the queue
-        msg = Message(delivery, raw=self.raw, acks=self._acks)
+        msg = Message(delivery, raw=self.raw)
         if Receiver.rec_shutoff:
             msg.ack()
             return

@@ -39,18 +39,18 @@ class Delivery:
         self._channel = channel  # the one it came on: a tag means nothing on another
         self._settled = False
 
-    def ack(self, multiple=False):
-        self._settle(True, False, multiple)
+    def ack(self):
+        self._settle(True, False)
 
     def reject(self, requeue=False):
-        self._settle(False, requeue, False)
+        self._settle(False, requeue)
 
-    def _settle(self, ack, requeue, multiple):
+    def _settle(self, ack, requeue):
         # A second ack of one tag would make the broker close the channel.
         if self._consumer is None or self._settled:
             return
         self._settled = True
-        self._consumer._settle(self._channel, self.delivery_tag, ack, requeue, multiple)
+        self._consumer._settle(self._channel, self.delivery_tag, ack, requeue)
 
     def __repr__(self):
         return "<Delivery %s/%s tag=%s %d bytes>" % (self.exchange, self.routing_key, self.delivery_tag, len(self.body))
@@ -121,7 +121,7 @@ class Consumer:
         except Exception:
             log.failure("consumer {tag} on {queue}: callback failed", tag=self.tag, queue=self.queue)
 
-    def _settle(self, channel, delivery_tag, ack, requeue, multiple=False):
+    def _settle(self, channel, delivery_tag, ack, requeue):
         if self._no_ack:
             return
         what = "ack" if ack else "reject"
@@ -134,7 +134,7 @@ class Consumer:
                       dtag=delivery_tag)
             return
         if ack:
-            data = settle_frame(channel.id, BASIC["ack"], delivery_tag, multiple)
+            data = settle_frame(channel.id, BASIC["ack"], delivery_tag, False)
         else:
             data = settle_frame(channel.id, BASIC["reject"], delivery_tag, requeue)
         channel.client.write(data)

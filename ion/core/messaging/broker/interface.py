@@ -104,12 +104,8 @@ class IDelivery(Interface):
     delivery_tag = Attribute("Broker-assigned tag, unique per consumer.")
     consumer_tag = Attribute("Tag of the consumer it was delivered to.")
 
-    def ack(multiple=False):
-        """
-        Acknowledge. Returns None; a no-op if the consumer is already cancelled.
-        multiple=True (basic.ack multiple) acknowledges every earlier unsettled
-        delivery of the same consumer too.
-        """
+    def ack():
+        """Acknowledge. Returns None; a no-op if the consumer is already cancelled."""
 
     def reject(requeue=False):
         """Reject; with requeue=True the broker redelivers it (redelivered=True)."""

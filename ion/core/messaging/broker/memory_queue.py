@@ -225,9 +225,9 @@ class Delivery:
         self.consumer_tag = consumer.tag if consumer is not None else None
         self._consumer = consumer
 
-    def ack(self, multiple=False):
+    def ack(self):
         if self._consumer is not None:
-            self._consumer.settle(self.delivery_tag, multiple=multiple)
+            self._consumer.settle(self.delivery_tag)
 
     def reject(self, requeue=False):
         if self._consumer is not None:
@@ -271,17 +271,8 @@ class Consumer:
         except Exception:
             log.failure("Consumer {tag} of queue {queue} failed", tag=self.tag, queue=self.queue)
 
-    def settle(self, delivery_tag, reject=False, requeue=False, multiple=False):
-        """
-        Ack or reject; a no-op once the consumer is gone or the tag was settled.
-        An ack with multiple=True settles every unacked tag up to this one too (RabbitMQ's basic.ack multiple).
-        """
-        if multiple and not reject:
-            for tag in [t for t in self.unacked if t <= delivery_tag]:
-                del self.unacked[tag]
-            if self._queue.ready:
-                self._broker.wake(self._queue)
-            return
+    def settle(self, delivery_tag, reject=False, requeue=False):
+        """Ack or reject; a no-op once the consumer is gone or the tag was settled."""
         message = self.unacked.pop(delivery_tag, None)
         if message is None:
             return

@@ -232,7 +232,7 @@ class Subscriber(BasicLifecycleObject):
 
     Handling is R1's, whatever the prefetch: `ondata` is called for one event
     at a time, in queue order, and the next call comes only after the
-    previous one finished and acked it (see ack_batch).  `concurrency=N` opts in to
+    previous one finished and its ack was sent.  `concurrency=N` opts in to
     up to N handler calls at once (each still acked after its own call ends).
 
     `prefetch_count` is how many unacked messages the broker hands over at
@@ -247,13 +247,6 @@ class Subscriber(BasicLifecycleObject):
     goes back to the queue and is delivered again (redelivered=True), but
     only the ones its handler had started (at most `concurrency`) can be
     handled twice.
-
-    `ack_batch=N` (default 1: each ack sent as its handler ends, R1) lets
-    up to N acks wait and go as one basic.ack multiple, at the latest at the
-    end of the reactor turn (ion.core.messaging.acks): each event is still
-    acked only after its handler finished, in the same order, for less
-    client CPU per event; but after a crash up to N events already handled
-    come again.
 
     `clock` times the rate limits of the failure and decode log lines (the
     process's clock by default; tests give a task.Clock), and the queue depth checks.
@@ -301,7 +294,6 @@ class Subscriber(BasicLifecycleObject):
         depth_warning=None,
         clock=None,
         concurrency=1,
-        ack_batch=1,
         *args,
         **kwargs
     ):
@@ -311,8 +303,6 @@ class Subscriber(BasicLifecycleObject):
             prefetch_count = DEFAULT_PREFETCH
         if not isinstance(concurrency, int) or isinstance(concurrency, bool) or concurrency < 1:
             raise ValueError("%s: concurrency must be an int >= 1, not %r" % (who, concurrency))
-        if not isinstance(ack_batch, int) or isinstance(ack_batch, bool) or ack_batch < 1:
-            raise ValueError("%s: ack_batch must be an int >= 1, not %r" % (who, ack_batch))
         arguments = _queue_arguments(who, max_length, max_length_bytes, overflow)
         if depth_warning is None:
             depth_warning = CONF.getValue("queue_depth_warning", 10000)
@@ -370,7 +360,6 @@ class Subscriber(BasicLifecycleObject):
             content_check=self.check_content,
             clock=clock,
             concurrency=concurrency,
-            ack_batch=ack_batch,
         )
         if clock is None:
             from twisted.internet import reactor as clock
