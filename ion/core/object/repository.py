@@ -11,6 +11,7 @@ import hashlib
 import itertools
 import os
 import random
+import weakref
 from typing import NamedTuple
 
 from ion.core.exception import IonError
@@ -58,7 +59,8 @@ class Repository:
     def __init__(self):
         self._key = None
         self.persistent = False
-        self._objects = {}
+        self._messages = {}  # object id -> its protobuf message: what the repository holds
+        self._wrappers = {}  # object id -> weak reference to its wrapper, made again when it has gone
         self._local_ids = itertools.count(1)
 
     @property
@@ -79,14 +81,22 @@ class Repository:
     def add_object(self, gpb, key):
         """Wrap a protobuf message as an object of this repository, reachable by links holding `key`."""
         obj = wrapper_class(type(gpb))(gpb, self, myid=key)
-        self._objects[key] = obj
+        self._messages[key] = gpb
+        self._wrappers[key] = weakref.ref(obj)
         return obj
 
     def get_linked(self, link):
-        try:
-            return self._objects[link.key]
-        except KeyError:
-            raise RepositoryError("link to an object missing from the repository: %s" % link.key.hex()) from None
+        """The object a link points at: the same wrapper for as long as anyone holds it."""
+        key = link.key
+        ref = self._wrappers.get(key)
+        obj = ref() if ref is not None else None
+        if obj is None:
+            gpb = self._messages.get(key)
+            if gpb is None:
+                raise RepositoryError("link to an object missing from the repository: %s" % key.hex())
+            obj = wrapper_class(type(gpb))(gpb, self, myid=key)
+            self._wrappers[key] = weakref.ref(obj)
+        return obj
 
     def set_link(self, parent, link, value):
         """Point `link` (a CASRef inside `parent`) at `value`, copying it in from another repository."""
@@ -108,26 +118,27 @@ class Repository:
         return self._copy(value, {})
 
     def _copy(self, obj, copies):
-        """Deep-copy an object and what it links to from another repository into this one."""
-        done = copies.get(id(obj))
+        """Deep-copy an object and what it links to from another repository into this one (copies: by object id)."""
+        done = copies.get(obj.MyId)
         if done is not None:
             return done
         gpb = obj.ObjectClass()
         gpb.CopyFrom(obj.GPBMessage)
         for link in iter_links(gpb):
             link.key = self._copy(obj.Repository.get_linked(link), copies).MyId
-        copy = self.add_object(gpb, str(next(self._local_ids)).encode())
-        copies[id(obj)] = copy
+        copy = self.add_new(gpb)
+        copies[obj.MyId] = copy
         return copy
 
     def _reaches(self, start, target):
+        """Whether `target` is `start` or linked from it (objects of this repository, compared by id)."""
         stack, seen = [start], set()
         while stack:
             obj = stack.pop()
-            if obj is target:
+            if obj.MyId == target.MyId:
                 return True
-            if id(obj) not in seen:
-                seen.add(id(obj))
+            if obj.MyId not in seen:
+                seen.add(obj.MyId)
                 stack.extend(self.get_linked(link) for link in iter_links(obj.GPBMessage))
         return False
 
@@ -142,7 +153,7 @@ class Repository:
         return self._commit(root, elements, {}), elements
 
     def _commit(self, obj, elements, done):
-        element = done.get(id(obj))
+        element = done.get(obj.MyId)
         if element is not None:
             return element
         gpb = obj.GPBMessage
@@ -158,5 +169,5 @@ class Repository:
             link.key = object_id
         element = Element(content_key(value, obj.ObjectType), obj.ObjectType, not links, value)
         elements[element.key] = element
-        done[id(obj)] = element
+        done[obj.MyId] = element
         return element
