@@ -293,6 +293,17 @@ class SpecTest(unittest.TestCase):
                          [name.replace("_", "-") for name in PROPERTY_NAMES])
         self.assertEqual(spec.constants.byname["frame-end"].id, 206)
 
+    def test_settle_frames_are_the_generic_encoders(self):
+        """amqp_consumer packs basic.ack/basic.reject itself: byte for byte what the method-frame encoder writes."""
+        from ion.core.messaging.broker.amqp_channel import BASIC
+        from ion.core.messaging.broker.amqp_consumer import settle_frame
+        from ion.core.messaging.broker.amqp_protocol import Client
+
+        for name in ("ack", "reject"):
+            for channel, tag, bit in ((1, 1, False), (7, 12345, True), (65535, 2**64 - 1, False), (3, 2**40, True)):
+                self.assertEqual(settle_frame(channel, BASIC[name], tag, bit),
+                                 Client.method_frame(None, channel, BASIC[name], (tag, bit)), (name, channel, tag, bit))
+
     def test_regenerating_gives_the_same_file(self):
         if importlib.util.find_spec("pamqp") is None:
             raise unittest.SkipTest("pamqp is not installed; it is only needed to regenerate the spec")

@@ -69,6 +69,25 @@ class DecodeTest(unittest.TestCase):
     def test_not_msgpack(self):
         self.assertRaises(envelope.WireFormatError, envelope.decode, b"\xc1")
 
+    def test_text_and_bytes_as_r1_sent_them(self):
+        """Raws that are UTF-8 become str (also in lists and maps), other raws stay their bytes; bin too."""
+        import msgpack
+
+        raw = {
+            b"sender": "s\u00e9".encode(), b"junk": b"\xff\xfeok", b"list": [b"a", b"\xc3"],
+            b"map": {b"k\xff": b"v"}, b"seq": 3, b"content": b"\xff\x00text",
+        }
+        data = envelope.unpack_body(msgpack.packb(raw, use_bin_type=False))
+        self.assertEqual(data, {"sender": "s\u00e9", "junk": b"\xff\xfeok", "list": ["a", b"\xc3"],
+                                "map": {b"k\xff": "v"}, "seq": 3, "content": b"\xff\x00text"})
+        binary = msgpack.packb({"encoding": ION_R1_GPB, "b": b"utf8", "content": b"\xff\x00"}, use_bin_type=True)
+        self.assertEqual(envelope.unpack_body(binary), {"encoding": ION_R1_GPB, "b": "utf8", "content": b"\xff\x00"})
+        # GPB content that happens to be valid UTF-8 stays bytes.
+        gpb = msgpack.packb({b"encoding": ION_R1_GPB.encode(), b"content": b"plain"}, use_bin_type=False)
+        self.assertEqual(envelope.unpack_body(gpb)["content"], b"plain")
+        self.assertRaises(envelope.WireFormatError, envelope.unpack_body,
+                          msgpack.packb({b"\xff": 1}, use_bin_type=False))
+
 
 class MessageTest(unittest.TestCase):
     def delivery(self, body):

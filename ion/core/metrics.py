@@ -60,15 +60,22 @@ def rpc_finished(outcome, seconds):
     rpc_seconds.observe(seconds)
 
 
+# event id label -> its (published, confirmed) counters; bounded like the labels themselves.
+_publish_counters = {}
+
+
 def observe_publish(d, event_id):
     """Count a publish (a Deferred) under `event_id`: published now, then confirmed, returned or failed."""
     label = str(event_id)
-    events_published.labels(label).inc()
+    counters = _publish_counters.get(label)
+    if counters is None:  # labels() costs more than inc(): looked up once per event id
+        counters = _publish_counters[label] = (events_published.labels(label), events_confirmed.labels(label))
+    counters[0].inc()
 
     def settled(result):
         error = _error_of(result)
         if error is None:
-            events_confirmed.labels(label).inc()
+            counters[1].inc()
         elif type(error).__name__ in ("MessageRefused", "Unroutable"):
             events_returned.labels(label).inc()
         else:

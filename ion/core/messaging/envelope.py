@@ -160,10 +160,19 @@ def _unpack(body, decode_gpb):
     message = {}
     content = raw.pop(b"content", None)
     for key, value in raw.items():
-        key = _text(key)
-        if not isinstance(key, str):
-            raise WireFormatError("header key %r is not text" % (key,))
-        message[key] = _text(value)
+        name = _HEADER_NAMES.get(key) if type(key) is bytes else None
+        if name is None:
+            name = _text(key)
+            if not isinstance(name, str):
+                raise WireFormatError("header key %r is not text" % (name,))
+        if type(value) is bytes:  # most headers: inline _text
+            try:
+                value = value.decode("utf-8")
+            except UnicodeDecodeError:
+                pass
+        elif type(value) is not int:
+            value = _text(value)
+        message[name] = value
     encoding = message.get("encoding")
     if encoding != ION_R1_GPB:
         message["content"] = _text(content)
@@ -172,6 +181,12 @@ def _unpack(body, decode_gpb):
     else:
         message["content"] = content
     return message
+
+
+# The header names build_message writes, as they arrive: decoded once, not per message.
+_HEADER_NAMES = {
+    name.encode(): name for name in build_message("", "", None, None, {"sender-name": ""})
+}
 
 
 def _text(value):

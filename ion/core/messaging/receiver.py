@@ -16,9 +16,11 @@ counts are in `Receiver.stats`.
 
 import time
 from collections import Counter, deque
+from types import CoroutineType
 
 from twisted.internet import defer
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from ion.core import ioninit
 from ion.core.exception import IonError
@@ -329,7 +331,14 @@ class Receiver(BasicLifecycleObject):
 
     def _start(self, msg):
         self.processing_messages[id(msg)] = msg
-        self._handle(msg).addBoth(self._done, msg)
+        try:
+            result = self._handle(msg)
+        except Exception:  # a bug here must not stall the receiver: _done logs it
+            result = defer.fail()
+        if isinstance(result, defer.Deferred):
+            result.addBoth(self._done, msg)
+        else:
+            self._done(None, msg)
 
     def _pump(self):
         """Start waiting deliveries while under the concurrency bound; a loop, so synchronous handlers do not recurse."""
@@ -342,28 +351,51 @@ class Receiver(BasicLifecycleObject):
         finally:
             self._pumping = False
 
-    @defer.inlineCallbacks
     def _handle(self, msg):
+        """Decode, check, then the handlers; None when all of it was synchronous, else a Deferred."""
         try:
             data = msg.payload  # decoded here, once: handlers get this dict
             if self.content_check is not None:
                 self.content_check(data)
         except Exception as e:  # whatever the input makes the decoder raise, it is the input's fault
             reason = str(e) if isinstance(e, (WireFormatError, CodecError)) else "%s: %s" % (type(e).__name__, e)
-            yield self._undecodable(msg, reason)
-            return
-        try:
-            for handler in self.handlers:
-                yield defer.maybeDeferred(handler, data, msg)
-        except Exception:
-            self.stats["handler_failed"] += 1
-            if self.handler_failures.admit():
-                log.failure("Receiver {name}: handler failed on op={op}", name=self.xname, op=data.get("op"))
-            if msg.state == Message.RECEIVED:
-                msg.reject()
-            return
+            return self._undecodable(msg, reason)
+        return self._run_handlers(data, msg, 0)
+
+    def _run_handlers(self, data, msg, index):
+        """
+        The handlers from `index` on, each after the previous one finished.
+        No Deferred is made unless a handler returns one (or a coroutine).
+        """
+        handlers = self.handlers
+        while index < len(handlers):
+            try:
+                result = handlers[index](data, msg)
+            except Exception:
+                self._handler_failed(Failure(), data, msg)
+                return None
+            index += 1
+            if type(result) is CoroutineType:
+                result = defer.Deferred.fromCoroutine(result)
+            elif isinstance(result, Failure):
+                result = defer.fail(result)
+            if isinstance(result, defer.Deferred):
+                return result.addCallbacks(
+                    lambda _: self._run_handlers(data, msg, index), self._handler_failed, errbackArgs=(data, msg)
+                )
         if msg.state == Message.RECEIVED:
             log.warn("Receiver {name}: message op={op} has not been acked", name=self.xname, op=data.get("op"))
+        return None
+
+    def _handler_failed(self, failure, data, msg):
+        if not failure.check(Exception):
+            return failure
+        self.stats["handler_failed"] += 1
+        if self.handler_failures.admit():
+            log.failure("Receiver {name}: handler failed on op={op}", failure, name=self.xname, op=data.get("op"))
+        if msg.state == Message.RECEIVED:
+            msg.reject()
+        return None
 
     @defer.inlineCallbacks
     def _undecodable(self, msg, reason):

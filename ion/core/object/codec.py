@@ -7,6 +7,9 @@ the network, so unpacking trusts nothing: every key, type, link and isleaf flag 
 checked, and any inconsistency is a CodecError naming the problem.
 """
 
+import functools
+from hashlib import sha1
+
 from google.protobuf.message import DecodeError, EncodeError
 
 from ion.core.exception import IonError
@@ -15,7 +18,7 @@ from ion.core.object import object_utils
 from ion.core.object.gpb.net.ooici.core.container.container_pb2 import Structure
 from ion.core.object.gpb_wrapper import Wrapper
 from ion.core.object.object_utils import ObjectUtilException, create_type_identifier, iter_links
-from ion.core.object.repository import Repository, content_key
+from ion.core.object.repository import Repository
 
 ION_R1_GPB = "ION R1 GPB"
 
@@ -24,12 +27,20 @@ class CodecError(IonError):
     """Content could not be packed, or received content is malformed or forged."""
 
 
+class Packed(bytes):
+    """The Structure bytes of an object packed already (pack_elements'): sent as 'ION R1 GPB' content as they are."""
+
+    __slots__ = ()
+
+
 def encode_content(content):
-    """(Structure bytes, ION_R1_GPB) for a MessageInstance or object; anything else as (content, None)."""
+    """(Structure bytes, ION_R1_GPB) for a MessageInstance, object or Packed; anything else as (content, None)."""
     if isinstance(content, MessageInstance):
         return pack(content.Message), ION_R1_GPB
     if isinstance(content, Wrapper):
         return pack(content), ION_R1_GPB
+    if type(content) is Packed:
+        return bytes(content), ION_R1_GPB
     return content, None
 
 
@@ -46,14 +57,18 @@ def pack(root):
         raise CodecError("only a whole object can be sent, not a part of %r" % (root.Root,))
     try:
         head, elements = root.Repository.commit(root)
-        structure = Structure()
-        _fill(structure.head, head)
-        for key, element in elements.items():
-            if key != head.key:
-                _fill(structure.items.add(), element)
-        return structure.SerializeToString()
+        return pack_elements(head, [element for key, element in elements.items() if key != head.key])
     except EncodeError as e:
         raise CodecError("cannot serialize %r: %s" % (root, e)) from e
+
+
+def pack_elements(head, items):
+    """The Structure of a head Element and the other Elements (children before parents, as commit gives them)."""
+    structure = Structure()
+    _fill(structure.head, head)
+    for element in items:
+        _fill(structure.items.add(), element)
+    return structure.SerializeToString()
 
 
 def _fill(target, element):
@@ -72,56 +87,74 @@ def unpack(data):
         structure = Structure.FromString(data)
     except DecodeError as e:
         raise CodecError("content is not a valid Structure: %s" % e) from None
+    head = structure.head
     parsed = {}
-    for element in (structure.head, *structure.items):
+    for element in (head, *structure.items):
         parsed[element.key] = (element, _parse(element))
     children = {key: _check_links(element, gpb, parsed) for key, (element, gpb) in parsed.items()}
-    _check_graph(structure.head.key, children)
+    _check_graph(head.key, children)
     repository = Repository()
     objects = {key: repository.add_object(gpb, key) for key, (_element, gpb) in parsed.items()}
-    root = objects[structure.head.key]
+    root = objects[head.key]
     if root.ObjectType == ION_MESSAGE_TYPE:
         return MessageInstance.wrap(root)
     return root
 
 
+@functools.cache
+def _known_type(object_id, version):
+    """(message class, TypeIdentifier) of a registered version-1 type; ObjectUtilException or ValueError if not."""
+    message_class = object_utils.get_gpb_class_from_type_id(object_id)
+    if version != 1:
+        raise ValueError(version)
+    return message_class, create_type_identifier(object_id)
+
+
 def _parse(element):
     """The element's object, after checking its type is known and its key matches its content."""
-    name = element.key.hex()
+    element_type = element.type
     try:
-        message_class = object_utils.get_gpb_class_from_type_id(element.type.object_id)
+        message_class, type_id = _known_type(element_type.object_id, element_type.version)
     except ObjectUtilException as e:
-        raise CodecError("element %s: %s" % (name, e)) from None
-    if element.type.version != 1:
-        raise CodecError("element %s has type version %d; only version 1 exists" % (name, element.type.version))
-    type_id = create_type_identifier(element.type.object_id)
-    if content_key(element.value, type_id) != element.key:
-        raise CodecError("element %s: key does not match its content" % name)
+        raise CodecError("element %s: %s" % (element.key.hex(), e)) from None
+    except ValueError:
+        raise CodecError(
+            "element %s has type version %d; only version 1 exists" % (element.key.hex(), element_type.version)
+        ) from None
+    value = element.value
+    if sha1(sha1(value).digest() + type_id.serialized).digest() != element.key:
+        raise CodecError("element %s: key does not match its content" % element.key.hex())
     try:
-        return message_class.FromString(element.value)
+        return message_class.FromString(value)
     except DecodeError as e:
-        raise CodecError("element %s is not a valid %s: %s" % (name, message_class.DESCRIPTOR.name, e)) from None
+        raise CodecError(
+            "element %s is not a valid %s: %s" % (element.key.hex(), message_class.DESCRIPTOR.name, e)
+        ) from None
 
 
 def _check_links(element, gpb, parsed):
     """Keys this element links to, after checking each target exists and agrees with the link."""
-    name = element.key.hex()
     targets = []
     for link in iter_links(gpb):
         target = parsed.get(link.key)
         if target is None:
-            raise CodecError("element %s links to %s, which is not in the content" % (name, link.key.hex()))
+            raise CodecError(
+                "element %s links to %s, which is not in the content" % (element.key.hex(), link.key.hex())
+            )
         target_element = target[0]
-        if (link.type.object_id, link.type.version) != (target_element.type.object_id, target_element.type.version):
+        link_type, target_type = link.type, target_element.type
+        if link_type.object_id != target_type.object_id or link_type.version != target_type.version:
             raise CodecError(
                 "element %s links to %s as type %d but it is type %d"
-                % (name, link.key.hex(), link.type.object_id, target_element.type.object_id)
+                % (element.key.hex(), link.key.hex(), link_type.object_id, target_type.object_id)
             )
         if link.isleaf != target_element.isleaf:
-            raise CodecError("element %s: link to %s has the wrong isleaf flag" % (name, link.key.hex()))
+            raise CodecError("element %s: link to %s has the wrong isleaf flag" % (element.key.hex(), link.key.hex()))
         targets.append(link.key)
     if element.isleaf != (not targets):
-        raise CodecError("element %s: isleaf is %s but it has %d links" % (name, element.isleaf, len(targets)))
+        raise CodecError(
+            "element %s: isleaf is %s but it has %d links" % (element.key.hex(), element.isleaf, len(targets))
+        )
     return targets
 
 

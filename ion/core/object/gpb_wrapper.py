@@ -51,7 +51,9 @@ class FieldProperty(NamedTuple):
 class Wrapper:
     """Base of the per-type wrapper classes; `wrapper_class` builds them."""
 
-    __slots__ = ("_gpb", "_repository", "_root", "_myid")
+    # A root keeps _root None rather than itself, and its repository refers to it weakly: an object
+    # graph then has no reference cycle and goes as soon as its last user lets go of it.
+    __slots__ = ("_gpb", "_repository", "_root", "_myid", "__weakref__")
 
     ObjectClass = None
     ObjectType = None
@@ -61,7 +63,7 @@ class Wrapper:
     def __init__(self, gpb, repository, root=None, myid=None):
         self._gpb = gpb
         self._repository = repository
-        self._root = self if root is None else root
+        self._root = root  # None: this wrapper is the root
         self._myid = myid
 
     @property
@@ -75,11 +77,11 @@ class Wrapper:
     @property
     def Root(self):
         """The object this wrapper belongs to: itself, or the object holding this nested message."""
-        return self._root
+        return self if self._root is None else self._root
 
     @property
     def IsRoot(self):
-        return self._root is self
+        return self._root is None
 
     @property
     def MyId(self):
@@ -102,7 +104,7 @@ class Wrapper:
         return self._gpb.SerializeToString()
 
     def _wrap(self, nested):
-        return wrapper_class(type(nested))(nested, self._repository, self._root)
+        return wrapper_class(type(nested))(nested, self._repository, self.Root)
 
     def __repr__(self):
         text = text_format.MessageToString(self._gpb, as_one_line=True, as_utf8=True)
@@ -180,7 +182,7 @@ def _field_property(field):
             return self._repository.get_linked(getattr(self._gpb, name)) if self._gpb.HasField(name) else None
 
         def set_linked(self, value):
-            self._repository.set_link(self._root, getattr(self._gpb, name), value)
+            self._repository.set_link(self.Root, getattr(self._gpb, name), value)
 
         return property(get_linked, set_linked)
     return property(lambda self: self._wrap(getattr(self._gpb, name)), _read_only(name))

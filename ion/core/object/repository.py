@@ -9,7 +9,9 @@ content keys that travel on the wire are computed by `commit`.
 
 import hashlib
 import itertools
-import uuid
+import os
+import random
+import weakref
 from typing import NamedTuple
 
 from ion.core.exception import IonError
@@ -36,31 +38,65 @@ def content_key(value, type_id):
     return hashlib.sha1(hashlib.sha1(value).digest() + type_id.SerializeToString()).digest()
 
 
+# Repository keys are random UUIDs (version 4), as R1's; drawn from a generator of our own, seeded
+# from os.urandom and again in a forked child, at a fraction of uuid.uuid4's cost per message.
+_random = random.Random()
+os.register_at_fork(after_in_child=_random.seed)
+_VERSION_MASK, _VERSION_4 = ~(0xF << 76), 4 << 76
+_VARIANT_MASK, _VARIANT_RFC_4122 = ~(0x3 << 62), 0x2 << 62
+
+
+def new_key():
+    """A new random UUID4 in upper case, as R1 named a repository: 'E3A1...-....-4...-[89AB]...-...'."""
+    bits = (_random.getrandbits(128) & _VERSION_MASK | _VERSION_4) & _VARIANT_MASK | _VARIANT_RFC_4122
+    text = "%032X" % bits
+    return "%s-%s-%s-%s-%s" % (text[:8], text[8:12], text[12:16], text[16:20], text[20:])
+
+
 class Repository:
     """The objects of one message. `persistent` is kept for R1 callers; nothing here caches."""
 
     def __init__(self):
-        self.key = str(uuid.uuid4()).upper()
+        self._key = None
         self.persistent = False
-        self._objects = {}
+        self._messages = {}  # object id -> its protobuf message: what the repository holds
+        self._wrappers = {}  # object id -> weak reference to its wrapper, made again when it has gone
         self._local_ids = itertools.count(1)
+
+    @property
+    def key(self):
+        """The repository's unique name (a new message's identity); made when first asked for."""
+        if self._key is None:
+            self._key = new_key()
+        return self._key
 
     def create_object(self, type_id):
         """A new, unlinked object of the given type (an int, TypeIdentifier or GPBType)."""
-        message_class = object_utils.get_gpb_class_from_type_id(type_id)
-        return self.add_object(message_class(), str(next(self._local_ids)).encode())
+        return self.add_new(object_utils.get_gpb_class_from_type_id(type_id)())
+
+    def add_new(self, gpb):
+        """A protobuf message built elsewhere as a new object of this repository (next local id), as create_object."""
+        return self.add_object(gpb, str(next(self._local_ids)).encode())
 
     def add_object(self, gpb, key):
         """Wrap a protobuf message as an object of this repository, reachable by links holding `key`."""
         obj = wrapper_class(type(gpb))(gpb, self, myid=key)
-        self._objects[key] = obj
+        self._messages[key] = gpb
+        self._wrappers[key] = weakref.ref(obj)
         return obj
 
     def get_linked(self, link):
-        try:
-            return self._objects[link.key]
-        except KeyError:
-            raise RepositoryError("link to an object missing from the repository: %s" % link.key.hex()) from None
+        """The object a link points at: the same wrapper for as long as anyone holds it."""
+        key = link.key
+        ref = self._wrappers.get(key)
+        obj = ref() if ref is not None else None
+        if obj is None:
+            gpb = self._messages.get(key)
+            if gpb is None:
+                raise RepositoryError("link to an object missing from the repository: %s" % key.hex())
+            obj = wrapper_class(type(gpb))(gpb, self, myid=key)
+            self._wrappers[key] = weakref.ref(obj)
+        return obj
 
     def set_link(self, parent, link, value):
         """Point `link` (a CASRef inside `parent`) at `value`, copying it in from another repository."""
@@ -82,26 +118,27 @@ class Repository:
         return self._copy(value, {})
 
     def _copy(self, obj, copies):
-        """Deep-copy an object and what it links to from another repository into this one."""
-        done = copies.get(id(obj))
+        """Deep-copy an object and what it links to from another repository into this one (copies: by object id)."""
+        done = copies.get(obj.MyId)
         if done is not None:
             return done
         gpb = obj.ObjectClass()
         gpb.CopyFrom(obj.GPBMessage)
         for link in iter_links(gpb):
             link.key = self._copy(obj.Repository.get_linked(link), copies).MyId
-        copy = self.add_object(gpb, str(next(self._local_ids)).encode())
-        copies[id(obj)] = copy
+        copy = self.add_new(gpb)
+        copies[obj.MyId] = copy
         return copy
 
     def _reaches(self, start, target):
+        """Whether `target` is `start` or linked from it (objects of this repository, compared by id)."""
         stack, seen = [start], set()
         while stack:
             obj = stack.pop()
-            if obj is target:
+            if obj.MyId == target.MyId:
                 return True
-            if id(obj) not in seen:
-                seen.add(id(obj))
+            if obj.MyId not in seen:
+                seen.add(obj.MyId)
                 stack.extend(self.get_linked(link) for link in iter_links(obj.GPBMessage))
         return False
 
@@ -116,7 +153,7 @@ class Repository:
         return self._commit(root, elements, {}), elements
 
     def _commit(self, obj, elements, done):
-        element = done.get(id(obj))
+        element = done.get(obj.MyId)
         if element is not None:
             return element
         gpb = obj.GPBMessage
@@ -132,5 +169,5 @@ class Repository:
             link.key = object_id
         element = Element(content_key(value, obj.ObjectType), obj.ObjectType, not links, value)
         elements[element.key] = element
-        done[id(obj)] = element
+        done[obj.MyId] = element
         return element

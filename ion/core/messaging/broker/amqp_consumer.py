@@ -5,12 +5,15 @@ and the Consumers registry that starts them, resumes them after a reconnect
 and subscribes them again when the broker cancels them (see resubscribe.py).
 """
 
+import struct
+
 from twisted.internet import defer
 from twisted.logger import Logger
 from txamqp.client import TwistedEvent
 from zope.interface import implementer
 
 from ion.core.messaging.broker.amqp_channel import BASIC, close_channel, invoke, open_channel
+from ion.core.messaging.broker.amqp_codec import FRAME_END, FRAME_METHOD
 from ion.core.messaging.broker.amqp_errors import dropped_under
 from ion.core.messaging.broker.interface import (
     BrokerError,
@@ -168,10 +171,21 @@ class Consumer:
                       dtag=delivery_tag)
             return
         if ack:
-            data = channel.client.method_frame(channel.id, BASIC["ack"], (delivery_tag, False))
+            data = settle_frame(channel.id, BASIC["ack"], delivery_tag, False)
         else:
-            data = channel.client.method_frame(channel.id, BASIC["reject"], (delivery_tag, requeue))
+            data = settle_frame(channel.id, BASIC["reject"], delivery_tag, requeue)
         channel.client.write(data)
+
+
+# basic.ack and basic.reject are (delivery tag: longlong, one bit): every settled delivery writes one, so
+# it is packed in one go rather than through the generic method-frame encoder (test_amqp_broker compares them).
+_SETTLE_FRAME = struct.Struct("!BHIHHQBB")  # frame type, channel, payload size, class, method, tag, bit, end
+
+
+def settle_frame(channel_id, method, delivery_tag, bit):
+    """The whole method frame of a basic.ack (bit: multiple) or basic.reject (bit: requeue)."""
+    return _SETTLE_FRAME.pack(FRAME_METHOD, channel_id, 13, method.klass.id, method.id, delivery_tag,
+                              1 if bit else 0, FRAME_END)
 
 
 class Consumers:

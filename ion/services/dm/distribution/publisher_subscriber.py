@@ -83,7 +83,7 @@ from twisted.python.failure import Failure
 
 from ion.core import ioninit, metrics
 from ion.core.exception import UsageError
-from ion.core.messaging import messaging
+from ion.core.messaging import envelope, messaging
 from ion.core.messaging.envelope import check_routing_key
 from ion.core.messaging.exchange import COMPANION_FLAGS, durable_companion
 from ion.core.messaging.messaging import Message
@@ -166,6 +166,7 @@ class Publisher(BasicLifecycleObject):
         check_routing_key(str(routing_key))
         self._xp_name = xp_name
         self._routing_key = routing_key
+        self._who = "publisher %s" % (routing_key,)  # for container_of's error, made once
         self.delivery_mode = 2 if persistent else 1
         self._credentials = credentials
         self._process = process
@@ -175,7 +176,7 @@ class Publisher(BasicLifecycleObject):
 
     @property
     def exchange_manager(self):
-        return container_of(self._process, "publisher %s" % (self._routing_key,)).exchange_manager
+        return container_of(self._process, self._who).exchange_manager
 
     def _exchange_config(self):
         config = dict(messaging.PROCESS_EXCHANGE)
@@ -209,18 +210,26 @@ class Publisher(BasicLifecycleObject):
         without sending anything if the routing key is too long.
         """
         try:
-            return self.exchange_manager.send(
-                self._exchange_config(),
-                self._process.id.full,
-                routing_key or self._routing_key,
-                None,
-                data,
-                {"sender-name": self._process.proc_name},
-                mandatory=mandatory,
-                delivery_mode=self.delivery_mode if delivery_mode is None else delivery_mode,
-            )
+            sealed, sent = self._send(data, routing_key, mandatory, delivery_mode)
         except Exception:  # no container, or one not connected yet
             return defer.fail()
+        return sent.addCallback(lambda _: sealed.message)
+
+    def _send(self, data, routing_key=None, mandatory=None, delivery_mode=None):
+        """publish's work: (the Envelope, the broker's Deferred); raises if there is nothing to send it with."""
+        exchange_manager = self.exchange_manager
+        sealed = envelope.encode(
+            self._process.id.full,
+            routing_key or self._routing_key,
+            None,
+            data,
+            {"sender-name": self._process.proc_name},
+            self.delivery_mode if delivery_mode is None else delivery_mode,
+        )
+        config = self._exchange_config()
+        if mandatory is None:
+            mandatory = config.get("mandatory", False)
+        return sealed, exchange_manager.publish(config, sealed, mandatory)
 
     def register(self, xp_name=None, topic_name=None, publisher_name=None, credentials=None):
         """R1's optional PubSub-controller registration; there is no such service here."""
@@ -387,6 +396,7 @@ class Subscriber(BasicLifecycleObject):
         self._auto_delete = auto_delete
         self._subscriber_id = None
         self._resource_id = None
+        self._counters = None  # (delivered, handled, handler_seconds) for this binding key, see _receive_handler
         # The queue's flags are the subscriber's; the exchange keeps its own (R1 mixed them up).
         # A durable queue binds to the exchange point's durable companion (see the module docstring).
         exchange_flags = COMPANION_QUEUE_FLAGS if durable else EXCHANGE_FLAGS
@@ -525,7 +535,13 @@ class Subscriber(BasicLifecycleObject):
         with no Deferred machinery in between.  Its time (failures too) goes
         to the handler-seconds metric.
         """
-        metrics.delivered.labels(self._binding_key).inc()
+        counters = self._counters
+        if counters is None:  # the labelled metrics, looked up once (labels() costs more than inc())
+            key = self._binding_key
+            counters = self._counters = (
+                metrics.delivered.labels(key), metrics.handled.labels(key), metrics.handler_seconds.labels(key)
+            )
+        counters[0].inc()
         started = time.perf_counter()
         try:
             result = self.ondata(data)
@@ -540,7 +556,7 @@ class Subscriber(BasicLifecycleObject):
         return None
 
     def _timed(self, started):
-        metrics.handler_seconds.labels(self._binding_key).observe(time.perf_counter() - started)
+        self._counters[2].observe(time.perf_counter() - started)
 
     def _failed_later(self, failure, data, msg, started):
         self._timed(started)
@@ -548,7 +564,7 @@ class Subscriber(BasicLifecycleObject):
 
     def _handled(self, _, msg, started):
         self._timed(started)
-        metrics.handled.labels(self._binding_key).inc()
+        self._counters[1].inc()
         if msg.state == Message.RECEIVED:
             msg.ack()
 
