@@ -73,6 +73,17 @@ def for_each_broker(mixin, namespace, base=unittest.TestCase):
     return for_each(mixin, namespace, "broker_url", BROKER_URLS, base)
 
 
+class AckingInbox:
+    """A raw-connection consumer callback that keeps each delivery's body and acks it."""
+
+    def __init__(self):
+        self.bodies = []
+
+    def __call__(self, delivery):
+        self.bodies.append(delivery.body)
+        delivery.ack()
+
+
 def wait_for(predicate, timeout=10.0, interval=0.01, clock=None):
     """A Deferred that fires once predicate() is true; fails after `timeout` seconds."""
     from twisted.internet import reactor, task

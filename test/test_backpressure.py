@@ -13,7 +13,7 @@ from twisted.trial import unittest
 from ion.core.messaging.broker import connect
 from ion.core.messaging.broker.address import DEFAULT_MAX_IN_FLIGHT, BrokerAddress
 from ion.core.messaging.broker.interface import NotFound
-from test.brokers import BrokerTestMixin, for_each_broker, wait_for
+from test.brokers import AckingInbox, BrokerTestMixin, for_each_broker, wait_for
 from test.proxy import TcpProxy
 from test.test_silent_peer import LogLines
 
@@ -56,15 +56,6 @@ class InFlightPeak:
         return result
 
 
-class Inbox:
-    def __init__(self):
-        self.bodies = []
-
-    def __call__(self, delivery):
-        self.bodies.append(delivery.body)
-        delivery.ack()
-
-
 class InFlightTests(BrokerTestMixin):
     timeout = 120
 
@@ -78,7 +69,7 @@ class InFlightTests(BrokerTestMixin):
     @defer.inlineCallbacks
     def consumed_queue(self, conn, prefetch_count=200):
         queue = yield conn.queue_declare(self.unique_name("bp"), exclusive=True)
-        inbox = Inbox()
+        inbox = AckingInbox()
         yield conn.consume(queue, inbox, prefetch_count=prefetch_count)
         return queue, inbox
 
@@ -121,7 +112,7 @@ class InFlightTests(BrokerTestMixin):
         publishes.append(conn.publish("", later_queue, b"after the declare"))
         self.assertEqual((yield declared), later_queue)
         yield defer.gatherResults(publishes)
-        later = Inbox()
+        later = AckingInbox()
         yield conn.consume(later_queue, later)
         yield wait_for(lambda: later.bodies == [b"after the declare"] and len(inbox.bodies) == 100)
 
@@ -184,7 +175,7 @@ class RabbitBackpressureTest(BrokerTestMixin, unittest.TestCase):
         conn = yield self.connect_with(proxy.url(), max_in_flight=BOUND)
         queue = yield conn.queue_declare(self.unique_name("bp-cut"), auto_delete=False)
         self.addCleanup(conn.queue_delete, queue)
-        inbox = Inbox()
+        inbox = AckingInbox()
         yield conn.consume(queue, inbox, prefetch_count=200)
         peak = InFlightPeak(conn)
         bodies = [b"%d" % i for i in range(PUBLISHES)]

@@ -27,7 +27,7 @@ from ion.services.dm.distribution.publisher_subscriber import SubscriberFactory
 from ion.test.iontest import IonTestCase
 from ion.util.state_object import BasicStates
 from test import rabbit_node
-from test.brokers import RABBIT_URL, wait_for
+from test.brokers import RABBIT_URL, AckingInbox, wait_for
 from test.proxy import TcpProxy
 
 log = Logger()
@@ -90,17 +90,6 @@ class Collector:
     def first_after(self, moment):
         """Arrival time of the first event that came after `moment`, or None."""
         return next((at for _, at in self.arrivals if at > moment), None)
-
-
-class InboxCollector:
-    """A raw-connection consumer callback keeping bodies; acks each delivery."""
-
-    def __init__(self):
-        self.bodies = []
-
-    def __call__(self, delivery):
-        self.bodies.append(delivery.body)
-        delivery.ack()
 
 
 def ready(connection):
@@ -326,7 +315,7 @@ class ConnectionReconnectTest(unittest.TestCase):
     def test_publish_while_disconnected_waits_for_reconnect(self):
         conn = yield self.open()
         queue = yield conn.queue_declare(unique("wait"), exclusive=True)
-        inbox = InboxCollector()
+        inbox = AckingInbox()
         yield conn.consume(queue, inbox)
         self.proxy.refusing = True
         yield self.cut_and_wait_until_lost(conn)
@@ -346,7 +335,7 @@ class ConnectionReconnectTest(unittest.TestCase):
     def test_dead_peer_noticed_by_heartbeat_then_resumed(self):
         conn = yield self.open("?heartbeat=1")
         queue = yield conn.queue_declare(unique("heartbeat"), exclusive=True)
-        inbox = InboxCollector()
+        inbox = AckingInbox()
         yield conn.consume(queue, inbox)
         self.proxy.silent = True
         went_silent = reactor.seconds()
@@ -391,7 +380,7 @@ class ConnectionReconnectTest(unittest.TestCase):
         # Shared and not auto-delete, so it outlives the cut with what it holds.
         queue = yield conn.queue_declare(unique("confirms"), auto_delete=False)
         self.addCleanup(conn.queue_delete, queue)
-        inbox = InboxCollector()
+        inbox = AckingInbox()
         yield conn.consume(queue, inbox, prefetch_count=50)
         bodies = [b"%d" % i for i in range(5000)]
         confirms = [conn.publish("", queue, body) for body in bodies]
@@ -441,7 +430,7 @@ class ConnectionReconnectTest(unittest.TestCase):
         queue = yield conn.queue_declare("", exclusive=True)
         key = unique("key")
         yield conn.queue_bind(queue, "amq.topic", key)
-        inbox = InboxCollector()
+        inbox = AckingInbox()
         consumer = yield conn.consume(queue, inbox)
         yield conn.publish("amq.topic", key, b"one")
         yield wait_for(lambda: inbox.bodies == [b"one"])

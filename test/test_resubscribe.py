@@ -16,16 +16,7 @@ from ion.core.process.process import Process
 from ion.services.dm.distribution import events
 from ion.services.dm.distribution.publisher_subscriber import SubscriberFactory
 from ion.test.iontest import IonTestCase
-from test.brokers import BrokerTestMixin, for_each_broker, wait_for
-
-
-class Inbox:
-    def __init__(self):
-        self.bodies = []
-
-    def __call__(self, delivery):
-        self.bodies.append(delivery.body)
-        delivery.ack()
+from test.brokers import AckingInbox, BrokerTestMixin, for_each_broker, wait_for
 
 
 class ConnectionResubscribeTests(BrokerTestMixin):
@@ -36,7 +27,7 @@ class ConnectionResubscribeTests(BrokerTestMixin):
 
     @defer.inlineCallbacks
     def consuming(self, queue, exchange, key):
-        inbox = Inbox()
+        inbox = AckingInbox()
         consumer = yield self.conn.consume(queue, inbox)
         yield self.conn.publish(exchange, key, b"before")
         yield wait_for(lambda: inbox.bodies == [b"before"])
