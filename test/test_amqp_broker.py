@@ -257,6 +257,85 @@ ChannelErrorMemoryTest, ChannelErrorRabbitTest = for_each_broker(ChannelErrorTes
 CancelMemoryTest, CancelRabbitTest = for_each_broker(CancelTests, globals())
 
 
+class _FrameSink:
+    """Stands in for the AMQPConnection behind a protocol Client fed bytes by hand: records what it is handed."""
+
+    def __init__(self):
+        self.delivered, self.lost = [], []
+
+    def _deliver(self, channel, msg):
+        self.delivered.append((channel.id, msg))
+
+    def _connection_lost(self, client, reason):
+        self.lost.append(reason)
+
+
+class DeliveryAssemblyTest(unittest.TestCase):
+    """The protocol puts basic.deliver frames together itself (no txamqp queue): bytes in, whole messages out."""
+
+    def setUp(self):
+        from twisted.internet.task import Clock
+        from twisted.internet.testing import StringTransport
+
+        from ion.core.messaging.broker.amqp_channel import BASIC
+        from ion.core.messaging.broker.amqp_protocol import Client, Delegate, load_spec
+
+        self.sink = _FrameSink()
+        self.client = Client(Delegate(self.sink), "/", load_spec(), 0, Clock())
+        self.client.makeConnection(StringTransport())
+        self.client.frame_max = 1000  # bodies past 992 bytes take several frames
+        self.deliver = BASIC["deliver"]
+
+    def frames(self, channel, tag, body, properties=None, redelivered=False):
+        args = ("ctag-%d" % channel, tag, redelivered, "ex", "rk.%d" % tag)
+        return self.client.content_frames(channel, self.deliver, args, body, properties or {})
+
+    def feed(self, data, step):
+        for i in range(0, len(data), step):
+            self.client.dataReceived(data[i:i + step])
+
+    def test_interleaved_channels_multi_frame_bodies_any_split(self):
+        for channel in (1, 2):
+            self.client.channel_now(channel)
+        bodies = [b"", b"\xff\xfe" * 3000, os.urandom(992), os.urandom(993), "\u20ac".encode() * 700]
+        headers = {"headers": {"k": "\u20ac"}, "delivery_mode": 2}
+        data = b"".join(self.frames(1 + i % 2, i + 1, body, headers, i == 3) for i, body in enumerate(bodies))
+        for step in (len(data), 1, 7, 1001):
+            self.sink.delivered = []
+            self.feed(data, step)
+            self.assertEqual([(ch, m.delivery_tag) for ch, m in self.sink.delivered], [(1, 1), (2, 2), (1, 3), (2, 4), (1, 5)])
+            for (ch, msg), body in zip(self.sink.delivered, bodies):
+                self.assertIs(type(msg.content.body), bytes)
+                self.assertTrue(msg.content.body == body)
+                self.assertEqual(msg.content.properties, headers)
+                self.assertEqual((msg.consumer_tag, msg.exchange, msg.routing_key), ("ctag-%d" % ch, "ex", "rk.%d" % msg.delivery_tag))
+            self.assertEqual([m.redelivered for _, m in self.sink.delivered], [False, False, False, True, False])
+            self.assertEqual(self.client._partial, {})
+
+    def test_partial_message_dropped_at_connection_loss(self):
+        from twisted.internet.error import ConnectionLost as TcpConnectionLost
+        from twisted.python.failure import Failure
+
+        self.client.channel_now(1)
+        self.client.dataReceived(self.frames(1, 1, os.urandom(5000))[:2500])
+        self.assertIn(1, self.client._partial)
+        self.client.connectionLost(Failure(TcpConnectionLost()))
+        self.assertEqual(len(self.sink.lost), 1)
+        self.assertEqual(self.client._partial, {})
+        self.assertEqual(self.sink.delivered, [])
+
+    def test_partial_message_dropped_with_its_channel(self):
+        """Its remaining frames are read and dropped; the channel id, used again, starts clean."""
+        channel = self.client.channel_now(3)
+        data = self.frames(3, 1, os.urandom(3000))
+        self.client.dataReceived(data[:1500])
+        self.client.forget_channel(channel)
+        self.client.channel_now(3)
+        self.client.dataReceived(data[1500:] + self.frames(3, 2, b"next"))
+        self.assertEqual([(ch, m.delivery_tag, m.content.body) for ch, m in self.sink.delivered], [(3, 2, b"next")])
+        self.assertEqual(self.client._partial, {})
+
+
 class SpecTest(unittest.TestCase):
     """res/amqp/amqp0-9-1.rabbitmq.xml: complete for our needs, and what the generator makes today."""
 

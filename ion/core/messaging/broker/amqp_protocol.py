@@ -11,6 +11,11 @@ arrives as str, and protocol.read_content then counts characters instead of
 bytes, reads past a multi-byte body into the next frames and kills the
 connection.  `Client` parses and builds frames itself: bodies and longstr
 fields stay bytes, and a publish is one transport write.
+
+A basic.deliver does not go through txamqp's per-channel DeferredQueue and
+dispatch worker (three Deferred hand-offs per message): its method, header
+and body frames are put together as they arrive and the whole message goes
+to the delegate at once.  Everything else keeps txamqp's path.
 """
 
 import functools
@@ -85,6 +90,9 @@ class Client(AMQClient):
         self._chunks, self._buffered, self._needed = [], 0, 0
         self._heard_at = self._spoke_at = clock.seconds()
         self._heartbeat_loop = None
+        self._partial = {}  # channel id -> the _Delivered being put together from its frames
+        deliver = spec.classes.byname["basic"].methods.byname["deliver"]
+        self._deliver_id = (deliver.klass.id, deliver.id)
         self.waiting_for = "connection.start"  # the handshake step the broker has to answer next
 
     def connectionMade(self):
@@ -113,6 +121,7 @@ class Client(AMQClient):
 
     def do_close(self, reason):
         """The connection is over: tell the owner first (calls failing next then wait), then close channels."""
+        self._partial = {}  # a message half received is dropped: the broker delivers it again
         self.delegate.connection._connection_lost(self, reason)
         for channel in list(self.channels.values()):
             channel.close(reason)
@@ -152,11 +161,18 @@ class Client(AMQClient):
             self._buffered = end - pos
 
     def _frame_received(self, kind, channel, payload):
+        partial = self._partial.get(channel)
+        if partial is not None:
+            return self._content_frame(kind, channel, payload, partial)
         if kind == FRAME_BODY:
             frame = Frame(channel, _Body(payload))
         elif kind == FRAME_METHOD:
             reader = Reader(payload)
-            method = self._methods[reader.short(), reader.short()]
+            key = reader.short(), reader.short()
+            if key == self._deliver_id:
+                self._partial[channel] = _Delivered(reader)
+                return
+            method = self._methods[key]
             frame = Frame(channel, Method(method, *get_fields(reader, method.fields)))
         elif kind == FRAME_HEADER:
             frame = Frame(channel, self._read_header(Reader(payload)))
@@ -165,6 +181,37 @@ class Client(AMQClient):
         else:
             raise ValueError("unknown frame type %d" % kind)
         self.channel_now(channel).dispatch(frame, self.work)
+
+    def _content_frame(self, kind, channel, payload, partial):
+        """The header or a body frame of a basic.deliver; the message goes to the delegate once complete."""
+        if kind == FRAME_BODY and partial.content is not None:
+            partial.chunks.append(payload)
+            partial.missing -= len(payload)
+        elif kind == FRAME_HEADER and partial.content is None:
+            reader = Reader(payload)
+            class_id = reader.short()
+            reader.pos = 4  # the weight: always 0
+            partial.missing = reader.longlong()
+            partial.content = _Content(get_properties(reader, self._properties[class_id]))
+        else:
+            del self._partial[channel]
+            raise ValueError("frame type %d inside the content of a basic.deliver" % kind)
+        if partial.missing > 0:
+            return
+        del self._partial[channel]
+        if partial.missing < 0:
+            raise ValueError("body frames longer than the content header's size")
+        chunks = partial.chunks
+        partial.content.body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        partial.chunks = None
+        ch = self.channels.get(channel)
+        if ch is None or ch.closed or partial.dropped:
+            log.debug("delivery on closed channel {id} dropped", id=channel)
+            return
+        try:
+            self.delegate.basic_deliver(ch, partial)
+        except Exception:
+            log.failure("delivery on channel {id} not handled", id=channel)
 
     def _read_header(self, reader):
         klass = self.spec.classes.byid[reader.short()]
@@ -237,8 +284,11 @@ class Client(AMQClient):
         raise BrokerError("all %d AMQP channels are in use" % self.channel_max)
 
     def forget_channel(self, channel, reason=None):
-        """Mark a channel closed locally and free its id."""
+        """Mark a channel closed locally and free its id; a message half received on it is dropped."""
         channel.close(reason)
+        partial = self._partial.get(channel.id)
+        if partial is not None:
+            partial.dropped = True  # its remaining frames are still on the way: read, then dropped
         if self.channels.get(channel.id) is channel:
             del self.channels[channel.id]
 
@@ -279,6 +329,35 @@ class _Body:
 
     def __init__(self, content):
         self.content = content
+
+
+class _Delivered:
+    """A basic.deliver with its content: what txamqp's Message offers a consumer, without its field lookups."""
+
+    __slots__ = ("consumer_tag", "delivery_tag", "redelivered", "exchange", "routing_key", "content", "chunks",
+                 "missing", "dropped")
+
+    def __init__(self, reader):
+        """The method's arguments, read where the class and method ids end."""
+        self.consumer_tag = reader.shortstr()
+        self.delivery_tag = reader.longlong()
+        self.redelivered = bool(reader.octet() & 1)
+        self.exchange = reader.shortstr()
+        self.routing_key = reader.shortstr()
+        self.content = None  # until the header frame
+        self.chunks = []
+        self.missing = 0
+        self.dropped = False  # its channel was closed before the last frame came
+
+
+class _Content:
+    """A delivered message's properties and body bytes."""
+
+    __slots__ = ("properties", "body")
+
+    def __init__(self, properties):
+        self.properties = properties
+        self.body = b""
 
 
 class Delegate(TwistedDelegate):
