@@ -8,6 +8,7 @@ txamqp and RabbitMQ: the spec file, channel reuse, heartbeats, login and TLS.
 
 import importlib.util
 import os
+import struct
 
 from twisted.internet import defer, reactor
 from twisted.internet.protocol import Factory
@@ -382,6 +383,39 @@ class SpecTest(unittest.TestCase):
             for channel, tag, bit in ((1, 1, False), (7, 12345, True), (65535, 2**64 - 1, False), (3, 2**40, True)):
                 self.assertEqual(settle_frame(channel, BASIC[name], tag, bit),
                                  Client.method_frame(None, channel, BASIC[name], (tag, bit)), (name, channel, tag, bit))
+
+    def test_publish_frames_are_the_generic_encoders(self):
+        """basic.publish packed directly, its properties encoded once and cached: the generic encoders' bytes."""
+        from twisted.internet.task import Clock
+
+        from ion.core.messaging.broker.amqp_channel import BASIC
+        from ion.core.messaging.broker.amqp_codec import frame_bytes, put_properties
+        from ion.core.messaging.broker.amqp_protocol import Client, Delegate, load_spec
+        from ion.core.messaging.envelope import message_properties
+
+        client = Client(Delegate(None), "/", load_spec(), 0, Clock())
+        client.frame_max = 1000
+        types = client._properties[60]
+
+        def generic(channel, exchange, routing_key, mandatory, body, properties):
+            header = bytearray(struct.pack("!HHQ", 60, 0, len(body)))
+            put_properties(header, types, properties)
+            step = client.frame_max - 8
+            return b"".join([Client.method_frame(None, channel, BASIC["publish"], (0, exchange, routing_key, mandatory, False)),
+                             frame_bytes(2, channel, bytes(header))]
+                            + [frame_bytes(3, channel, body[i:i + step]) for i in range(0, len(body), step)])
+
+        varied = [message_properties(1), message_properties(2), {}, {"headers": {"a": 1}, "priority": 3},
+                  {"message_id": "m-1", "delivery_mode": 2, "headers": {}}, {"priority": True}, {"timestamp": 1700000000}]
+        for properties in varied * 2:  # the second time from the cache
+            for channel, exchange, routing_key, mandatory, body in ((1, "", "q", False, b""), (9, "ex.\u20ac", "r.k", True, b"x" * 992),
+                                                                   (65535, "e" * 255, "", False, os.urandom(2500))):
+                args = (channel, exchange, routing_key, mandatory, body, properties)
+                self.assertEqual(client.publish_frames(*args), generic(*args), args[:4] + (len(body), properties))
+                self.assertEqual(client.content_frames(channel, BASIC["publish"], (0, exchange, routing_key, mandatory, False), body,
+                                                       properties), generic(*args))
+        self.assertEqual(len(client._property_cache), 5)  # not the non-empty table, not the bool
+        self.assertRaises(ValueError, client.publish_frames, 1, "e" * 256, "", False, b"", {})
 
     def test_regenerating_gives_the_same_file(self):
         if importlib.util.find_spec("pamqp") is None:

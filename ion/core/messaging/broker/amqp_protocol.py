@@ -47,8 +47,10 @@ from ion.core.messaging.broker.amqp_codec import (
     frame_bytes,
     get_fields,
     get_properties,
+    properties_key,
     put_fields,
     put_properties,
+    shortstr_bytes,
 )
 from ion.core.messaging.broker.interface import BrokerError
 from ion.core.resources import resource_path
@@ -63,6 +65,9 @@ CLIENT_FRAME_MAX = 131072
 # between 1.5 H and 1.75 H after the last byte, within the 2 H AMQP allows.
 CHECKS_PER_INTERVAL = 4
 DEAD_AFTER = 1.5
+PROPERTY_CACHE_SIZE = 256  # encoded content properties kept per connection; past it the cache starts again
+_HEADER_HEAD = struct.Struct("!BHLHHQ")  # a content header frame up to its property flags
+_BODY_END = bytes([FRAME_END])
 
 
 @functools.lru_cache(maxsize=None)
@@ -91,6 +96,7 @@ class Client(AMQClient):
         self._heard_at = self._spoke_at = clock.seconds()
         self._heartbeat_loop = None
         self._partial = {}  # channel id -> the _Delivered being put together from its frames
+        self._property_cache = {}  # (class id, properties_key) -> encoded property flags and values
         deliver = spec.classes.byname["basic"].methods.byname["deliver"]
         self._deliver_id = (deliver.klass.id, deliver.id)
         self.waiting_for = "connection.start"  # the handshake step the broker has to answer next
@@ -259,14 +265,43 @@ class Client(AMQClient):
 
     def content_frames(self, channel, method, args, body, properties):
         """Method, header and body frames of one message, as one bytes string."""
-        klass = method.klass
-        header = bytearray(struct.pack("!HHQ", klass.id, 0, len(body)))
-        put_properties(header, self._properties[klass.id], properties)
-        parts = [self.method_frame(channel, method, args), frame_bytes(FRAME_HEADER, channel, bytes(header))]
+        return self._content(self.method_frame(channel, method, args), channel, method.klass.id, body, properties)
+
+    def publish_frames(self, channel, exchange, routing_key, mandatory, body, properties):
+        """A basic.publish's frames (content_frames' bytes, the method frame packed directly)."""
+        method = b"".join((_PUBLISH_HEAD, shortstr_bytes(exchange), shortstr_bytes(routing_key),
+                           b"\x01" if mandatory else b"\x00"))
+        return self._content(frame_bytes(FRAME_METHOD, channel, method), channel, _BASIC_CLASS, body, properties)
+
+    def _content(self, method_frame, channel, class_id, body, properties):
+        flags = self._property_bytes(class_id, properties)
+        size = len(body)
+        parts = [method_frame, _HEADER_HEAD.pack(FRAME_HEADER, channel, 12 + len(flags), class_id, 0, size), flags,
+                 _BODY_END]
         step = self.frame_max - 8
-        view = memoryview(body)
-        parts.extend(frame_bytes(FRAME_BODY, channel, bytes(view[i:i + step])) for i in range(0, len(body), step))
+        if size <= step:
+            if size:
+                parts += (FRAME_HEAD.pack(FRAME_BODY, channel, size), body, _BODY_END)
+        else:
+            view = memoryview(body)
+            parts.extend(frame_bytes(FRAME_BODY, channel, bytes(view[i:i + step])) for i in range(0, size, step))
         return b"".join(parts)
+
+    def _property_bytes(self, class_id, properties):
+        """The property flags and values of a content header; encoded once for properties seen before."""
+        key = properties_key(properties)
+        if key is not None:
+            cached = self._property_cache.get((class_id, key))
+            if cached is not None:
+                return cached
+        out = bytearray()
+        put_properties(out, self._properties[class_id], properties)
+        out = bytes(out)
+        if key is not None:
+            if len(self._property_cache) >= PROPERTY_CACHE_SIZE:
+                self._property_cache.clear()
+            self._property_cache[class_id, key] = out
+        return out
 
     # -- channels
 
@@ -319,6 +354,10 @@ class Client(AMQClient):
                   " connection", conn=self.delegate.connection.description, silent=silent, interval=self.heartbeat)
         self._heartbeat_loop.stop()
         self.transport.abortConnection()
+
+
+_BASIC_CLASS = 60
+_PUBLISH_HEAD = struct.pack("!HHH", _BASIC_CLASS, 40, 0)  # basic.publish, ticket 0
 
 
 class _Body:
