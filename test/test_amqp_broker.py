@@ -270,6 +270,12 @@ class _FrameSink:
     def _connection_lost(self, client, reason):
         self.lost.append(reason)
 
+    def _confirmed(self, channel, delivery_tag, multiple, ack):
+        self.delivered.append(("confirm", channel.id, delivery_tag, multiple, ack))
+
+    def _returned(self, msg):
+        self.delivered.append(("return", msg.content.body))
+
 
 class DeliveryAssemblyTest(unittest.TestCase):
     """The protocol puts basic.deliver frames together itself (no txamqp queue): bytes in, whole messages out."""
@@ -312,6 +318,18 @@ class DeliveryAssemblyTest(unittest.TestCase):
                 self.assertEqual((msg.consumer_tag, msg.exchange, msg.routing_key), ("ctag-%d" % ch, "ex", "rk.%d" % msg.delivery_tag))
             self.assertEqual([m.redelivered for _, m in self.sink.delivered], [False, False, False, True, False])
             self.assertEqual(self.client._partial, {})
+
+    def test_confirms_go_straight_to_the_connection_in_order(self):
+        from ion.core.messaging.broker.amqp_channel import BASIC
+
+        self.client.channel_now(1)
+        returned = self.client.content_frames(1, BASIC["return"], (312, "NO_ROUTE", "ex", "rk"), b"r" * 2500, {})
+        data = b"".join([self.client.method_frame(1, BASIC["ack"], (1, False)), returned,
+                         self.client.method_frame(1, BASIC["ack"], (3, True)),
+                         self.client.method_frame(1, BASIC["nack"], (2**40, False, True))])
+        self.feed(data, 9)
+        self.assertEqual(self.sink.delivered, [("confirm", 1, 1, False, True), ("return", b"r" * 2500),
+                                               ("confirm", 1, 3, True, True), ("confirm", 1, 2**40, False, False)])
 
     def test_partial_message_dropped_at_connection_loss(self):
         from twisted.internet.error import ConnectionLost as TcpConnectionLost

@@ -15,7 +15,8 @@ fields stay bytes, and a publish is one transport write.
 A basic.deliver does not go through txamqp's per-channel DeferredQueue and
 dispatch worker (three Deferred hand-offs per message): its method, header
 and body frames are put together as they arrive and the whole message goes
-to the delegate at once.  Everything else keeps txamqp's path.
+to the delegate at once; a publisher confirm (basic.ack/nack) goes to the
+connection at once too.  Everything else keeps txamqp's path.
 """
 
 import functools
@@ -99,6 +100,8 @@ class Client(AMQClient):
         self._property_cache = {}  # (class id, properties_key) -> encoded property flags and values
         deliver = spec.classes.byname["basic"].methods.byname["deliver"]
         self._deliver_id = (deliver.klass.id, deliver.id)
+        basic = spec.classes.byname["basic"].methods.byname
+        self._confirm_ids = tuple((basic[name].klass.id, basic[name].id) for name in ("ack", "nack"))
         self.waiting_for = "connection.start"  # the handshake step the broker has to answer next
 
     def connectionMade(self):
@@ -178,6 +181,8 @@ class Client(AMQClient):
             if key == self._deliver_id:
                 self._partial[channel] = _Delivered(reader)
                 return
+            if key in self._confirm_ids:  # basic.ack / basic.nack: a publisher confirm
+                return self._confirmed(channel, reader, key == self._confirm_ids[0])
             method = self._methods[key]
             frame = Frame(channel, Method(method, *get_fields(reader, method.fields)))
         elif kind == FRAME_HEADER:
@@ -218,6 +223,17 @@ class Client(AMQClient):
             self.delegate.basic_deliver(ch, partial)
         except Exception:
             log.failure("delivery on channel {id} not handled", id=channel)
+
+    def _confirmed(self, channel, reader, ack):
+        """A confirm goes to the connection at once, not through txamqp's queue (it has no content)."""
+        tag, multiple = reader.longlong(), bool(reader.octet() & 1)
+        ch = self.channels.get(channel)
+        if ch is None or ch.closed:
+            return
+        try:
+            self.delegate.connection._confirmed(ch, tag, multiple, ack)
+        except Exception:
+            log.failure("confirm on channel {id} not handled", id=channel)
 
     def _read_header(self, reader):
         klass = self.spec.classes.byid[reader.short()]
@@ -448,9 +464,3 @@ class Delegate(TwistedDelegate):
 
     def basic_cancel(self, ch, msg):
         self.connection._cancelled_by_broker(ch, msg)
-
-    def basic_ack(self, ch, msg):
-        self.connection._confirmed(ch, msg.delivery_tag, msg.multiple, True)
-
-    def basic_nack(self, ch, msg):
-        self.connection._confirmed(ch, msg.delivery_tag, msg.multiple, False)

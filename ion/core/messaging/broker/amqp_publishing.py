@@ -244,8 +244,22 @@ class Pipeline:
             wake, self._wake = self._wake, None
             if wake is not None:
                 wake.callback(None)
-        elif self._turns:
+            return
+        turns = self._turns
+        # The common case, waiting publishes and room for them on an open channel, needs no _take_turns.
+        while turns and turns[0].call is None and self._open_for_publishing():
+            if not self._room():
+                return  # the next confirm or resumed transport kicks again
+            turn = turns.popleft()
+            self.send(turn.message, turn.done)
+        if turns:
             self._take_turns()
+        else:
+            self._warned_waiting = False
+
+    def _open_for_publishing(self):
+        ops = self.ops
+        return self._state.state is READY and ops is not None and not ops.closed
 
     def _until_kicked(self, timeout=None):
         self._wake = d = defer.Deferred()
