@@ -319,6 +319,22 @@ class DeliveryAssemblyTest(unittest.TestCase):
             self.assertEqual([m.redelivered for _, m in self.sink.delivered], [False, False, False, True, False])
             self.assertEqual(self.client._partial, {})
 
+    def test_repeated_properties_decoded_once_each_message_its_own(self):
+        from ion.core.messaging.envelope import message_properties
+
+        self.client.channel_now(1)
+        sent = [message_properties(2), message_properties(2), {"headers": {"a": 1}}, {"headers": {"a": 1}},
+                message_properties(1), {}, {}]
+        self.feed(b"".join(self.frames(1, i + 1, b"b", props) for i, props in enumerate(sent)), 5)
+        got = [msg.content.properties for _, msg in self.sink.delivered]
+        self.assertEqual(got, sent)
+        self.assertIsNot(got[0], got[1])
+        self.assertIsNot(got[0]["headers"], got[1]["headers"])
+        got[0]["headers"]["changed"] = 1
+        self.feed(self.frames(1, 9, b"b", message_properties(2)), 1000)
+        self.assertEqual(self.sink.delivered[-1][1].content.properties, message_properties(2))
+        self.assertEqual(len(self.client._header_cache), 3)  # not the non-empty table
+
     def test_confirms_go_straight_to_the_connection_in_order(self):
         from ion.core.messaging.broker.amqp_channel import BASIC
 

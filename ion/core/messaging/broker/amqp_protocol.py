@@ -66,7 +66,7 @@ CLIENT_FRAME_MAX = 131072
 # between 1.5 H and 1.75 H after the last byte, within the 2 H AMQP allows.
 CHECKS_PER_INTERVAL = 4
 DEAD_AFTER = 1.5
-PROPERTY_CACHE_SIZE = 256  # encoded content properties kept per connection; past it the cache starts again
+PROPERTY_CACHE_SIZE = 256  # content properties kept encoded (and decoded) per connection; past it a cache starts again
 _HEADER_HEAD = struct.Struct("!BHLHHQ")  # a content header frame up to its property flags
 _BODY_END = bytes([FRAME_END])
 
@@ -98,6 +98,7 @@ class Client(AMQClient):
         self._heartbeat_loop = None
         self._partial = {}  # channel id -> the _Delivered being put together from its frames
         self._property_cache = {}  # (class id, properties_key) -> encoded property flags and values
+        self._header_cache = {}  # (class id, received property bytes) -> (their properties, names of empty tables)
         deliver = spec.classes.byname["basic"].methods.byname["deliver"]
         self._deliver_id = (deliver.klass.id, deliver.id)
         basic = spec.classes.byname["basic"].methods.byname
@@ -203,7 +204,7 @@ class Client(AMQClient):
             class_id = reader.short()
             reader.pos = 4  # the weight: always 0
             partial.missing = reader.longlong()
-            partial.content = _Content(get_properties(reader, self._properties[class_id]))
+            partial.content = _Content(self._read_properties(class_id, reader))
         else:
             del self._partial[channel]
             raise ValueError("frame type %d inside the content of a basic.deliver" % kind)
@@ -223,6 +224,27 @@ class Client(AMQClient):
             self.delegate.basic_deliver(ch, partial)
         except Exception:
             log.failure("delivery on channel {id} not handled", id=channel)
+
+    def _read_properties(self, class_id, reader):
+        """
+        A content header's properties, from where its flags start.  Headers seen before are decoded once:
+        each message gets its own dict (and its own empty tables); a non-empty table is always decoded.
+        """
+        key = class_id, reader.data[reader.pos:]
+        cached = self._header_cache.get(key)
+        if cached is not None:
+            properties, tables = cached
+            properties = properties.copy()
+            for name in tables:
+                properties[name] = {}
+            return properties
+        properties = get_properties(reader, self._properties[class_id])
+        tables = [name for name, value in properties.items() if type(value) is dict]
+        if not any(properties[name] for name in tables):
+            if len(self._header_cache) >= PROPERTY_CACHE_SIZE:
+                self._header_cache.clear()
+            self._header_cache[key] = properties.copy(), tables
+        return properties
 
     def _confirmed(self, channel, reader, ack):
         """A confirm goes to the connection at once, not through txamqp's queue (it has no content)."""
