@@ -8,6 +8,7 @@ txamqp and RabbitMQ: the spec file, channel reuse, heartbeats, login and TLS.
 
 import importlib.util
 import os
+import struct
 
 from twisted.internet import defer, reactor
 from twisted.internet.protocol import Factory
@@ -257,6 +258,119 @@ ChannelErrorMemoryTest, ChannelErrorRabbitTest = for_each_broker(ChannelErrorTes
 CancelMemoryTest, CancelRabbitTest = for_each_broker(CancelTests, globals())
 
 
+class _FrameSink:
+    """Stands in for the AMQPConnection behind a protocol Client fed bytes by hand: records what it is handed."""
+
+    def __init__(self):
+        self.delivered, self.lost = [], []
+
+    def _deliver(self, channel, msg):
+        self.delivered.append((channel.id, msg))
+
+    def _connection_lost(self, client, reason):
+        self.lost.append(reason)
+
+    def _confirmed(self, channel, delivery_tag, multiple, ack):
+        self.delivered.append(("confirm", channel.id, delivery_tag, multiple, ack))
+
+    def _returned(self, msg):
+        self.delivered.append(("return", msg.content.body))
+
+
+class DeliveryAssemblyTest(unittest.TestCase):
+    """The protocol puts basic.deliver frames together itself (no txamqp queue): bytes in, whole messages out."""
+
+    def setUp(self):
+        from twisted.internet.task import Clock
+        from twisted.internet.testing import StringTransport
+
+        from ion.core.messaging.broker.amqp_channel import BASIC
+        from ion.core.messaging.broker.amqp_protocol import Client, Delegate, load_spec
+
+        self.sink = _FrameSink()
+        self.client = Client(Delegate(self.sink), "/", load_spec(), 0, Clock())
+        self.client.makeConnection(StringTransport())
+        self.client.frame_max = 1000  # bodies past 992 bytes take several frames
+        self.deliver = BASIC["deliver"]
+
+    def frames(self, channel, tag, body, properties=None, redelivered=False):
+        args = ("ctag-%d" % channel, tag, redelivered, "ex", "rk.%d" % tag)
+        return self.client.content_frames(channel, self.deliver, args, body, properties or {})
+
+    def feed(self, data, step):
+        for i in range(0, len(data), step):
+            self.client.dataReceived(data[i:i + step])
+
+    def test_interleaved_channels_multi_frame_bodies_any_split(self):
+        for channel in (1, 2):
+            self.client.channel_now(channel)
+        bodies = [b"", b"\xff\xfe" * 3000, os.urandom(992), os.urandom(993), "\u20ac".encode() * 700]
+        headers = {"headers": {"k": "\u20ac"}, "delivery_mode": 2}
+        data = b"".join(self.frames(1 + i % 2, i + 1, body, headers, i == 3) for i, body in enumerate(bodies))
+        for step in (len(data), 1, 7, 1001):
+            self.sink.delivered = []
+            self.feed(data, step)
+            self.assertEqual([(ch, m.delivery_tag) for ch, m in self.sink.delivered], [(1, 1), (2, 2), (1, 3), (2, 4), (1, 5)])
+            for (ch, msg), body in zip(self.sink.delivered, bodies):
+                self.assertIs(type(msg.content.body), bytes)
+                self.assertTrue(msg.content.body == body)
+                self.assertEqual(msg.content.properties, headers)
+                self.assertEqual((msg.consumer_tag, msg.exchange, msg.routing_key), ("ctag-%d" % ch, "ex", "rk.%d" % msg.delivery_tag))
+            self.assertEqual([m.redelivered for _, m in self.sink.delivered], [False, False, False, True, False])
+            self.assertEqual(self.client._partial, {})
+
+    def test_repeated_properties_decoded_once_each_message_its_own(self):
+        from ion.core.messaging.envelope import message_properties
+
+        self.client.channel_now(1)
+        sent = [message_properties(2), message_properties(2), {"headers": {"a": 1}}, {"headers": {"a": 1}},
+                message_properties(1), {}, {}]
+        self.feed(b"".join(self.frames(1, i + 1, b"b", props) for i, props in enumerate(sent)), 5)
+        got = [msg.content.properties for _, msg in self.sink.delivered]
+        self.assertEqual(got, sent)
+        self.assertIsNot(got[0], got[1])
+        self.assertIsNot(got[0]["headers"], got[1]["headers"])
+        got[0]["headers"]["changed"] = 1
+        self.feed(self.frames(1, 9, b"b", message_properties(2)), 1000)
+        self.assertEqual(self.sink.delivered[-1][1].content.properties, message_properties(2))
+        self.assertEqual(len(self.client._header_cache), 3)  # not the non-empty table
+
+    def test_confirms_go_straight_to_the_connection_in_order(self):
+        from ion.core.messaging.broker.amqp_channel import BASIC
+
+        self.client.channel_now(1)
+        returned = self.client.content_frames(1, BASIC["return"], (312, "NO_ROUTE", "ex", "rk"), b"r" * 2500, {})
+        data = b"".join([self.client.method_frame(1, BASIC["ack"], (1, False)), returned,
+                         self.client.method_frame(1, BASIC["ack"], (3, True)),
+                         self.client.method_frame(1, BASIC["nack"], (2**40, False, True))])
+        self.feed(data, 9)
+        self.assertEqual(self.sink.delivered, [("confirm", 1, 1, False, True), ("return", b"r" * 2500),
+                                               ("confirm", 1, 3, True, True), ("confirm", 1, 2**40, False, False)])
+
+    def test_partial_message_dropped_at_connection_loss(self):
+        from twisted.internet.error import ConnectionLost as TcpConnectionLost
+        from twisted.python.failure import Failure
+
+        self.client.channel_now(1)
+        self.client.dataReceived(self.frames(1, 1, os.urandom(5000))[:2500])
+        self.assertIn(1, self.client._partial)
+        self.client.connectionLost(Failure(TcpConnectionLost()))
+        self.assertEqual(len(self.sink.lost), 1)
+        self.assertEqual(self.client._partial, {})
+        self.assertEqual(self.sink.delivered, [])
+
+    def test_partial_message_dropped_with_its_channel(self):
+        """Its remaining frames are read and dropped; the channel id, used again, starts clean."""
+        channel = self.client.channel_now(3)
+        data = self.frames(3, 1, os.urandom(3000))
+        self.client.dataReceived(data[:1500])
+        self.client.forget_channel(channel)
+        self.client.channel_now(3)
+        self.client.dataReceived(data[1500:] + self.frames(3, 2, b"next"))
+        self.assertEqual([(ch, m.delivery_tag, m.content.body) for ch, m in self.sink.delivered], [(3, 2, b"next")])
+        self.assertEqual(self.client._partial, {})
+
+
 class SpecTest(unittest.TestCase):
     """res/amqp/amqp0-9-1.rabbitmq.xml: complete for our needs, and what the generator makes today."""
 
@@ -303,6 +417,39 @@ class SpecTest(unittest.TestCase):
             for channel, tag, bit in ((1, 1, False), (7, 12345, True), (65535, 2**64 - 1, False), (3, 2**40, True)):
                 self.assertEqual(settle_frame(channel, BASIC[name], tag, bit),
                                  Client.method_frame(None, channel, BASIC[name], (tag, bit)), (name, channel, tag, bit))
+
+    def test_publish_frames_are_the_generic_encoders(self):
+        """basic.publish packed directly, its properties encoded once and cached: the generic encoders' bytes."""
+        from twisted.internet.task import Clock
+
+        from ion.core.messaging.broker.amqp_channel import BASIC
+        from ion.core.messaging.broker.amqp_codec import frame_bytes, put_properties
+        from ion.core.messaging.broker.amqp_protocol import Client, Delegate, load_spec
+        from ion.core.messaging.envelope import message_properties
+
+        client = Client(Delegate(None), "/", load_spec(), 0, Clock())
+        client.frame_max = 1000
+        types = client._properties[60]
+
+        def generic(channel, exchange, routing_key, mandatory, body, properties):
+            header = bytearray(struct.pack("!HHQ", 60, 0, len(body)))
+            put_properties(header, types, properties)
+            step = client.frame_max - 8
+            return b"".join([Client.method_frame(None, channel, BASIC["publish"], (0, exchange, routing_key, mandatory, False)),
+                             frame_bytes(2, channel, bytes(header))]
+                            + [frame_bytes(3, channel, body[i:i + step]) for i in range(0, len(body), step)])
+
+        varied = [message_properties(1), message_properties(2), {}, {"headers": {"a": 1}, "priority": 3},
+                  {"message_id": "m-1", "delivery_mode": 2, "headers": {}}, {"priority": True}, {"timestamp": 1700000000}]
+        for properties in varied * 2:  # the second time from the cache
+            for channel, exchange, routing_key, mandatory, body in ((1, "", "q", False, b""), (9, "ex.\u20ac", "r.k", True, b"x" * 992),
+                                                                   (65535, "e" * 255, "", False, os.urandom(2500))):
+                args = (channel, exchange, routing_key, mandatory, body, properties)
+                self.assertEqual(client.publish_frames(*args), generic(*args), args[:4] + (len(body), properties))
+                self.assertEqual(client.content_frames(channel, BASIC["publish"], (0, exchange, routing_key, mandatory, False), body,
+                                                       properties), generic(*args))
+        self.assertEqual(len(client._property_cache), 5)  # not the non-empty table, not the bool
+        self.assertRaises(ValueError, client.publish_frames, 1, "e" * 256, "", False, b"", {})
 
     def test_regenerating_gives_the_same_file(self):
         if importlib.util.find_spec("pamqp") is None:

@@ -43,8 +43,8 @@ class InFlightPeak:
         if pipeline is not None:  # RabbitMQ; the embedded broker routes each publish at once
             send = pipeline.send
 
-            def checked_send(message):
-                confirmed = send(message)
+            def checked_send(message, done):
+                confirmed = send(message, done)
                 self.sample()
                 return confirmed
 

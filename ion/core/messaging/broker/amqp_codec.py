@@ -30,12 +30,16 @@ def _utf8(text):
     return text if isinstance(text, bytes) else str(text).encode("utf-8", "surrogateescape")
 
 
-def _put_shortstr(out, value):
+def shortstr_bytes(value):
+    """A short string as sent: its length byte, then its UTF-8 bytes."""
     data = _utf8(value)
     if len(data) > 255:
         raise ValueError("AMQP short string longer than 255 bytes: %r..." % data[:40])
-    out.append(len(data))
-    out += data
+    return bytes((len(data),)) + data
+
+
+def _put_shortstr(out, value):
+    out += shortstr_bytes(value)
 
 
 def _put_longstr(out, value):
@@ -144,6 +148,28 @@ def put_properties(out, property_types, properties):
             _PUT[kind](values, value)
         bit -= 1
     out += struct.pack("!H", word) + values
+
+
+def properties_key(properties):
+    """
+    A hashable key for content properties whose encoding can be cached (every value a str, an int or
+    bytes, or an empty table, as R1's are), or None.
+    """
+    key = []
+    for name, value in properties.items():
+        kind = type(value)
+        if kind is dict:
+            if value:
+                return None
+            value = _EMPTY_TABLE
+        elif kind is not str and kind is not int and kind is not bytes:
+            if value is not None:
+                return None
+        key.append((name, value))
+    return tuple(key)
+
+
+_EMPTY_TABLE = ("empty table",)  # stands for {} in a properties key: no str, int or bytes equals it
 
 
 # -- decoding ------------------------------------------------------------------

@@ -11,6 +11,12 @@ arrives as str, and protocol.read_content then counts characters instead of
 bytes, reads past a multi-byte body into the next frames and kills the
 connection.  `Client` parses and builds frames itself: bodies and longstr
 fields stay bytes, and a publish is one transport write.
+
+A basic.deliver does not go through txamqp's per-channel DeferredQueue and
+dispatch worker (three Deferred hand-offs per message): its method, header
+and body frames are put together as they arrive and the whole message goes
+to the delegate at once; a publisher confirm (basic.ack/nack) goes to the
+connection at once too.  Everything else keeps txamqp's path.
 """
 
 import functools
@@ -42,8 +48,10 @@ from ion.core.messaging.broker.amqp_codec import (
     frame_bytes,
     get_fields,
     get_properties,
+    properties_key,
     put_fields,
     put_properties,
+    shortstr_bytes,
 )
 from ion.core.messaging.broker.interface import BrokerError
 from ion.core.resources import resource_path
@@ -58,6 +66,9 @@ CLIENT_FRAME_MAX = 131072
 # between 1.5 H and 1.75 H after the last byte, within the 2 H AMQP allows.
 CHECKS_PER_INTERVAL = 4
 DEAD_AFTER = 1.5
+PROPERTY_CACHE_SIZE = 256  # content properties kept encoded (and decoded) per connection; past it a cache starts again
+_HEADER_HEAD = struct.Struct("!BHLHHQ")  # a content header frame up to its property flags
+_BODY_END = bytes([FRAME_END])
 
 
 @functools.lru_cache(maxsize=None)
@@ -85,6 +96,13 @@ class Client(AMQClient):
         self._chunks, self._buffered, self._needed = [], 0, 0
         self._heard_at = self._spoke_at = clock.seconds()
         self._heartbeat_loop = None
+        self._partial = {}  # channel id -> the _Delivered being put together from its frames
+        self._property_cache = {}  # (class id, properties_key) -> encoded property flags and values
+        self._header_cache = {}  # (class id, received property bytes) -> (their properties, names of empty tables)
+        deliver = spec.classes.byname["basic"].methods.byname["deliver"]
+        self._deliver_id = (deliver.klass.id, deliver.id)
+        basic = spec.classes.byname["basic"].methods.byname
+        self._confirm_ids = tuple((basic[name].klass.id, basic[name].id) for name in ("ack", "nack"))
         self.waiting_for = "connection.start"  # the handshake step the broker has to answer next
 
     def connectionMade(self):
@@ -113,6 +131,7 @@ class Client(AMQClient):
 
     def do_close(self, reason):
         """The connection is over: tell the owner first (calls failing next then wait), then close channels."""
+        self._partial = {}  # a message half received is dropped: the broker delivers it again
         self.delegate.connection._connection_lost(self, reason)
         for channel in list(self.channels.values()):
             channel.close(reason)
@@ -152,11 +171,20 @@ class Client(AMQClient):
             self._buffered = end - pos
 
     def _frame_received(self, kind, channel, payload):
+        partial = self._partial.get(channel)
+        if partial is not None:
+            return self._content_frame(kind, channel, payload, partial)
         if kind == FRAME_BODY:
             frame = Frame(channel, _Body(payload))
         elif kind == FRAME_METHOD:
             reader = Reader(payload)
-            method = self._methods[reader.short(), reader.short()]
+            key = reader.short(), reader.short()
+            if key == self._deliver_id:
+                self._partial[channel] = _Delivered(reader)
+                return
+            if key in self._confirm_ids:  # basic.ack / basic.nack: a publisher confirm
+                return self._confirmed(channel, reader, key == self._confirm_ids[0])
+            method = self._methods[key]
             frame = Frame(channel, Method(method, *get_fields(reader, method.fields)))
         elif kind == FRAME_HEADER:
             frame = Frame(channel, self._read_header(Reader(payload)))
@@ -165,6 +193,69 @@ class Client(AMQClient):
         else:
             raise ValueError("unknown frame type %d" % kind)
         self.channel_now(channel).dispatch(frame, self.work)
+
+    def _content_frame(self, kind, channel, payload, partial):
+        """The header or a body frame of a basic.deliver; the message goes to the delegate once complete."""
+        if kind == FRAME_BODY and partial.content is not None:
+            partial.chunks.append(payload)
+            partial.missing -= len(payload)
+        elif kind == FRAME_HEADER and partial.content is None:
+            reader = Reader(payload)
+            class_id = reader.short()
+            reader.pos = 4  # the weight: always 0
+            partial.missing = reader.longlong()
+            partial.content = _Content(self._read_properties(class_id, reader))
+        else:
+            del self._partial[channel]
+            raise ValueError("frame type %d inside the content of a basic.deliver" % kind)
+        if partial.missing > 0:
+            return
+        del self._partial[channel]
+        if partial.missing < 0:
+            raise ValueError("body frames longer than the content header's size")
+        chunks = partial.chunks
+        partial.content.body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        partial.chunks = None
+        ch = self.channels.get(channel)
+        if ch is None or ch.closed or partial.dropped:
+            log.debug("delivery on closed channel {id} dropped", id=channel)
+            return
+        try:
+            self.delegate.basic_deliver(ch, partial)
+        except Exception:
+            log.failure("delivery on channel {id} not handled", id=channel)
+
+    def _read_properties(self, class_id, reader):
+        """
+        A content header's properties, from where its flags start.  Headers seen before are decoded once:
+        each message gets its own dict (and its own empty tables); a non-empty table is always decoded.
+        """
+        key = class_id, reader.data[reader.pos:]
+        cached = self._header_cache.get(key)
+        if cached is not None:
+            properties, tables = cached
+            properties = properties.copy()
+            for name in tables:
+                properties[name] = {}
+            return properties
+        properties = get_properties(reader, self._properties[class_id])
+        tables = [name for name, value in properties.items() if type(value) is dict]
+        if not any(properties[name] for name in tables):
+            if len(self._header_cache) >= PROPERTY_CACHE_SIZE:
+                self._header_cache.clear()
+            self._header_cache[key] = properties.copy(), tables
+        return properties
+
+    def _confirmed(self, channel, reader, ack):
+        """A confirm goes to the connection at once, not through txamqp's queue (it has no content)."""
+        tag, multiple = reader.longlong(), bool(reader.octet() & 1)
+        ch = self.channels.get(channel)
+        if ch is None or ch.closed:
+            return
+        try:
+            self.delegate.connection._confirmed(ch, tag, multiple, ack)
+        except Exception:
+            log.failure("confirm on channel {id} not handled", id=channel)
 
     def _read_header(self, reader):
         klass = self.spec.classes.byid[reader.short()]
@@ -212,14 +303,43 @@ class Client(AMQClient):
 
     def content_frames(self, channel, method, args, body, properties):
         """Method, header and body frames of one message, as one bytes string."""
-        klass = method.klass
-        header = bytearray(struct.pack("!HHQ", klass.id, 0, len(body)))
-        put_properties(header, self._properties[klass.id], properties)
-        parts = [self.method_frame(channel, method, args), frame_bytes(FRAME_HEADER, channel, bytes(header))]
+        return self._content(self.method_frame(channel, method, args), channel, method.klass.id, body, properties)
+
+    def publish_frames(self, channel, exchange, routing_key, mandatory, body, properties):
+        """A basic.publish's frames (content_frames' bytes, the method frame packed directly)."""
+        method = b"".join((_PUBLISH_HEAD, shortstr_bytes(exchange), shortstr_bytes(routing_key),
+                           b"\x01" if mandatory else b"\x00"))
+        return self._content(frame_bytes(FRAME_METHOD, channel, method), channel, _BASIC_CLASS, body, properties)
+
+    def _content(self, method_frame, channel, class_id, body, properties):
+        flags = self._property_bytes(class_id, properties)
+        size = len(body)
+        parts = [method_frame, _HEADER_HEAD.pack(FRAME_HEADER, channel, 12 + len(flags), class_id, 0, size), flags,
+                 _BODY_END]
         step = self.frame_max - 8
-        view = memoryview(body)
-        parts.extend(frame_bytes(FRAME_BODY, channel, bytes(view[i:i + step])) for i in range(0, len(body), step))
+        if size <= step:
+            if size:
+                parts += (FRAME_HEAD.pack(FRAME_BODY, channel, size), body, _BODY_END)
+        else:
+            view = memoryview(body)
+            parts.extend(frame_bytes(FRAME_BODY, channel, bytes(view[i:i + step])) for i in range(0, size, step))
         return b"".join(parts)
+
+    def _property_bytes(self, class_id, properties):
+        """The property flags and values of a content header; encoded once for properties seen before."""
+        key = properties_key(properties)
+        if key is not None:
+            cached = self._property_cache.get((class_id, key))
+            if cached is not None:
+                return cached
+        out = bytearray()
+        put_properties(out, self._properties[class_id], properties)
+        out = bytes(out)
+        if key is not None:
+            if len(self._property_cache) >= PROPERTY_CACHE_SIZE:
+                self._property_cache.clear()
+            self._property_cache[class_id, key] = out
+        return out
 
     # -- channels
 
@@ -237,8 +357,11 @@ class Client(AMQClient):
         raise BrokerError("all %d AMQP channels are in use" % self.channel_max)
 
     def forget_channel(self, channel, reason=None):
-        """Mark a channel closed locally and free its id."""
+        """Mark a channel closed locally and free its id; a message half received on it is dropped."""
         channel.close(reason)
+        partial = self._partial.get(channel.id)
+        if partial is not None:
+            partial.dropped = True  # its remaining frames are still on the way: read, then dropped
         if self.channels.get(channel.id) is channel:
             del self.channels[channel.id]
 
@@ -271,6 +394,10 @@ class Client(AMQClient):
         self.transport.abortConnection()
 
 
+_BASIC_CLASS = 60
+_PUBLISH_HEAD = struct.pack("!HHH", _BASIC_CLASS, 40, 0)  # basic.publish, ticket 0
+
+
 class _Body:
     """A body frame payload that stays bytes (txamqp's Body decodes it)."""
 
@@ -279,6 +406,35 @@ class _Body:
 
     def __init__(self, content):
         self.content = content
+
+
+class _Delivered:
+    """A basic.deliver with its content: what txamqp's Message offers a consumer, without its field lookups."""
+
+    __slots__ = ("consumer_tag", "delivery_tag", "redelivered", "exchange", "routing_key", "content", "chunks",
+                 "missing", "dropped")
+
+    def __init__(self, reader):
+        """The method's arguments, read where the class and method ids end."""
+        self.consumer_tag = reader.shortstr()
+        self.delivery_tag = reader.longlong()
+        self.redelivered = bool(reader.octet() & 1)
+        self.exchange = reader.shortstr()
+        self.routing_key = reader.shortstr()
+        self.content = None  # until the header frame
+        self.chunks = []
+        self.missing = 0
+        self.dropped = False  # its channel was closed before the last frame came
+
+
+class _Content:
+    """A delivered message's properties and body bytes."""
+
+    __slots__ = ("properties", "body")
+
+    def __init__(self, properties):
+        self.properties = properties
+        self.body = b""
 
 
 class Delegate(TwistedDelegate):
@@ -330,9 +486,3 @@ class Delegate(TwistedDelegate):
 
     def basic_cancel(self, ch, msg):
         self.connection._cancelled_by_broker(ch, msg)
-
-    def basic_ack(self, ch, msg):
-        self.connection._confirmed(ch, msg.delivery_tag, msg.multiple, True)
-
-    def basic_nack(self, ch, msg):
-        self.connection._confirmed(ch, msg.delivery_tag, msg.multiple, False)

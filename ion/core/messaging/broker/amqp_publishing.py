@@ -28,11 +28,10 @@ class Confirms:
         self.next_tag = 1
         self.waiting = {}  # delivery tag -> (Deferred, message), in publish order
 
-    def add(self, message):
-        d = defer.Deferred()
+    def add(self, message, d):
+        """`d` fires with the broker's confirm of `message`, the next publish on the channel."""
         self.waiting[self.next_tag] = (d, message)
         self.next_tag += 1
-        return d
 
     def settle(self, tag, multiple, ack):
         tags = [t for t in itertools.takewhile(lambda t: t <= tag, self.waiting)] if multiple else [tag]
@@ -108,25 +107,33 @@ class Pipeline:
         """Written at once when READY and the shared channel is idle, else queued behind the pending turns."""
         ops = self.ops
         if not self._turns and self._state.state is READY and ops is not None and not ops.closed and self._room():
-            return defer.maybeDeferred(self.send, message).addErrback(broker_error)
+            return self.send(message, defer.Deferred()).addErrback(broker_error)
         return self._enqueue(Turn(message=message)).addErrback(broker_error)
 
     def call(self, name, kwargs):
         """One synchronous method on the shared channel, in its turn."""
         return self._enqueue(Turn(call=(name, kwargs))).addErrback(broker_error)
 
-    def send(self, message):
-        """Write one publish on the ops channel; a Deferred for its confirm (or already fired)."""
-        self._state.check_open()
-        client = self._state.client
-        exchange, routing_key, body, properties, mandatory = message
-        if not exchange:  # straight to a queue, which may be a broker-named one renamed since
-            routing_key = self._topology.current(routing_key)
-        args = (0, exchange, routing_key, mandatory, False)
-        frames = client.content_frames(self.ops.id, BASIC["publish"], args, body, properties)
-        confirmed = self.pending.add(message) if self._address.confirms else defer.succeed(None)
-        client.write(frames)
-        return confirmed
+    def send(self, message, done):
+        """
+        Write one publish on the ops channel; `done` (returned) fires with its confirm, or once written
+        with confirms off, or fails if it cannot be written.  The caller's Deferred is the only one made.
+        """
+        try:
+            self._state.check_open()
+            client = self._state.client
+            exchange, routing_key, body, properties, mandatory = message
+            if not exchange:  # straight to a queue, which may be a broker-named one renamed since
+                routing_key = self._topology.current(routing_key)
+            client.write(client.publish_frames(self.ops.id, exchange, routing_key, mandatory, body, properties))
+        except Exception:
+            done.errback()
+            return done
+        if self._address.confirms:  # its basic.ack is read in a later reactor turn
+            self.pending.add(message, done)
+        else:
+            done.callback(None)
+        return done
 
     @defer.inlineCallbacks
     def ops_channel(self):
@@ -237,8 +244,22 @@ class Pipeline:
             wake, self._wake = self._wake, None
             if wake is not None:
                 wake.callback(None)
-        elif self._turns:
+            return
+        turns = self._turns
+        # The common case, waiting publishes and room for them on an open channel, needs no _take_turns.
+        while turns and turns[0].call is None and self._open_for_publishing():
+            if not self._room():
+                return  # the next confirm or resumed transport kicks again
+            turn = turns.popleft()
+            self.send(turn.message, turn.done)
+        if turns:
             self._take_turns()
+        else:
+            self._warned_waiting = False
+
+    def _open_for_publishing(self):
+        ops = self.ops
+        return self._state.state is READY and ops is not None and not ops.closed
 
     def _until_kicked(self, timeout=None):
         self._wake = d = defer.Deferred()
@@ -271,7 +292,7 @@ class Pipeline:
                     yield self._open_ops_for(turn)
                 elif self._room():
                     self._turns.popleft()
-                    defer.maybeDeferred(self.send, turn.message).chainDeferred(turn.done)
+                    self.send(turn.message, turn.done)
                 else:
                     yield self._until_kicked()
         except Exception:
