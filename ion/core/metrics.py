@@ -64,25 +64,31 @@ def rpc_finished(outcome, seconds):
 _publish_counters = {}
 
 
-def observe_publish(d, event_id):
-    """Count a publish (a Deferred) under `event_id`: published now, then confirmed, returned or failed."""
+def observe_publish(d, event_id, fires_with=None):
+    """
+    Count a publish (a Deferred) under `event_id`: published now, then confirmed, returned or failed.
+    One callback pair, no closure; a confirmed publish fires with `fires_with` if given (so a caller
+    needs no callback of its own to change what it fires with).
+    """
     label = str(event_id)
     counters = _publish_counters.get(label)
     if counters is None:  # labels() costs more than inc(): looked up once per event id
         counters = _publish_counters[label] = (events_published.labels(label), events_confirmed.labels(label))
     counters[0].inc()
+    return d.addCallbacks(_publish_confirmed, _publish_failed, (counters[1], fires_with), None, (label,))
 
-    def settled(result):
-        error = _error_of(result)
-        if error is None:
-            counters[1].inc()
-        elif type(error).__name__ in ("MessageRefused", "Unroutable"):
-            events_returned.labels(label).inc()
-        else:
-            events_failed.labels(label).inc()
-        return result
 
-    return d.addBoth(settled)
+def _publish_confirmed(result, confirmed, fires_with):
+    confirmed.inc()
+    return result if fires_with is None else fires_with
+
+
+def _publish_failed(failure, label):
+    if type(failure.value).__name__ in ("MessageRefused", "Unroutable"):
+        events_returned.labels(label).inc()
+    else:
+        events_failed.labels(label).inc()
+    return failure
 
 
 def observe_rpc(d, clock):

@@ -239,21 +239,25 @@ class ExchangeManager:
         """
         if self.stopping and not self.connection.connected:
             return defer.fail(ConnectionLost("%s is not connected and the container is stopping" % (self.description,)))
-        exchange, routing_key = config["exchange"], sealed.routing_key
-
-        def publish(_=None):
-            return self.connection.publish(exchange, routing_key, sealed.body, sealed.properties, mandatory=mandatory)
-
-        def declare_again(failure):
-            failure.trap(NotFound)  # an auto-delete exchange went away meanwhile
-            self._exchanges.pop(exchange, None)
-            return self.declare_for(config).addCallback(publish)
-
+        exchange = config["exchange"]
         if self._exchanges.get(exchange) == _flags(config):
-            sent = publish()
+            sent = self.connection.publish(exchange, sealed.routing_key, sealed.body, sealed.properties,
+                                           mandatory=mandatory)
         else:
-            sent = self.declare_for(config).addCallback(publish)
-        return sent.addErrback(declare_again)
+            sent = self.declare_for(config).addCallback(self._publish_declared, exchange, sealed, mandatory)
+        # A bound method and its arguments: no closures made per publish.
+        return sent.addErrback(self._declare_again, config, sealed, mandatory)
+
+    def _publish_declared(self, _, exchange, sealed, mandatory):
+        return self.connection.publish(exchange, sealed.routing_key, sealed.body, sealed.properties,
+                                       mandatory=mandatory)
+
+    def _declare_again(self, failure, config, sealed, mandatory):
+        """An auto-delete exchange went away meanwhile (NotFound): declared again, the publish sent again."""
+        failure.trap(NotFound)
+        exchange = config["exchange"]
+        self._exchanges.pop(exchange, None)
+        return self.declare_for(config).addCallback(self._publish_declared, exchange, sealed, mandatory)
 
     def publish_raw(self, exchange, routing_key, body, properties=None, mandatory=False):
         """

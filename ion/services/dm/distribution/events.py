@@ -211,8 +211,11 @@ class EventPublisher(Publisher):
         """
         return self._publish_event(event_msg, event_msg, origin, self.publish)
 
-    def _publish_event(self, event_msg, content, origin, send):
-        """publish_event of `event_msg`, sending `content` (the event, or its packed bytes) with `send`."""
+    def _publish_event(self, event_msg, content, origin, send, fires_with=None):
+        """
+        publish_event of `event_msg`, sending `content` (the event, or its packed bytes) with `send`;
+        fires with `fires_with` if given, else with what `send` fires with.
+        """
         if origin is None or origin == "":
             origin = self._origin
         if origin is None or origin in ("", "unknown"):
@@ -221,7 +224,7 @@ class EventPublisher(Publisher):
             routing_key = self._topic_of(origin)
         except (AssertionError, TypeError, ValueError):
             return defer.fail()
-        return metrics.observe_publish(send(content, routing_key=routing_key), self.event_id)
+        return metrics.observe_publish(send(content, routing_key=routing_key), self.event_id, fires_with)
 
     def create_and_publish_event(self, **kwargs):
         """create_event then publish_event; an `origin` kwarg is both a field and the routing origin."""
@@ -238,11 +241,10 @@ class EventPublisher(Publisher):
             send, content = self._send_packed, packed
         else:
             send, content = self.publish, event_msg
+        # The metrics' callback is the only one this layer adds: it makes the Deferred fire with the event.
         if routing_key is None:
-            sent = self._publish_event(event_msg, content, None, send)
-        else:
-            sent = send(content, routing_key=routing_key)
-        return sent.addCallback(lambda _: event_msg)
+            return self._publish_event(event_msg, content, None, send, event_msg)
+        return metrics.observe_publish(send(content, routing_key=routing_key), self.event_id, event_msg)
 
     def _send_packed(self, packed, routing_key):
         """Publisher.publish of packed event content, without the header map it would fire with."""
