@@ -84,8 +84,9 @@ class StatusTests(BrokerTestMixin):
         before = yield self.metrics()
         pub = events.InfoLoggingEventPublisher(process=self.proc, origin=origin)
         yield self.proc.register_life_cycle_object(pub)
-        for name in ("a", "b", "bad"):
-            yield pub.create_and_publish_event(name=name)
+        yield pub.create_and_publish_event(name="a")
+        yield pub.create_and_publish_event(name="b", origin=origin)  # an origin kwarg counts too
+        yield pub.create_and_publish_event(name="bad")
         nobody = events.ErrorLoggingEventPublisher(process=self.proc, origin=self.unique_name("nobody"))
         yield self.proc.register_life_cycle_object(nobody)
         yield nobody.create_and_publish_event(name="to nobody")  # no queue takes it: returned
