@@ -50,7 +50,8 @@ class PersisterFixture(BrokerTestMixin, DatabaseTestMixin):
 
     @defer.inlineCallbacks
     def setUp(self):
-        yield self._start_container(sysname=self.unique_name("hist"))
+        self.sysname = self.unique_name("hist")
+        yield self._start_container(sysname=self.sysname)
         self.addCleanup(self._stop_container)
         self.proc = Process(spawnargs={"proc-name": "history-tester"})
         yield self.proc.spawn()

@@ -13,14 +13,12 @@ import os
 
 from twisted.internet import defer, reactor, task, threads, utils
 
-from ion.core.process.process import Process
 from ion.services.dm.distribution import events
-from ion.services.dm.inventory.event_persister import EventPersister
 from ion.test.iontest import IonTestCase
 from test import event_peer
-from test.brokers import RABBIT_URL, BrokerTestMixin, wait_for
-from test.databases import DatabaseTestMixin
+from test.brokers import RABBIT_URL, wait_for
 from test.proxy import TcpProxy
+from test.test_event_persister import PersisterFixture
 
 EVENTS = 3000
 WINDOW = 100
@@ -53,20 +51,10 @@ def hold_restart_lock(testcase):
     testcase.addCleanup(os.close, fd)  # cleanups run last first: this one after the `start` added next
 
 
-class HistoryFaultTest(BrokerTestMixin, DatabaseTestMixin, IonTestCase):
+class HistoryFaultTest(PersisterFixture, IonTestCase):
     broker_url = RABBIT_URL
     database = "postgresql"
     timeout = 240
-
-    @defer.inlineCallbacks
-    def setUp(self):
-        self.sysname = self.unique_name("histfault")
-        yield self._start_container(sysname=self.sysname)
-        self.addCleanup(self._stop_container)
-        self.proc = Process(spawnargs={"proc-name": "history-fault-tester"})
-        yield self.proc.spawn()
-        self.url = yield self.store_url()
-        self.queue = self.unique_name("persist")
 
     @defer.inlineCallbacks
     def publish_all(self, on_progress, first=0, count=EVENTS):
@@ -177,18 +165,6 @@ class HistoryFaultTest(BrokerTestMixin, DatabaseTestMixin, IonTestCase):
         self.assertEqual(cuts, 2)
         self.assertEqual((rows, names, keys), (EVENTS, EVENTS, EVENTS))
 
-    @defer.inlineCallbacks
     def persister(self):
-        persister = EventPersister(
-            spawnargs={"queue": self.queue, "store": self.url, "event_id": events.LOGGING_INFO_EVENT_ID,
-                       "batch_size": 50, "backoff": 0.2, "max_backoff": 2}
-        )
-        yield persister.spawn()
-        self.addCleanup(self._drop_queue, persister.queue)
-        self.addCleanup(persister.terminate_unless_over)
-        return persister
-
-    def _drop_queue(self, queue):
-        if self.container is not None:
-            return self.container.exchange_manager.delete_queue(queue)
+        return self.spawn_persister(batch_size=50, backoff=0.2, max_backoff=2)
 
