@@ -284,7 +284,7 @@ class DeliveryAssemblyTest(unittest.TestCase):
         from twisted.internet.task import Clock
         from twisted.internet.testing import StringTransport
 
-        from ion.core.messaging.broker.amqp_channel import BASIC
+        from ion.core.messaging.broker.amqp_protocol import BASIC
         from ion.core.messaging.broker.amqp_protocol import Client, Delegate, load_spec
 
         self.sink = _FrameSink()
@@ -336,7 +336,7 @@ class DeliveryAssemblyTest(unittest.TestCase):
         self.assertEqual(len(self.client._header_cache), 3)  # not the non-empty table
 
     def test_confirms_go_straight_to_the_connection_in_order(self):
-        from ion.core.messaging.broker.amqp_channel import BASIC
+        from ion.core.messaging.broker.amqp_protocol import BASIC
 
         self.client.channel_now(1)
         returned = self.client.content_frames(1, BASIC["return"], (312, "NO_ROUTE", "ex", "rk"), b"r" * 2500, {})
@@ -409,7 +409,7 @@ class SpecTest(unittest.TestCase):
 
     def test_settle_frames_are_the_generic_encoders(self):
         """amqp_consumer packs basic.ack/basic.reject itself: byte for byte what the method-frame encoder writes."""
-        from ion.core.messaging.broker.amqp_channel import BASIC
+        from ion.core.messaging.broker.amqp_protocol import BASIC
         from ion.core.messaging.broker.amqp_consumer import settle_frame
         from ion.core.messaging.broker.amqp_protocol import Client
 
@@ -422,7 +422,7 @@ class SpecTest(unittest.TestCase):
         """basic.publish packed directly, its properties encoded once and cached: the generic encoders' bytes."""
         from twisted.internet.task import Clock
 
-        from ion.core.messaging.broker.amqp_channel import BASIC
+        from ion.core.messaging.broker.amqp_protocol import BASIC
         from ion.core.messaging.broker.amqp_codec import frame_bytes, put_properties
         from ion.core.messaging.broker.amqp_protocol import Client, Delegate, load_spec
         from ion.core.messaging.envelope import message_properties

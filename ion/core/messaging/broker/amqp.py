@@ -24,11 +24,10 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from ion.core.messaging.broker.amqp_channel import BASIC
 from ion.core.messaging.broker.amqp_consumer import Consumer, Consumers, Delivery
 from ion.core.messaging.broker.amqp_errors import culprit
 from ion.core.messaging.broker.amqp_link import CLOSE_TIMEOUT, HANDSHAKE_NOTICE, HANDSHAKE_TIMEOUT, Link
-from ion.core.messaging.broker.amqp_protocol import SPEC_PATH, load_spec
+from ion.core.messaging.broker.amqp_protocol import BASIC, SPEC_PATH, load_spec
 from ion.core.messaging.broker.amqp_publishing import Pipeline
 from ion.core.messaging.broker.amqp_states import ConnectionState
 from ion.core.messaging.broker.amqp_topology import Topology

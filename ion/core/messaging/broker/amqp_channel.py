@@ -3,10 +3,7 @@
 from twisted.internet import defer
 
 from ion.core.messaging.broker.amqp_errors import broker_error
-from ion.core.messaging.broker.amqp_protocol import load_spec
 from ion.core.messaging.broker.interface import BrokerError
-
-BASIC = load_spec().classes.byname["basic"].methods.byname  # basic.* methods, for frames written directly
 
 
 def invoke(channel, name, **kwargs):

@@ -12,9 +12,10 @@ from twisted.logger import Logger
 from txamqp.client import TwistedEvent
 from zope.interface import implementer
 
-from ion.core.messaging.broker.amqp_channel import BASIC, close_channel, invoke, open_channel
+from ion.core.messaging.broker.amqp_channel import close_channel, invoke, open_channel
 from ion.core.messaging.broker.amqp_codec import FRAME_END, FRAME_METHOD
 from ion.core.messaging.broker.amqp_errors import dropped_under
+from ion.core.messaging.broker.amqp_protocol import BASIC
 from ion.core.messaging.broker.interface import (
     BrokerError,
     ChannelError,

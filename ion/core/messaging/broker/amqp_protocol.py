@@ -77,6 +77,18 @@ def load_spec():
     return txspec.load(resource_path(SPEC_PATH))
 
 
+BASIC = load_spec().classes.byname["basic"].methods.byname  # basic.* methods, for frames read or written directly
+
+
+def _ids(method):
+    return method.klass.id, method.id
+
+
+_DELIVER, _ACK, _NACK = _ids(BASIC["deliver"]), _ids(BASIC["ack"]), _ids(BASIC["nack"])
+_BASIC_CLASS = BASIC["publish"].klass.id
+_PUBLISH_HEAD = struct.pack("!HHH", *_ids(BASIC["publish"]), 0)  # basic.publish, ticket 0
+
+
 @implementer(IPushProducer)
 class Client(AMQClient):
     """
@@ -99,10 +111,6 @@ class Client(AMQClient):
         self._partial = {}  # channel id -> the _Delivered being put together from its frames
         self._property_cache = {}  # (class id, properties_key) -> encoded property flags and values
         self._header_cache = {}  # (class id, received property bytes) -> (their properties, names of empty tables)
-        deliver = spec.classes.byname["basic"].methods.byname["deliver"]
-        self._deliver_id = (deliver.klass.id, deliver.id)
-        basic = spec.classes.byname["basic"].methods.byname
-        self._confirm_ids = tuple((basic[name].klass.id, basic[name].id) for name in ("ack", "nack"))
         self.waiting_for = "connection.start"  # the handshake step the broker has to answer next
 
     def connectionMade(self):
@@ -179,11 +187,11 @@ class Client(AMQClient):
         elif kind == FRAME_METHOD:
             reader = Reader(payload)
             key = reader.short(), reader.short()
-            if key == self._deliver_id:
+            if key == _DELIVER:
                 self._partial[channel] = _Delivered(reader)
                 return
-            if key in self._confirm_ids:  # basic.ack / basic.nack: a publisher confirm
-                return self._confirmed(channel, reader, key == self._confirm_ids[0])
+            if key == _ACK or key == _NACK:  # a publisher confirm
+                return self._confirmed(channel, reader, key == _ACK)
             method = self._methods[key]
             frame = Frame(channel, Method(method, *get_fields(reader, method.fields)))
         elif kind == FRAME_HEADER:
@@ -392,10 +400,6 @@ class Client(AMQClient):
                   " connection", conn=self.delegate.connection.description, silent=silent, interval=self.heartbeat)
         self._heartbeat_loop.stop()
         self.transport.abortConnection()
-
-
-_BASIC_CLASS = 60
-_PUBLISH_HEAD = struct.pack("!HHH", _BASIC_CLASS, 40, 0)  # basic.publish, ticket 0
 
 
 class _Body:

@@ -12,8 +12,9 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from txamqp.client import ChannelClosed
 
-from ion.core.messaging.broker.amqp_channel import BASIC, invoke, open_channel
+from ion.core.messaging.broker.amqp_channel import invoke, open_channel
 from ion.core.messaging.broker.amqp_errors import broker_error, channel_error, culprit, dropped_under
+from ion.core.messaging.broker.amqp_protocol import BASIC
 from ion.core.messaging.broker.amqp_states import READY
 from ion.core.messaging.broker.interface import BrokerError, MessageRefused
 
