@@ -16,6 +16,8 @@ instances of `BrokerError` (or a subclass), so callers never see txamqp or
 embedded-broker internals.
 """
 
+import re
+
 from zope.interface import Attribute, Interface
 
 from ion.core.exception import IonError
@@ -73,6 +75,12 @@ class ConnectionLost(BrokerError):
 
 
 EXCHANGE_TYPES = ("topic", "direct", "fanout")
+
+# x-queue-type values, and the text forms of a stream consumer's x-stream-offset: a named position or a
+# relative time, a whole number of years, months, days, hours, minutes or seconds ('10m', '1h').
+QUEUE_TYPES = ("classic", "quorum", "stream")
+STREAM_OFFSET_NAMES = ("first", "last", "next")
+STREAM_OFFSET_INTERVAL = re.compile(r"^([0-9]+)([YMDhms])$")
 
 # AMQP basic properties a Delivery carries (None when unset).
 PROPERTY_NAMES = (

@@ -19,14 +19,18 @@ A stream's retention (x-max-length-bytes, x-max-age) is not implemented
 here: declaring it fails rather than keep everything silently.
 """
 
-import re
+from ion.core.messaging.broker.interface import (
+    QUEUE_TYPES,
+    STREAM_OFFSET_INTERVAL,
+    STREAM_OFFSET_NAMES,
+    ChannelError,
+    PreconditionFailed,
+)
 
-from ion.core.messaging.broker.interface import ChannelError, PreconditionFailed
-
-__all__ = ["QUEUE_TYPES", "check_consume", "check_declaration", "queue_type_of", "stream_offset_spec"]
+__all__ = ["check_consume", "check_declaration", "queue_type_of", "stream_offset_spec"]
 
 # x-queue-type -> RabbitMQ's module name, which its replies use.
-QUEUE_TYPES = {"classic": "rabbit_classic_queue", "quorum": "rabbit_quorum_queue", "stream": "rabbit_stream_queue"}
+MODULES = {queue_type: "rabbit_%s_queue" % queue_type for queue_type in QUEUE_TYPES}
 
 # Arguments each type refuses at declaration.
 _REFUSED_ARGUMENTS = {
@@ -41,8 +45,6 @@ _RETENTION_ARGUMENTS = ("x-max-length-bytes", "x-max-age", "x-stream-max-segment
 # RabbitMQ's AMQP field type names, for its unacceptable_type replies.
 _FIELD_TYPES = {bool: "bool", int: "signedint", float: "double", bytes: "longstr", dict: "table", list: "array"}
 
-# A relative stream offset: a whole number of years, months, days, hours, minutes or seconds.
-INTERVAL = re.compile(r"^([0-9]+)([YMDhms])$")
 _UNIT_SECONDS = {"Y": 365 * 86400, "M": 30 * 86400, "D": 86400, "h": 3600, "m": 60, "s": 1}
 
 
@@ -71,7 +73,7 @@ def check_declaration(name, durable, exclusive, auto_delete, arguments):
     if queue_type != "classic":
         if not name:
             raise PreconditionFailed(
-                "PRECONDITION_FAILED - Cannot declare a server-named queue for type %s" % QUEUE_TYPES[queue_type]
+                "PRECONDITION_FAILED - Cannot declare a server-named queue for type %s" % MODULES[queue_type]
             )
         for refused, prop in ((auto_delete, "auto-delete"), (exclusive, "exclusive-owner"), (not durable, "non-durable")):
             if refused:
@@ -79,7 +81,7 @@ def check_declaration(name, durable, exclusive, auto_delete, arguments):
     for arg in _REFUSED_ARGUMENTS[queue_type]:
         if arg in arguments:
             raise PreconditionFailed(
-                "PRECONDITION_FAILED - invalid arg %r for %s of queue type %s" % (arg, _vhost(name), QUEUE_TYPES[queue_type])
+                "PRECONDITION_FAILED - invalid arg %r for %s of queue type %s" % (arg, _vhost(name), MODULES[queue_type])
             )
     if queue_type == "stream":
         for arg in _RETENTION_ARGUMENTS:
@@ -104,7 +106,7 @@ def check_consume(queue, prefetch_count, no_ack, arguments):
         if "x-stream-offset" in arguments:
             raise PreconditionFailed(
                 "PRECONDITION_FAILED - invalid arg 'x-stream-offset' for %s of queue type %s"
-                % (_vhost(queue.name), QUEUE_TYPES[queue.type])
+                % (_vhost(queue.name), MODULES[queue.type])
             )
         return
     if no_ack:
@@ -123,9 +125,9 @@ def stream_offset_spec(value):
     crashes on anything else; here it is a ChannelError (541).
     """
     if isinstance(value, str):
-        if value in ("first", "last", "next"):
+        if value in STREAM_OFFSET_NAMES:
             return value, None
-        match = INTERVAL.match(value)
+        match = STREAM_OFFSET_INTERVAL.match(value)
         if match:
             return "interval", int(match.group(1)) * _UNIT_SECONDS[match.group(2)]
     elif isinstance(value, int) and not isinstance(value, bool):

@@ -16,12 +16,11 @@ anything is sent, naming the subscriber's parameter to change.
 
 import math
 import numbers
-import re
 from datetime import datetime
 
 from ion.core.exception import UsageError
+from ion.core.messaging.broker.interface import QUEUE_TYPES, STREAM_OFFSET_INTERVAL, STREAM_OFFSET_NAMES
 
-QUEUE_TYPES = ("classic", "quorum", "stream")
 # What the container may make the default for named durable subscriptions (--default_queue_type).
 DEFAULT_QUEUE_TYPES = ("classic", "quorum")
 
@@ -42,9 +41,6 @@ def delivery_limit(retries):
     """
     return max(retries or 0, DEFAULT_DELIVERY_LIMIT)
 
-# RabbitMQ's relative stream offsets: a whole number of years, months, days, hours, minutes, seconds.
-_INTERVAL = re.compile(r"^[0-9]+[YMDhms]$")
-_NAMED_OFFSETS = ("first", "last", "next")
 
 
 def check_default(value, origin):
@@ -104,7 +100,7 @@ def stream_offset(who, offset):
     """
     if offset is None:
         return "next"
-    if isinstance(offset, str) and (offset in _NAMED_OFFSETS or _INTERVAL.match(offset)):
+    if isinstance(offset, str) and (offset in STREAM_OFFSET_NAMES or STREAM_OFFSET_INTERVAL.match(offset)):
         return offset
     if isinstance(offset, datetime):
         if offset.tzinfo is None:
