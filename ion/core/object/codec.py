@@ -8,7 +8,6 @@ checked, and any inconsistency is a CodecError naming the problem.
 """
 
 import functools
-from hashlib import sha1
 
 from google.protobuf.message import DecodeError, EncodeError
 
@@ -18,7 +17,7 @@ from ion.core.object import object_utils
 from ion.core.object.gpb.net.ooici.core.container.container_pb2 import Structure
 from ion.core.object.gpb_wrapper import Wrapper
 from ion.core.object.object_utils import ObjectUtilException, create_type_identifier, iter_links
-from ion.core.object.repository import Repository
+from ion.core.object.repository import Repository, content_key
 
 ION_R1_GPB = "ION R1 GPB"
 
@@ -122,7 +121,7 @@ def _parse(element):
             "element %s has type version %d; only version 1 exists" % (element.key.hex(), element_type.version)
         ) from None
     value = element.value
-    if sha1(sha1(value).digest() + type_id.serialized).digest() != element.key:
+    if content_key(value, type_id) != element.key:
         raise CodecError("element %s: key does not match its content" % element.key.hex())
     try:
         return message_class.FromString(value)

@@ -16,13 +16,12 @@ for every event type in events.py.
 """
 
 import functools
-from hashlib import sha1
 
 from ion.core.object.codec import Packed, pack_elements
 from ion.core.object.gpb_wrapper import wrapper_class
 from ion.core.object.message_instance import ION_MESSAGE_TYPE, MessageInstance
 from ion.core.object.object_utils import get_gpb_class_from_type_id
-from ion.core.object.repository import Element, Repository
+from ion.core.object.repository import Element, Repository, content_key
 
 _MESSAGE = object()  # a message-typed field: the plan leaves it to the general path
 
@@ -97,7 +96,7 @@ def _settable(message_class):
 
 def _element(message, type_id, isleaf):
     value = message.SerializeToString()
-    return Element(sha1(sha1(value).digest() + type_id.serialized).digest(), type_id, isleaf, value)
+    return Element(content_key(value, type_id), type_id, isleaf, value)
 
 
 def _link(link, element):
