@@ -1,8 +1,8 @@
 """
 The container's Prometheus metrics, in one registry of their own.
 
-A bottom-floor module (it imports only prometheus_client): every layer may
-count here with one call.  The status server (ion.core.cc.status) serves
+A bottom-floor module (it imports only prometheus_client and Twisted's
+Deferred): every layer may count here with one call.  The status server (ion.core.cc.status) serves
 `REGISTRY`.  Subscribers are labelled by their binding key, publishers by
 event id, so the number of series stays bounded by what the code uses.
 """
@@ -10,6 +10,8 @@ event id, so the number of series stays bounded by what the code uses.
 import weakref
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from twisted.internet.defer import succeed
+from twisted.python.failure import Failure
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
@@ -60,7 +62,7 @@ def rpc_finished(outcome, seconds):
     rpc_seconds.observe(seconds)
 
 
-# event id label -> its (published, confirmed) counters; bounded like the labels themselves.
+# event id -> its (published, confirmed) counters and label; bounded like the labels themselves.
 _publish_counters = {}
 
 
@@ -68,14 +70,19 @@ def observe_publish(d, event_id, fires_with=None):
     """
     Count a publish (a Deferred) under `event_id`: published now, then confirmed, returned or failed.
     One callback pair, no closure; a confirmed publish fires with `fires_with` if given (so a caller
-    needs no callback of its own to change what it fires with).
+    needs no callback of its own to change what it fires with).  A publish confirmed already (the
+    embedded broker's) is counted at once and answered with a new fired Deferred: cheaper than
+    running a callback on a fired one.
     """
-    label = str(event_id)
-    counters = _publish_counters.get(label)
+    counters = _publish_counters.get(event_id)
     if counters is None:  # labels() costs more than inc(): looked up once per event id
-        counters = _publish_counters[label] = (events_published.labels(label), events_confirmed.labels(label))
+        label = str(event_id)
+        counters = _publish_counters[event_id] = (events_published.labels(label), events_confirmed.labels(label), label)
     counters[0].inc()
-    return d.addCallbacks(_publish_confirmed, _publish_failed, (counters[1], fires_with), None, (label,))
+    if d.called and fires_with is not None and not isinstance(d.result, Failure):
+        counters[1].inc()
+        return succeed(fires_with)
+    return d.addCallbacks(_publish_confirmed, _publish_failed, (counters[1], fires_with), None, (counters[2],))
 
 
 def _publish_confirmed(result, confirmed, fires_with):
@@ -113,5 +120,5 @@ def observe_rpc(d, clock):
 
 
 def _error_of(result):
-    """The exception of a Failure (duck-typed: this module imports no Twisted), None for a result."""
+    """The exception of a Failure, None for a result."""
     return result.value if hasattr(result, "trap") else None

@@ -71,12 +71,31 @@ def encode(sender, recipient, operation, content, headers=None, delivery_mode=1)
     Raises (TypeError/ValueError, CodecError, WireFormatError) before anything
     could be sent.
     """
-    recipient = check_routing_key(str(recipient))
+    recipient = check_routing_key(recipient if type(recipient) is str else str(recipient))
     value, encoding = encode_content(content)
     message = build_message(sender, recipient, operation, value, headers)
     if encoding:
         message["encoding"] = encoding
     return Envelope(message, pack_body(message), message_properties(delivery_mode))
+
+
+# The header map's defaults, in wire order; build_message copies it (cheaper than building it anew).
+_DEFAULT_HEADERS = {
+    "sender": "",
+    "receiver": "",
+    "reply-to": "",
+    "encoding": "json",
+    "language": "ion1",
+    "format": "raw",
+    "ontology": "",
+    "user-id": "ANONYMOUS",
+    "expiry": "0",
+    "conv-id": "",
+    "conv-seq": 1,
+    "protocol": "",
+    "status": "OK",
+    "ts": "",
+}
 
 
 def build_message(sender, recipient, operation, content, headers=None):
@@ -87,27 +106,21 @@ def build_message(sender, recipient, operation, content, headers=None):
     them), then `performative`, `op` and `content`, which headers cannot
     override.
     """
-    headers = headers or {}
-    message = {
-        "sender": str(sender),
-        "receiver": str(recipient),
-        "reply-to": str(sender),
-        "encoding": "json",
-        "language": "ion1",
-        "format": "raw",
-        "ontology": "",
-        "user-id": "ANONYMOUS",
-        "expiry": "0",
-        "conv-id": "",
-        "conv-seq": 1,
-        "protocol": "",
-        "status": "OK",
-        "ts": str(int(time.time() * 1000)),
-    }
-    message.update(headers)
-    message["user-id"] = str(message["user-id"])
-    message["expiry"] = str(message["expiry"])
-    message["performative"] = headers.get("performative", "")
+    message = _DEFAULT_HEADERS.copy()
+    sender = sender if type(sender) is str else str(sender)
+    message["sender"] = sender
+    message["receiver"] = recipient if type(recipient) is str else str(recipient)
+    message["reply-to"] = sender
+    message["ts"] = str(int(time.time() * 1000))
+    if headers:
+        message.update(headers)
+        if "user-id" in headers:
+            message["user-id"] = str(message["user-id"])
+        if "expiry" in headers:
+            message["expiry"] = str(message["expiry"])
+        message["performative"] = headers.get("performative", "")
+    else:
+        message["performative"] = ""
     message["op"] = operation
     message["content"] = content
     return message
@@ -124,10 +137,15 @@ def message_properties(delivery_mode=1):
     }
 
 
+# One Packer for every message (packb makes a new one per call); it resets itself after each pack,
+# a failed one too.
+_packer = msgpack.Packer(use_bin_type=False)
+
+
 def pack_body(message):
     """Encode a header map (with `content`) as R1 msgpack bytes."""
     try:
-        return msgpack.packb(message, use_bin_type=False)
+        return _packer.pack(message)
     except (TypeError, ValueError, OverflowError) as e:
         raise WireFormatError("message cannot be packed: %s" % (e,)) from e
 

@@ -8,6 +8,7 @@ ExchangeManager; only it holds the connection.
 
 from twisted.internet import defer
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from ion.core import metrics
 from ion.core.exception import IonError
@@ -243,6 +244,8 @@ class ExchangeManager:
         if self._exchanges.get(exchange) == _flags(config):
             sent = self.connection.publish(exchange, sealed.routing_key, sealed.body, sealed.properties,
                                            mandatory=mandatory)
+            if sent.called and not isinstance(sent.result, Failure):
+                return sent  # published already (the embedded broker): there is nothing to declare again
         else:
             sent = self.declare_for(config).addCallback(self._publish_declared, exchange, sealed, mandatory)
         # A bound method and its arguments: no closures made per publish.

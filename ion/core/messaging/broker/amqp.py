@@ -39,6 +39,8 @@ __all__ = ["CLOSE_TIMEOUT", "HANDSHAKE_NOTICE", "HANDSHAKE_TIMEOUT", "SPEC_PATH"
 
 log = Logger()
 
+_PROPERTY_SET = frozenset(PROPERTY_NAMES)
+
 
 @implementer(IBrokerConnection)
 class AMQPConnection:
@@ -202,7 +204,7 @@ class AMQPConnection:
             if not isinstance(body, bytes):
                 raise TypeError("message body must be bytes, not %s" % type(body).__name__)
             properties = properties or {}
-            unknown = set(properties) - set(PROPERTY_NAMES)
+            unknown = properties.keys() - _PROPERTY_SET
             if unknown:
                 raise ValueError("unknown AMQP properties: %s" % ", ".join(sorted(unknown)))
         except Exception:

@@ -10,6 +10,7 @@ from collections import deque
 
 from twisted.internet import defer
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from txamqp.client import ChannelClosed
 
 from ion.core.messaging.broker.amqp_channel import invoke, open_channel
@@ -19,6 +20,15 @@ from ion.core.messaging.broker.amqp_states import READY
 from ion.core.messaging.broker.interface import BrokerError, MessageRefused
 
 log = Logger()
+
+
+def _fail(d):
+    """Fail `d` with the exception being handled, as an interface exception (broker_error)."""
+    try:
+        failure = broker_error(Failure())
+    except Exception:
+        failure = Failure()
+    d.errback(failure)
 
 
 class Confirms:
@@ -108,17 +118,18 @@ class Pipeline:
         """Written at once when READY and the shared channel is idle, else queued behind the pending turns."""
         ops = self.ops
         if not self._turns and self._state.state is READY and ops is not None and not ops.closed and self._room():
-            return self.send(message, defer.Deferred()).addErrback(broker_error)
-        return self._enqueue(Turn(message=message)).addErrback(broker_error)
+            return self.send(message, defer.Deferred())
+        return self._enqueue(Turn(message=message))
 
     def call(self, name, kwargs):
         """One synchronous method on the shared channel, in its turn."""
-        return self._enqueue(Turn(call=(name, kwargs))).addErrback(broker_error)
+        return self._enqueue(Turn(call=(name, kwargs)))
 
     def send(self, message, done):
         """
         Write one publish on the ops channel; `done` (returned) fires with its confirm, or once written
-        with confirms off, or fails if it cannot be written.  The caller's Deferred is the only one made.
+        with confirms off, or fails if it cannot be written.  The caller's Deferred is the only one made,
+        and it has no callback of ours: every failure it gets is an interface exception already (_fail).
         """
         try:
             self._state.check_open()
@@ -128,7 +139,7 @@ class Pipeline:
                 routing_key = self._topology.current(routing_key)
             client.write(client.publish_frames(self.ops.id, exchange, routing_key, mandatory, body, properties))
         except Exception:
-            done.errback()
+            _fail(done)
             return done
         if self._address.confirms:  # its basic.ack is read in a later reactor turn
             self.pending.add(message, done)
@@ -316,7 +327,7 @@ class Pipeline:
             if not self._state.closing and dropped_under(e):
                 return  # in flight when the connection dropped: made again once reconnected
             self._turns.remove(turn)  # publishes to send again may have been put before it meanwhile
-            turn.done.errback()
+            _fail(turn.done)
         else:
             self._turns.remove(turn)
             turn.done.callback(result)
@@ -329,7 +340,7 @@ class Pipeline:
         except Exception as e:
             if self._state.closing or not dropped_under(e):
                 self._turns.remove(turn)
-                turn.done.errback()
+                _fail(turn.done)
 
     def _give_up(self, error, now=None):
         """Fail every waiting turn, or (with `now`) those whose reconnect deadline has passed."""

@@ -569,7 +569,14 @@ class MemoryConnection:
         return self._recorded(d, self.topology.unbind_exchange, destination, source, routing_key)
 
     def publish(self, exchange, routing_key, body, properties=None, mandatory=False):
-        return self._call(self.broker.publish, exchange, routing_key, body, properties, mandatory)
+        # _call without maybeDeferred: the broker's publish returns nothing or raises.
+        if self.closed:
+            return defer.fail(ConnectionLost("connection to %s is closed" % self.description))
+        try:
+            self.broker.publish(self, exchange, routing_key, body, properties, mandatory)
+        except Exception:
+            return defer.fail()
+        return defer.succeed(None)
 
     def consume(self, queue, callback, prefetch_count=1, no_ack=False, exclusive=False, consumer_tag=None,
                 arguments=None):

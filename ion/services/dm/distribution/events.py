@@ -216,15 +216,19 @@ class EventPublisher(Publisher):
         publish_event of `event_msg`, sending `content` (the event, or its packed bytes) with `send`;
         fires with `fires_with` if given, else with what `send` fires with.
         """
-        if origin is None or origin == "":
-            origin = self._origin
-        if origin is None or origin in ("", "unknown"):
-            return defer.fail(AssertionError("Error - No origin publishing event message: %s" % (event_msg,)))
         try:
-            routing_key = self._topic_of(origin)
+            routing_key = self._origin_topic(origin, event_msg)
         except (AssertionError, TypeError, ValueError):
             return defer.fail()
         return metrics.observe_publish(send(content, routing_key=routing_key), self.event_id, fires_with)
+
+    def _origin_topic(self, origin, event_msg):
+        """The routing key of `origin`, or of the constructor's; R1's AssertionError if neither names one."""
+        if origin is None or origin == "":
+            origin = self._origin
+            if origin is None or origin in ("", "unknown"):
+                raise AssertionError("Error - No origin publishing event message: %s" % (event_msg,))
+        return self._topic_of(origin)
 
     def create_and_publish_event(self, **kwargs):
         """create_event then publish_event; an `origin` kwarg is both a field and the routing origin."""
@@ -233,25 +237,23 @@ class EventPublisher(Publisher):
             # A bad origin fails here, before the event is made; the key is worked out once per origin.
             routing_key = self._topic_of(origin) if origin not in (None, "") else None
             event_msg, packed = self._new_packed_event(kwargs)
+            if routing_key is None:
+                routing_key = self._origin_topic(None, event_msg)
         except Exception:
             return defer.fail()
-        # Publisher's own publish is skipped for the packed bytes; one replaced gets the event (R1).
-        stock = type(self).publish is Publisher.publish and "publish" not in self.__dict__
-        if packed is not None and stock:
-            send, content = self._send_packed, packed
-        else:
-            send, content = self.publish, event_msg
-        # The metrics' callback is the only one this layer adds: it makes the Deferred fire with the event.
-        if routing_key is None:
-            return self._publish_event(event_msg, content, None, send, event_msg)
-        return metrics.observe_publish(send(content, routing_key=routing_key), self.event_id, event_msg)
-
-    def _send_packed(self, packed, routing_key):
-        """Publisher.publish of packed event content, without the header map it would fire with."""
+        if packed is None or not self._stock_publish():
+            return metrics.observe_publish(self.publish(event_msg, routing_key=routing_key), self.event_id, event_msg)
+        # Publisher's own publish is skipped for the packed bytes, and its header map with it.
         try:
-            return self._send(packed, routing_key)[1]
-        except Exception:  # no container, or one not connected yet
-            return defer.fail()
+            sent = self._send(packed, routing_key)[1]
+        except Exception:  # no container, or one not connected yet: counted as a failed publish
+            sent = defer.fail()
+        # The metrics' callback is the only one this layer adds: it makes the Deferred fire with the event.
+        return metrics.observe_publish(sent, self.event_id, event_msg)
+
+    def _stock_publish(self):
+        """True unless a subclass or the instance replaced publish (which then gets the event, as in R1)."""
+        return type(self).publish is Publisher.publish and "publish" not in self.__dict__
 
     def _topic_of(self, origin):
         """topic(origin), remembered for each origin (a str) that passed its checks."""

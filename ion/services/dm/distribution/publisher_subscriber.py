@@ -173,6 +173,7 @@ class Publisher(BasicLifecycleObject):
         self.publisher_config = dict(
             EXCHANGE_FLAGS, exchange=xp_name, mandatory=True, immediate=False, warn_if_exists=False
         )
+        self._sent_config = (None, None)  # (publisher_config as it was, _exchange_config() made of it), see _send
 
     @property
     def exchange_manager(self):
@@ -218,15 +219,18 @@ class Publisher(BasicLifecycleObject):
     def _send(self, data, routing_key=None, mandatory=None, delivery_mode=None):
         """publish's work: (the Envelope, the broker's Deferred); raises if there is nothing to send it with."""
         exchange_manager = self.exchange_manager
+        process = self._process
         sealed = envelope.encode(
-            self._process.id.full,
+            process.id.full,
             routing_key or self._routing_key,
             None,
             data,
-            {"sender-name": self._process.proc_name},
+            {"sender-name": process.proc_name},
             self.delivery_mode if delivery_mode is None else delivery_mode,
         )
-        config = self._exchange_config()
+        made_of, config = self._sent_config
+        if made_of != self.publisher_config:  # first publish, or publisher_config changed since
+            made_of, config = self._sent_config = (dict(self.publisher_config), self._exchange_config())
         if mandatory is None:
             mandatory = config.get("mandatory", False)
         return sealed, exchange_manager.publish(config, sealed, mandatory)
