@@ -204,8 +204,8 @@ class AMQPConnection:
             if not isinstance(body, bytes):
                 raise TypeError("message body must be bytes, not %s" % type(body).__name__)
             properties = properties or {}
-            unknown = properties.keys() - _PROPERTY_SET
-            if unknown:
+            if not _PROPERTY_SET.issuperset(properties):
+                unknown = properties.keys() - _PROPERTY_SET
                 raise ValueError("unknown AMQP properties: %s" % ", ".join(sorted(unknown)))
         except Exception:
             return defer.fail()

@@ -5,7 +5,6 @@ with at most max_in_flight publishes unconfirmed and nothing written while
 the transport's write buffer is full.
 """
 
-import itertools
 from collections import deque
 
 from twisted.internet import defer
@@ -45,9 +44,17 @@ class Confirms:
         self.next_tag += 1
 
     def settle(self, tag, multiple, ack):
-        tags = [t for t in itertools.takewhile(lambda t: t <= tag, self.waiting)] if multiple else [tag]
+        waiting = self.waiting
+        if multiple:
+            tags = []
+            for t in waiting:  # in publish order, so in tag order
+                if t > tag:
+                    break
+                tags.append(t)
+        else:
+            tags = (tag,)
         for t in tags:
-            d, _ = self.waiting.pop(t, (None, None))
+            d, _ = waiting.pop(t, (None, None))
             if d is None:
                 continue
             if ack:

@@ -375,8 +375,8 @@ class EmbeddedBroker:
         if not isinstance(body, bytes):
             raise TypeError("message body must be bytes, not %s" % type(body).__name__)
         properties = properties or {}
-        unknown = properties.keys() - _PROPERTY_SET
-        if unknown:
+        if not _PROPERTY_SET.issuperset(properties):
+            unknown = properties.keys() - _PROPERTY_SET
             raise ValueError("unknown message properties: %s" % ", ".join(sorted(unknown)))
         properties = copy_properties(properties)
         exchange = self._exchange(exchange_name)

@@ -99,6 +99,7 @@ class EventPublisher(Publisher):
 
     msg_type = None
     event_id = None
+    _plan = (None, None)  # (msg_type, its EventPlan) once an event was made, see _new_packed_event
 
     class Status:
         """Names of EventMessage.Status, usable as `status=` values."""
@@ -184,7 +185,9 @@ class EventPublisher(Publisher):
             raise UsageError("%s has no msg_type: it cannot create events" % (type(self).__name__,))
         remaining = dict(kwargs)
         remaining.setdefault("datetime", time.time())
-        plan = _plan_of(self.msg_type)
+        msg_type, plan = self._plan
+        if msg_type is not self.msg_type:  # the first event, or msg_type was changed since
+            msg_type, plan = self._plan = (self.msg_type, _plan_of(self.msg_type))
         built = plan.build(remaining) if plan is not None else None
         if built is not None:
             return built
