@@ -7,16 +7,46 @@ Deferred): every layer may count here with one call.  The status server (ion.cor
 event id, so the number of series stays bounded by what the code uses.
 """
 
+import time
 import weakref
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily
 from twisted.internet.defer import succeed
 from twisted.python.failure import Failure
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
-events_published = Counter("ion_events_published", "Events handed to the broker", ["event_id"], registry=REGISTRY)
-events_confirmed = Counter("ion_events_confirmed", "Events the broker confirmed", ["event_id"], registry=REGISTRY)
+
+class _PublishTally:
+    """
+    ion_events_published and ion_events_confirmed by event id, as counters.  The publish path counts
+    both for every event: plain ints here, where a Counter child takes a lock per inc.  Only the
+    reactor's thread publishes, so they need none.
+    """
+
+    def __init__(self):
+        self.counts = {}  # event id label -> [published, confirmed, created (epoch seconds)]
+
+    def counter(self, label):
+        """The [published, confirmed, created] list of `label`, made on first use."""
+        counts = self.counts.get(label)
+        if counts is None:
+            counts = self.counts[label] = [0, 0, time.time()]
+        return counts
+
+    def collect(self):
+        published = CounterMetricFamily("ion_events_published", "Events handed to the broker", labels=["event_id"])
+        confirmed = CounterMetricFamily("ion_events_confirmed", "Events the broker confirmed", labels=["event_id"])
+        for label, (sent, settled, created) in list(self.counts.items()):
+            published.add_metric([label], sent, created=created)
+            confirmed.add_metric([label], settled, created=created)
+        return [published, confirmed]
+
+
+publish_tally = _PublishTally()
+REGISTRY.register(publish_tally)
+
 events_returned = Counter(
     "ion_events_returned", "Events the broker returned (no queue took them) or a full queue refused", ["event_id"],
     registry=REGISTRY,
@@ -62,7 +92,7 @@ def rpc_finished(outcome, seconds):
     rpc_seconds.observe(seconds)
 
 
-# event id -> its (published, confirmed) counters and label; bounded like the labels themselves.
+# event id -> its publish_tally counts and label; bounded like the labels themselves.
 _publish_counters = {}
 
 
@@ -75,18 +105,19 @@ def observe_publish(d, event_id, fires_with=None):
     running a callback on a fired one.
     """
     counters = _publish_counters.get(event_id)
-    if counters is None:  # labels() costs more than inc(): looked up once per event id
+    if counters is None:
         label = str(event_id)
-        counters = _publish_counters[event_id] = (events_published.labels(label), events_confirmed.labels(label), label)
-    counters[0].inc()
+        counters = _publish_counters[event_id] = (publish_tally.counter(label), label)
+    counts = counters[0]
+    counts[0] += 1
     if d.called and fires_with is not None and not isinstance(d.result, Failure):
-        counters[1].inc()
+        counts[1] += 1
         return succeed(fires_with)
-    return d.addCallbacks(_publish_confirmed, _publish_failed, (counters[1], fires_with), None, (counters[2],))
+    return d.addCallbacks(_publish_confirmed, _publish_failed, (counts, fires_with), None, (counters[1],))
 
 
-def _publish_confirmed(result, confirmed, fires_with):
-    confirmed.inc()
+def _publish_confirmed(result, counts, fires_with):
+    counts[1] += 1
     return result if fires_with is None else fires_with
 
 
