@@ -212,18 +212,11 @@ class EventPublisher(Publisher):
         Publish a created event under `<event_id>.<origin>` (the constructor's
         origin by default).  A bad origin fails the Deferred before anything is sent.
         """
-        return self._publish_event(event_msg, event_msg, origin, self.publish)
-
-    def _publish_event(self, event_msg, content, origin, send, fires_with=None):
-        """
-        publish_event of `event_msg`, sending `content` (the event, or its packed bytes) with `send`;
-        fires with `fires_with` if given, else with what `send` fires with.
-        """
         try:
             routing_key = self._origin_topic(origin, event_msg)
         except (AssertionError, TypeError, ValueError):
             return defer.fail()
-        return metrics.observe_publish(send(content, routing_key=routing_key), self.event_id, fires_with)
+        return metrics.observe_publish(self.publish(event_msg, routing_key=routing_key), self.event_id)
 
     def _origin_topic(self, origin, event_msg):
         """The routing key of `origin`, or of the constructor's; R1's AssertionError if neither names one."""
