@@ -7,9 +7,13 @@ count here with one call.  The status server (ion.core.cc.status) serves
 event id, so the number of series stays bounded by what the code uses.
 """
 
+import bisect
+import itertools
 import weakref
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
+from prometheus_client.utils import floatToGoString
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
@@ -21,16 +25,12 @@ events_returned = Counter(
 )
 events_failed = Counter("ion_events_failed", "Events whose publish failed otherwise", ["event_id"], registry=REGISTRY)
 
-delivered = Counter("ion_subscriber_delivered", "Events delivered to a subscriber", ["subscriber"], registry=REGISTRY)
-handled = Counter("ion_subscriber_handled", "Events a subscriber's handler finished", ["subscriber"], registry=REGISTRY)
 handler_failed = Counter("ion_subscriber_failed", "Events a subscriber's handler failed on", ["subscriber"],
                          registry=REGISTRY)
 retried = Counter("ion_subscriber_retried", "Events republished for another attempt", ["subscriber"],
                   registry=REGISTRY)
 dead_lettered = Counter("ion_subscriber_dead_lettered", "Events moved to the dead letters", ["subscriber"],
                         registry=REGISTRY)
-handler_seconds = Histogram("ion_subscriber_handler_seconds", "Time in a subscriber's handler", ["subscriber"],
-                            registry=REGISTRY)
 
 rpcs = Counter("ion_rpc", "RPCs made, by outcome (ok, error, timeout, failed)", ["outcome"], registry=REGISTRY)
 rpc_seconds = Histogram("ion_rpc_seconds", "RPC latency, request to reply", registry=REGISTRY)
@@ -40,6 +40,64 @@ broker_reconnects = Counter("ion_broker_reconnects", "Reconnects to the broker",
 
 event_monitor_dropped = Counter("ion_event_monitor_dropped", "Stored events the event monitor dropped (bound)",
                                 registry=REGISTRY)
+
+
+
+class DeliveryCounts:
+    """
+    What moves for every event a subscriber takes, as plain numbers: delivered, handled and the handler's
+    time (Prometheus' default buckets).  A prometheus_client child takes a lock per update, three times an
+    event; these are read when /metrics is scraped (DeliveryCollector), in the reactor thread that updates them.
+    """
+
+    __slots__ = ("delivered", "handled", "buckets", "seconds")
+    BOUNDS = Histogram.DEFAULT_BUCKETS  # ends with +Inf: every time has its bucket
+
+    def __init__(self):
+        self.delivered = 0
+        self.handled = 0
+        self.buckets = [0] * len(self.BOUNDS)  # observations per bucket (not cumulative)
+        self.seconds = 0.0
+
+    def observe(self, seconds):
+        """One handler call's time: in the first bucket whose bound it does not exceed (le), as Prometheus counts."""
+        self.buckets[bisect.bisect_left(self.BOUNDS, seconds)] += 1
+        self.seconds += seconds
+
+
+# subscriber label (binding key) -> its DeliveryCounts; bounded like the labels themselves.
+_delivery_counts = {}
+
+
+def delivery_counts(subscriber):
+    """The DeliveryCounts of a subscriber label, shared by every subscriber with that binding key."""
+    label = str(subscriber)
+    counts = _delivery_counts.get(label)
+    if counts is None:
+        counts = _delivery_counts[label] = DeliveryCounts()
+    return counts
+
+
+class DeliveryCollector:
+    """ion_subscriber_delivered, _handled and _handler_seconds from the DeliveryCounts, at scrape time."""
+
+    def collect(self):
+        delivered = CounterMetricFamily("ion_subscriber_delivered", "Events delivered to a subscriber",
+                                        labels=["subscriber"])
+        handled = CounterMetricFamily("ion_subscriber_handled", "Events a subscriber's handler finished",
+                                      labels=["subscriber"])
+        seconds = HistogramMetricFamily("ion_subscriber_handler_seconds", "Time in a subscriber's handler",
+                                        labels=["subscriber"])
+        for label, counts in list(_delivery_counts.items()):
+            delivered.add_metric([label], counts.delivered)
+            handled.add_metric([label], counts.handled)
+            cumulative = itertools.accumulate(counts.buckets)
+            seconds.add_metric([label], [(floatToGoString(bound), count) for bound, count in
+                                         zip(DeliveryCounts.BOUNDS, cumulative)], counts.seconds)
+        return [delivered, handled, seconds]
+
+
+REGISTRY.register(DeliveryCollector())
 
 # Every live subscriber, for the readiness check (weak: a dropped subscriber just goes).
 subscribers = weakref.WeakSet()
