@@ -158,7 +158,7 @@ def _unpack(body, decode_gpb):
     if not isinstance(raw, dict):
         raise WireFormatError("body is a msgpack %s, not a map" % (type(raw).__name__,))
     content = raw.pop(b"content", None)
-    try:  # R1's headers: known names, UTF-8 texts and ints, converted in one go
+    try:  # R1's headers: known names, UTF-8 texts, ints and None, converted in one go
         message = {_HEADER_NAMES.get(key) or _header_name(key): _PLAIN[type(value)](value) for key, value in raw.items()}
     except (KeyError, UnicodeDecodeError):  # some other value: each is looked at on its own
         message = _headers(raw)
@@ -172,8 +172,13 @@ def _unpack(body, decode_gpb):
     return message
 
 
-# The header values the one-go conversion takes: UTF-8 text (strictly; bytes that are not stay bytes) and ints.
-_PLAIN = {bytes: bytes.decode, int: int}
+def _same(value):
+    return value
+
+
+# The header values the one-go conversion takes: UTF-8 text (strictly; bytes that are not stay bytes), ints
+# and None (an event's op).
+_PLAIN = {bytes: bytes.decode, int: int, type(None): _same}
 
 
 def _header_name(key):
