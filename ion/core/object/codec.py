@@ -95,14 +95,14 @@ def unpack(data):
     elements = (head, *structure.items)
     last = len(elements)
     messages = {}  # key -> protobuf message: what the repository will hold
-    facts = {}  # key -> (object id, version, isleaf, whether it can link, rank: items by position, the head above)
+    facts = {}  # key -> (TypeIdentifier, isleaf, whether it can link, rank: items by position, the head above)
     for position, element in enumerate(elements):
-        key, gpb, element_type, has_links = _read(element)
+        key, gpb, type_id, has_links = _read(element)
         messages[key] = gpb
-        facts[key] = element_type.object_id, element_type.version, element.isleaf, has_links, position or last
+        facts[key] = type_id, element.isleaf, has_links, position or last
     ordered = len(facts) == last
     linked = set()
-    for (key, gpb), (_object_id, _version, isleaf, has_links, rank) in zip(messages.items(), facts.values()):
+    for (key, gpb), (_type_id, isleaf, has_links, rank) in zip(messages.items(), facts.values()):
         count = 0
         if has_links:
             for link in iter_links(gpb):
@@ -112,23 +112,24 @@ def unpack(data):
                     raise CodecError(
                         "element %s links to %s, which is not in the content" % (key.hex(), target_key.hex())
                     )
-                link_type = link.type
-                if link_type.object_id != target[0] or link_type.version != target[1]:
+                link_type, target_type = link.type, target[0]
+                if link_type.object_id != target_type.object_id or link_type.version != target_type.version:
                     raise CodecError(
                         "element %s links to %s as type %d but it is type %d"
-                        % (key.hex(), target_key.hex(), link_type.object_id, target[0])
+                        % (key.hex(), target_key.hex(), link_type.object_id, target_type.object_id)
                     )
-                if link.isleaf != target[2]:
+                if link.isleaf != target[1]:
                     raise CodecError("element %s: link to %s has the wrong isleaf flag" % (key.hex(), target_key.hex()))
-                ordered = ordered and target[4] < rank
+                ordered = ordered and target[3] < rank
                 linked.add(target_key)
                 count += 1
         if isleaf != (not count):
             raise CodecError("element %s: isleaf is %s but it has %d links" % (key.hex(), isleaf, count))
     if not ordered or len(linked) != last - 1:
         _check_graph(head.key, {key: [link.key for link in iter_links(gpb)] for key, gpb in messages.items()})
-    root = checked_repository(messages, head.key)
-    if root.ObjectType == ION_MESSAGE_TYPE:
+    head_key = head.key
+    root = checked_repository(messages, head_key)
+    if facts[head_key][0].object_id == ION_MESSAGE_TYPE.object_id:  # every type here is version 1
         return MessageInstance.wrap(root)
     return root
 
@@ -146,7 +147,7 @@ def _known_type(object_id, version):
 
 
 def _read(element):
-    """(key, object, type, whether it can link) of an element, after checking its type is known and its key matches."""
+    """(key, object, TypeIdentifier, whether it can link) of an element, after checking its type and key."""
     key, element_type, value = element.key, element.type, element.value
     try:
         message_class, type_id, has_links = _known_type(element_type.object_id, element_type.version)
@@ -159,7 +160,7 @@ def _read(element):
     if content_key(value, type_id) != key:
         raise CodecError("element %s: key does not match its content" % key.hex())
     try:
-        return key, message_class.FromString(value), element_type, has_links
+        return key, message_class.FromString(value), type_id, has_links
     except DecodeError as e:
         raise CodecError("element %s is not a valid %s: %s" % (key.hex(), message_class.DESCRIPTOR.name, e)) from None
 
