@@ -175,7 +175,7 @@ class Consumer:
             data = settle_frame(channel.id, BASIC["ack"], delivery_tag, False)
         else:
             data = settle_frame(channel.id, BASIC["reject"], delivery_tag, requeue)
-        channel.client.write(data)
+        channel.client.write_settle(data)
 
 
 # basic.ack and basic.reject are (delivery tag: longlong, one bit): every settled delivery writes one, so

@@ -113,6 +113,7 @@ class Client(AMQClient):
         self._partial = {}  # channel id -> the _Delivered being put together from its frames
         self._property_cache = {}  # (class id, properties_key) -> encoded property flags and values
         self._header_cache = {}  # (class id, received property bytes) -> (their properties, names of empty tables)
+        self._settles = None  # during dataReceived: ack/reject frames not yet written (write_settle)
         self.waiting_for = "connection.start"  # the handshake step the broker has to answer next
 
     def connectionMade(self):
@@ -150,7 +151,20 @@ class Client(AMQClient):
     # -- reading
 
     def dataReceived(self, data):
-        """Split the stream into frames; a partial frame waits until enough bytes arrived."""
+        """
+        Split the stream into frames; a partial frame waits until enough bytes arrived.  The acks and
+        rejects of the deliveries handled meanwhile go to the transport in one write at the end (it sends
+        nothing before the reactor's next write pass anyway): one transport write per read, not per delivery.
+        """
+        self._settles = []
+        try:
+            self._read_frames(data)
+        finally:
+            settles, self._settles = self._settles, None
+            if settles:
+                self.write(b"".join(settles))
+
+    def _read_frames(self, data):
         self._heard_at = self.clock.seconds()
         if self._chunks:
             self._chunks.append(data)
@@ -298,8 +312,19 @@ class Client(AMQClient):
     # -- writing
 
     def write(self, data):
+        if self._settles:  # acks and rejects first: they were settled before this was written
+            settles, self._settles = self._settles, []
+            settles.append(data)
+            data = b"".join(settles)
         self._spoke_at = self.clock.seconds()
         self.transport.write(data)
+
+    def write_settle(self, frame):
+        """A basic.ack or basic.reject frame: written with the others at the end of the read, if one is going on."""
+        if self._settles is None:
+            self.write(frame)
+        else:
+            self._settles.append(frame)
 
     def send_frame(self, frame):
         """txamqp's channel methods come through here; only method frames are used."""
