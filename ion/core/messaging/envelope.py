@@ -176,9 +176,9 @@ def _same(value):
     return value
 
 
-# The header values the one-go conversion takes: UTF-8 text (strictly; bytes that are not stay bytes), ints
-# and None (an event's op).
-_PLAIN = {bytes: bytes.decode, int: int, type(None): _same}
+# The header values the one-go conversion takes: UTF-8 text (strictly; bytes that are not stay bytes), None
+# (an event's op) and numbers (int and float give back the very object; so does bool: an RPC's quiet flag).
+_PLAIN = {bytes: bytes.decode, int: int, type(None): _same, bool: bool, float: float}
 
 
 def _header_name(key):
