@@ -159,7 +159,8 @@ class Consumer:
 
     def _settle(self, channel, delivery_tag, ack, requeue):
         # Handled, even if the ack cannot reach the broker any more: a stream resumes after it.
-        self._stream_unsettled.pop((channel, delivery_tag), None)
+        if self._stream:
+            self._stream_unsettled.pop((channel, delivery_tag), None)
         if self._no_ack:
             return
         what = "ack" if ack else "reject"
