@@ -94,6 +94,15 @@ class WireFormatTest(unittest.TestCase):
         self.assertEqual((msg.name, msg.origin, msg.status), ("TestEvent", "X", 4))
         self.assertEqual(msg.additional_data.state, msg.additional_data.State.ACTIVE)
 
+    def test_element_order_does_not_matter(self):
+        """Children before parents (as pack lays them out), parents first, duplicated: one graph each time."""
+        structure = event_structure()
+        event, payload = structure.items
+        for items in ([payload, event], [event, payload], [payload, event, payload]):
+            content = Structure(head=structure.head, items=items).SerializeToString()
+            msg = decode_content(content, ION_R1_GPB)
+            self.assertEqual((msg.name, msg.additional_data.state), ("TestEvent", 3))
+
 
 class RoundTripTest(unittest.TestCase):
     def round_trip(self, content):
@@ -251,6 +260,10 @@ class MalformedContentTest(unittest.TestCase):
         structure = event_structure()
         structure.items.append(element(ResourceLifecycleEventMessage(state=1), 2323, True))
         self.assertRejected(structure.SerializeToString(), "not reachable from the head")
+        # Also when everything else is in pack's order (children first), where no graph walk is needed.
+        extra, (event, payload) = structure.items[2], structure.items[:2]
+        packed_order = Structure(head=structure.head, items=[extra, payload, event])
+        self.assertRejected(packed_order.SerializeToString(), "not reachable from the head")
 
     def test_link_cycle(self):
         # Valid SHA-1 keys make a cycle unconstructible, so the graph check is exercised directly.

@@ -2,50 +2,109 @@
 The container's Prometheus metrics, in one registry of their own.
 
 A bottom-floor module (it imports only prometheus_client and Twisted's
-Deferred): every layer may count here with one call.  The status server (ion.core.cc.status) serves
-`REGISTRY`.  Subscribers are labelled by their binding key, publishers by
-event id, so the number of series stays bounded by what the code uses.
+Deferred): every layer may count here with one call.  The status server
+(ion.core.cc.status) serves `REGISTRY`.  Subscribers are labelled by their
+binding key, publishers by event id, so the number of series stays bounded by
+what the code uses.
+
+What moves for every event (published, confirmed, delivered, handled, the
+handler's time) is kept as plain numbers in a Tallies and turned into metric
+families when /metrics is scraped: a prometheus_client child takes a lock per
+update, several times an event.  Only the reactor's thread updates them.
 """
 
+import bisect
+import itertools
 import time
 import weakref
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import CounterMetricFamily
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
+from prometheus_client.utils import floatToGoString
 from twisted.internet.defer import succeed
 from twisted.python.failure import Failure
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
 
-class _PublishTally:
-    """
-    ion_events_published and ion_events_confirmed by event id, as counters.  The publish path counts
-    both for every event: plain ints here, where a Counter child takes a lock per inc.  Only the
-    reactor's thread publishes, so they need none.
-    """
+class Tallies:
+    """A collector of per-label counts objects (made by `make` on first use), exported by `families`."""
 
-    def __init__(self):
-        self.counts = {}  # event id label -> [published, confirmed, created (epoch seconds)]
+    def __init__(self, make, families):
+        self._make, self._families, self._by_label = make, families, {}
 
-    def counter(self, label):
-        """The [published, confirmed, created] list of `label`, made on first use."""
-        counts = self.counts.get(label)
+    def get(self, label):
+        """The counts of `label`, shared by everything counted under it."""
+        counts = self._by_label.get(label)
         if counts is None:
-            counts = self.counts[label] = [0, 0, time.time()]
+            counts = self._by_label[label] = self._make()
         return counts
 
     def collect(self):
-        published = CounterMetricFamily("ion_events_published", "Events handed to the broker", labels=["event_id"])
-        confirmed = CounterMetricFamily("ion_events_confirmed", "Events the broker confirmed", labels=["event_id"])
-        for label, (sent, settled, created) in list(self.counts.items()):
-            published.add_metric([label], sent, created=created)
-            confirmed.add_metric([label], settled, created=created)
-        return [published, confirmed]
+        return self._families(list(self._by_label.items()))
 
 
-publish_tally = _PublishTally()
-REGISTRY.register(publish_tally)
+class PublishCounts:
+    """ion_events_published and ion_events_confirmed of one event id."""
+
+    __slots__ = ("published", "confirmed", "created")
+
+    def __init__(self):
+        self.published = self.confirmed = 0
+        self.created = time.time()
+
+
+def _publish_families(items):
+    published = CounterMetricFamily("ion_events_published", "Events handed to the broker", labels=["event_id"])
+    confirmed = CounterMetricFamily("ion_events_confirmed", "Events the broker confirmed", labels=["event_id"])
+    for label, counts in items:
+        published.add_metric([label], counts.published, created=counts.created)
+        confirmed.add_metric([label], counts.confirmed, created=counts.created)
+    return [published, confirmed]
+
+
+class DeliveryCounts:
+    """Delivered, handled and the handler's time (Prometheus' default buckets) of one subscriber label."""
+
+    __slots__ = ("delivered", "handled", "buckets", "seconds", "created")
+    BOUNDS = Histogram.DEFAULT_BUCKETS  # ends with +Inf: every time has its bucket
+
+    def __init__(self):
+        self.delivered = self.handled = 0
+        self.buckets = [0] * len(self.BOUNDS)  # observations per bucket (not cumulative)
+        self.seconds = 0.0
+        self.created = time.time()
+
+    def observe(self, seconds):
+        """One handler call's time: in the first bucket whose bound it does not exceed (le), as Prometheus counts."""
+        self.buckets[bisect.bisect_left(self.BOUNDS, seconds)] += 1
+        self.seconds += seconds
+
+
+def _delivery_families(items):
+    delivered = CounterMetricFamily("ion_subscriber_delivered", "Events delivered to a subscriber",
+                                    labels=["subscriber"])
+    handled = CounterMetricFamily("ion_subscriber_handled", "Events a subscriber's handler finished",
+                                  labels=["subscriber"])
+    seconds = HistogramMetricFamily("ion_subscriber_handler_seconds", "Time in a subscriber's handler",
+                                    labels=["subscriber"])
+    for label, counts in items:
+        delivered.add_metric([label], counts.delivered, created=counts.created)
+        handled.add_metric([label], counts.handled, created=counts.created)
+        buckets = zip(map(floatToGoString, DeliveryCounts.BOUNDS), itertools.accumulate(counts.buckets))
+        seconds.add_metric([label], list(buckets), counts.seconds)
+    return [delivered, handled, seconds]
+
+
+publish_tallies = Tallies(PublishCounts, _publish_families)
+delivery_tallies = Tallies(DeliveryCounts, _delivery_families)
+REGISTRY.register(publish_tallies)
+REGISTRY.register(delivery_tallies)
+
+
+def delivery_counts(subscriber):
+    """The DeliveryCounts of a subscriber label (its binding key), shared by every subscriber with that key."""
+    return delivery_tallies.get(str(subscriber))
 
 events_returned = Counter(
     "ion_events_returned", "Events the broker returned (no queue took them) or a full queue refused", ["event_id"],
@@ -53,16 +112,12 @@ events_returned = Counter(
 )
 events_failed = Counter("ion_events_failed", "Events whose publish failed otherwise", ["event_id"], registry=REGISTRY)
 
-delivered = Counter("ion_subscriber_delivered", "Events delivered to a subscriber", ["subscriber"], registry=REGISTRY)
-handled = Counter("ion_subscriber_handled", "Events a subscriber's handler finished", ["subscriber"], registry=REGISTRY)
 handler_failed = Counter("ion_subscriber_failed", "Events a subscriber's handler failed on", ["subscriber"],
                          registry=REGISTRY)
 retried = Counter("ion_subscriber_retried", "Events republished for another attempt", ["subscriber"],
                   registry=REGISTRY)
 dead_lettered = Counter("ion_subscriber_dead_lettered", "Events moved to the dead letters", ["subscriber"],
                         registry=REGISTRY)
-handler_seconds = Histogram("ion_subscriber_handler_seconds", "Time in a subscriber's handler", ["subscriber"],
-                            registry=REGISTRY)
 
 rpcs = Counter("ion_rpc", "RPCs made, by outcome (ok, error, timeout, failed)", ["outcome"], registry=REGISTRY)
 rpc_seconds = Histogram("ion_rpc_seconds", "RPC latency, request to reply", registry=REGISTRY)
@@ -92,7 +147,7 @@ def rpc_finished(outcome, seconds):
     rpc_seconds.observe(seconds)
 
 
-# event id -> its publish_tally counts and label; bounded like the labels themselves.
+# event id -> (its PublishCounts, its label); bounded like the labels themselves.
 _publish_counters = {}
 
 
@@ -107,17 +162,17 @@ def observe_publish(d, event_id, fires_with=None):
     counters = _publish_counters.get(event_id)
     if counters is None:
         label = str(event_id)
-        counters = _publish_counters[event_id] = (publish_tally.counter(label), label)
+        counters = _publish_counters[event_id] = (publish_tallies.get(label), label)
     counts = counters[0]
-    counts[0] += 1
+    counts.published += 1
     if d.called and fires_with is not None and not isinstance(d.result, Failure):
-        counts[1] += 1
+        counts.confirmed += 1
         return succeed(fires_with)
     return d.addCallbacks(_publish_confirmed, _publish_failed, (counts, fires_with), None, (counters[1],))
 
 
 def _publish_confirmed(result, counts, fires_with):
-    counts[1] += 1
+    counts.confirmed += 1
     return result if fires_with is None else fires_with
 
 

@@ -175,14 +175,42 @@ def _unpack(body, decode_gpb):
         raise WireFormatError("body is not msgpack: %s" % (e,)) from e
     if not isinstance(raw, dict):
         raise WireFormatError("body is a msgpack %s, not a map" % (type(raw).__name__,))
-    message = {}
     content = raw.pop(b"content", None)
+    try:  # R1's headers: known names, UTF-8 texts, ints and None, converted in one go
+        message = {_HEADER_NAMES.get(key) or _header_name(key): _PLAIN[type(value)](value) for key, value in raw.items()}
+    except (KeyError, UnicodeDecodeError):  # some other value: each is looked at on its own
+        message = _headers(raw)
+    encoding = message.get("encoding")
+    if encoding != ION_R1_GPB:
+        message["content"] = _text(content)
+    elif decode_gpb:
+        message["content"] = decode_content(content, encoding)
+    else:
+        message["content"] = content
+    return message
+
+
+def _same(value):
+    return value
+
+
+# The header values the one-go conversion takes: UTF-8 text (strictly; bytes that are not stay bytes), None
+# (an event's op) and numbers (int and float give back the very object; so does bool: an RPC's quiet flag).
+_PLAIN = {bytes: bytes.decode, int: int, type(None): _same, bool: bool, float: float}
+
+
+def _header_name(key):
+    name = _text(key)
+    if not isinstance(name, str):
+        raise WireFormatError("header key %r is not text" % (name,))
+    return name
+
+
+def _headers(raw):
+    """The header map of a msgpack map (content taken out): keys and textual values as str."""
+    message = {}
     for key, value in raw.items():
-        name = _HEADER_NAMES.get(key) if type(key) is bytes else None
-        if name is None:
-            name = _text(key)
-            if not isinstance(name, str):
-                raise WireFormatError("header key %r is not text" % (name,))
+        name = _HEADER_NAMES.get(key) or _header_name(key)
         if type(value) is bytes:  # most headers: inline _text
             try:
                 value = value.decode("utf-8")
@@ -191,13 +219,6 @@ def _unpack(body, decode_gpb):
         elif type(value) is not int:
             value = _text(value)
         message[name] = value
-    encoding = message.get("encoding")
-    if encoding != ION_R1_GPB:
-        message["content"] = _text(content)
-    elif decode_gpb:
-        message["content"] = decode_content(content, encoding)
-    else:
-        message["content"] = content
     return message
 
 

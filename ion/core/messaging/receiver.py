@@ -335,7 +335,7 @@ class Receiver(BasicLifecycleObject):
             result = self._handle(msg)
         except Exception:  # a bug here must not stall the receiver: _done logs it
             result = defer.fail()
-        if isinstance(result, defer.Deferred):
+        if result is not None and isinstance(result, defer.Deferred):  # Deferred is an ABC: None is told apart first
             result.addBoth(self._done, msg)
         else:
             self._done(None, msg)
@@ -375,6 +375,8 @@ class Receiver(BasicLifecycleObject):
                 self._handler_failed(Failure(), data, msg)
                 return None
             index += 1
+            if result is None:  # the usual case, before the isinstance checks (Deferred is an ABC: they are slow)
+                continue
             if type(result) is CoroutineType:
                 result = defer.Deferred.fromCoroutine(result)
             elif isinstance(result, Failure):

@@ -16,8 +16,8 @@ from ion.core.object.message_instance import ION_MESSAGE_TYPE, MessageInstance
 from ion.core.object import object_utils
 from ion.core.object.gpb.net.ooici.core.container.container_pb2 import Structure
 from ion.core.object.gpb_wrapper import Wrapper
-from ion.core.object.object_utils import ObjectUtilException, create_type_identifier, iter_links
-from ion.core.object.repository import Repository, content_key
+from ion.core.object.object_utils import ObjectUtilException, create_type_identifier, iter_links, may_link
+from ion.core.object.repository import checked_repository, content_key
 
 ION_R1_GPB = "ION R1 GPB"
 
@@ -79,7 +79,12 @@ def _fill(target, element):
 
 
 def unpack(data):
-    """Check a Structure and rebuild its graph: a MessageInstance for an IonMsg head, else the head object."""
+    """Check a Structure and rebuild its graph: a MessageInstance for an IonMsg head, else the head object.
+
+    Content laid out as pack() lays it out (head first, every other element after the elements it
+    links to) is a DAG by that order alone, and then everything is reachable from the head when
+    every element but the head is linked to: only content in another order needs the graph walked.
+    """
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise CodecError("'%s' content must be bytes, not %s" % (ION_R1_GPB, type(data).__name__))
     try:
@@ -87,74 +92,82 @@ def unpack(data):
     except DecodeError as e:
         raise CodecError("content is not a valid Structure: %s" % e) from None
     head = structure.head
-    parsed = {}
-    for element in (head, *structure.items):
-        parsed[element.key] = (element, _parse(element))
-    children = {key: _check_links(element, gpb, parsed) for key, (element, gpb) in parsed.items()}
-    _check_graph(head.key, children)
-    repository = Repository()
-    objects = {key: repository.add_object(gpb, key) for key, (_element, gpb) in parsed.items()}
-    root = objects[head.key]
-    if root.ObjectType == ION_MESSAGE_TYPE:
+    elements = (head, *structure.items)
+    last = len(elements)
+    messages = {}  # key -> protobuf message: what the repository will hold
+    facts = {}  # key -> (TypeIdentifier, isleaf, whether it can link, rank: items by position, the head above)
+    for position, element in enumerate(elements):
+        key, gpb, type_id, has_links = _read(element)
+        messages[key] = gpb
+        facts[key] = type_id, element.isleaf, has_links, position or last
+    ordered = len(facts) == last
+    linked = set()
+    for (key, gpb), (_type_id, isleaf, has_links, rank) in zip(messages.items(), facts.values()):
+        count = 0
+        if has_links:
+            for link in iter_links(gpb):
+                target_key = link.key
+                target = facts.get(target_key)
+                if target is None:
+                    raise CodecError(
+                        "element %s links to %s, which is not in the content" % (key.hex(), target_key.hex())
+                    )
+                link_type, target_type = link.type, target[0]
+                if link_type.object_id != target_type.object_id or link_type.version != target_type.version:
+                    raise CodecError(
+                        "element %s links to %s as type %d but it is type %d"
+                        % (key.hex(), target_key.hex(), link_type.object_id, target_type.object_id)
+                    )
+                if link.isleaf != target[1]:
+                    raise CodecError("element %s: link to %s has the wrong isleaf flag" % (key.hex(), target_key.hex()))
+                ordered = ordered and target[3] < rank
+                linked.add(target_key)
+                count += 1
+        if isleaf != (not count):
+            raise CodecError("element %s: isleaf is %s but it has %d links" % (key.hex(), isleaf, count))
+    if not ordered or len(linked) != last - 1:
+        _check_graph(head.key, {key: [link.key for link in iter_links(gpb)] for key, gpb in messages.items()})
+    head_key = head.key
+    root = checked_repository(messages, head_key)
+    if facts[head_key][0].object_id == ION_MESSAGE_TYPE.object_id:  # every type here is version 1
         return MessageInstance.wrap(root)
     return root
 
 
 @functools.cache
 def _known_type(object_id, version):
-    """(message class, TypeIdentifier) of a registered version-1 type; ObjectUtilException or ValueError if not."""
+    """(message class, TypeIdentifier, whether it can hold links) of a registered version-1 type.
+
+    ObjectUtilException or ValueError if there is none.
+    """
     message_class = object_utils.get_gpb_class_from_type_id(object_id)
     if version != 1:
         raise ValueError(version)
-    return message_class, create_type_identifier(object_id)
+    return message_class, create_type_identifier(object_id), may_link(message_class)
+
+
+def _read(element):
+    """(key, object, TypeIdentifier, whether it can link) of an element, after checking its type and key."""
+    key, element_type, value = element.key, element.type, element.value
+    try:
+        message_class, type_id, has_links = _known_type(element_type.object_id, element_type.version)
+    except ObjectUtilException as e:
+        raise CodecError("element %s: %s" % (key.hex(), e)) from None
+    except ValueError:
+        raise CodecError(
+            "element %s has type version %d; only version 1 exists" % (key.hex(), element_type.version)
+        ) from None
+    if content_key(value, type_id) != key:
+        raise CodecError("element %s: key does not match its content" % key.hex())
+    try:
+        return key, message_class.FromString(value), type_id, has_links
+    except DecodeError as e:
+        raise CodecError("element %s is not a valid %s: %s" % (key.hex(), message_class.DESCRIPTOR.name, e)) from None
 
 
 def _parse(element):
     """The element's object, after checking its type is known and its key matches its content."""
-    element_type = element.type
-    try:
-        message_class, type_id = _known_type(element_type.object_id, element_type.version)
-    except ObjectUtilException as e:
-        raise CodecError("element %s: %s" % (element.key.hex(), e)) from None
-    except ValueError:
-        raise CodecError(
-            "element %s has type version %d; only version 1 exists" % (element.key.hex(), element_type.version)
-        ) from None
-    value = element.value
-    if content_key(value, type_id) != element.key:
-        raise CodecError("element %s: key does not match its content" % element.key.hex())
-    try:
-        return message_class.FromString(value)
-    except DecodeError as e:
-        raise CodecError(
-            "element %s is not a valid %s: %s" % (element.key.hex(), message_class.DESCRIPTOR.name, e)
-        ) from None
-
-
-def _check_links(element, gpb, parsed):
-    """Keys this element links to, after checking each target exists and agrees with the link."""
-    targets = []
-    for link in iter_links(gpb):
-        target = parsed.get(link.key)
-        if target is None:
-            raise CodecError(
-                "element %s links to %s, which is not in the content" % (element.key.hex(), link.key.hex())
-            )
-        target_element = target[0]
-        link_type, target_type = link.type, target_element.type
-        if link_type.object_id != target_type.object_id or link_type.version != target_type.version:
-            raise CodecError(
-                "element %s links to %s as type %d but it is type %d"
-                % (element.key.hex(), link.key.hex(), link_type.object_id, target_type.object_id)
-            )
-        if link.isleaf != target_element.isleaf:
-            raise CodecError("element %s: link to %s has the wrong isleaf flag" % (element.key.hex(), link.key.hex()))
-        targets.append(link.key)
-    if element.isleaf != (not targets):
-        raise CodecError(
-            "element %s: isleaf is %s but it has %d links" % (element.key.hex(), element.isleaf, len(targets))
-        )
-    return targets
+    return _read(element)[1]
 
 
 def _check_graph(head, children):

@@ -139,3 +139,8 @@ def _build_registry(module_names):
 
 
 _CLASSES = _build_registry(gpb.MODULES)
+
+
+def may_link(message_class):
+    """Whether a message of this class can hold a CASRef anywhere: the codec does not look for links in others."""
+    return bool(_link_plan(message_class.DESCRIPTOR))

@@ -171,3 +171,14 @@ class Repository:
         elements[element.key] = element
         done[obj.MyId] = element
         return element
+
+
+def checked_repository(messages, head):
+    """
+    The object `head` of a new Repository holding `messages` ({key: protobuf message}, the dict itself):
+    received content the codec has checked.  Only the head is wrapped now, the others when a link to
+    them is first followed, as get_linked would wrap them again anyway once their wrappers had gone.
+    """
+    repository = Repository()
+    repository._messages = messages
+    return repository.add_object(messages[head], head)

@@ -159,7 +159,8 @@ class Consumer:
 
     def _settle(self, channel, delivery_tag, ack, requeue):
         # Handled, even if the ack cannot reach the broker any more: a stream resumes after it.
-        self._stream_unsettled.pop((channel, delivery_tag), None)
+        if self._stream:
+            self._stream_unsettled.pop((channel, delivery_tag), None)
         if self._no_ack:
             return
         what = "ack" if ack else "reject"
@@ -175,7 +176,7 @@ class Consumer:
             data = settle_frame(channel.id, BASIC["ack"], delivery_tag, False)
         else:
             data = settle_frame(channel.id, BASIC["reject"], delivery_tag, requeue)
-        channel.client.write(data)
+        channel.client.write_settle(data)
 
 
 # basic.ack and basic.reject are (delivery tag: longlong, one bit): every settled delivery writes one, so

@@ -68,6 +68,8 @@ CHECKS_PER_INTERVAL = 4
 DEAD_AFTER = 1.5
 PROPERTY_CACHE_SIZE = 256  # content properties kept encoded (and decoded) per connection; past it a cache starts again
 _HEADER_HEAD = struct.Struct("!BHLHHQ")  # a content header frame up to its property flags
+_HEADER_START = struct.Struct("!HHQ")  # a content header's payload up to its property flags: class, weight, size
+_METHOD_IDS = struct.Struct("!HH")  # a method frame's payload starts with its class and method ids
 _BODY_END = bytes([FRAME_END])
 
 
@@ -111,6 +113,7 @@ class Client(AMQClient):
         self._partial = {}  # channel id -> the _Delivered being put together from its frames
         self._property_cache = {}  # (class id, properties_key) -> encoded property flags and values
         self._header_cache = {}  # (class id, received property bytes) -> (their properties, names of empty tables)
+        self._settles = None  # during dataReceived: ack/reject frames not yet written (write_settle)
         self.waiting_for = "connection.start"  # the handshake step the broker has to answer next
 
     def connectionMade(self):
@@ -148,7 +151,20 @@ class Client(AMQClient):
     # -- reading
 
     def dataReceived(self, data):
-        """Split the stream into frames; a partial frame waits until enough bytes arrived."""
+        """
+        Split the stream into frames; a partial frame waits until enough bytes arrived.  The acks and
+        rejects of the deliveries handled meanwhile go to the transport in one write at the end (it sends
+        nothing before the reactor's next write pass anyway): one transport write per read, not per delivery.
+        """
+        self._settles = []
+        try:
+            self._read_frames(data)
+        finally:
+            settles, self._settles = self._settles, None
+            if settles:
+                self.write(b"".join(settles))
+
+    def _read_frames(self, data):
         self._heard_at = self.clock.seconds()
         if self._chunks:
             self._chunks.append(data)
@@ -185,8 +201,9 @@ class Client(AMQClient):
         if kind == FRAME_BODY:
             frame = Frame(channel, _Body(payload))
         elif kind == FRAME_METHOD:
+            key = _METHOD_IDS.unpack_from(payload)
             reader = Reader(payload)
-            key = reader.short(), reader.short()
+            reader.pos = _METHOD_IDS.size
             if key == _DELIVER:
                 self._partial[channel] = _Delivered(reader)
                 return
@@ -208,10 +225,9 @@ class Client(AMQClient):
             partial.chunks.append(payload)
             partial.missing -= len(payload)
         elif kind == FRAME_HEADER and partial.content is None:
+            class_id, _weight, partial.missing = _HEADER_START.unpack_from(payload)
             reader = Reader(payload)
-            class_id = reader.short()
-            reader.pos = 4  # the weight: always 0
-            partial.missing = reader.longlong()
+            reader.pos = _HEADER_START.size
             partial.content = _Content(self._read_properties(class_id, reader))
         else:
             del self._partial[channel]
@@ -296,8 +312,19 @@ class Client(AMQClient):
     # -- writing
 
     def write(self, data):
+        if self._settles:  # acks and rejects first: they were settled before this was written
+            settles, self._settles = self._settles, []
+            settles.append(data)
+            data = b"".join(settles)
         self._spoke_at = self.clock.seconds()
         self.transport.write(data)
+
+    def write_settle(self, frame):
+        """A basic.ack or basic.reject frame: written with the others at the end of the read, if one is going on."""
+        if self._settles is None:
+            self.write(frame)
+        else:
+            self._settles.append(frame)
 
     def send_frame(self, frame):
         """txamqp's channel methods come through here; only method frames are used."""
@@ -419,16 +446,28 @@ class _Delivered:
                  "missing", "dropped")
 
     def __init__(self, reader):
-        """The method's arguments, read where the class and method ids end."""
-        self.consumer_tag = reader.shortstr()
-        self.delivery_tag = reader.longlong()
-        self.redelivered = bool(reader.octet() & 1)
-        self.exchange = reader.shortstr()
-        self.routing_key = reader.shortstr()
+        """The method's arguments, read where the class and method ids end (directly: one per delivery)."""
+        data = reader.data
+        self.consumer_tag, pos = _shortstr_at(data, reader.pos)
+        self.delivery_tag, bits = _TAG_BITS.unpack_from(data, pos)
+        self.redelivered = bool(bits & 1)
+        self.exchange, pos = _shortstr_at(data, pos + _TAG_BITS.size)
+        self.routing_key, _ = _shortstr_at(data, pos)
         self.content = None  # until the header frame
         self.chunks = []
         self.missing = 0
         self.dropped = False  # its channel was closed before the last frame came
+
+
+_TAG_BITS = struct.Struct("!QB")  # basic.deliver's delivery tag and its one bit (redelivered)
+
+
+def _shortstr_at(data, pos):
+    """(the AMQP shortstr at `pos`, where it ends), as Reader.shortstr reads it; ValueError if it is cut off."""
+    end = pos + 1 + data[pos]
+    if end > len(data):
+        raise ValueError("truncated AMQP payload")
+    return data[pos + 1:end].decode("utf-8", "surrogateescape"), end
 
 
 class _Content:

@@ -400,7 +400,7 @@ class Subscriber(BasicLifecycleObject):
         self._auto_delete = auto_delete
         self._subscriber_id = None
         self._resource_id = None
-        self._counters = None  # (delivered, handled, handler_seconds) for this binding key, see _receive_handler
+        self._counts = None  # metrics.DeliveryCounts of this binding key, see _receive_handler
         # The queue's flags are the subscriber's; the exchange keeps its own (R1 mixed them up).
         # A durable queue binds to the exchange point's durable companion (see the module docstring).
         exchange_flags = COMPANION_QUEUE_FLAGS if durable else EXCHANGE_FLAGS
@@ -539,19 +539,19 @@ class Subscriber(BasicLifecycleObject):
         with no Deferred machinery in between.  Its time (failures too) goes
         to the handler-seconds metric.
         """
-        counters = self._counters
-        if counters is None:  # the labelled metrics, looked up once (labels() costs more than inc())
-            key = self._binding_key
-            counters = self._counters = (
-                metrics.delivered.labels(key), metrics.handled.labels(key), metrics.handler_seconds.labels(key)
-            )
-        counters[0].inc()
+        counts = self._counts
+        if counts is None:  # looked up once
+            counts = self._counts = metrics.delivery_counts(self._binding_key)
+        counts.delivered += 1
         started = time.perf_counter()
         try:
             result = self.ondata(data)
         except Exception:
             self._timed(started)
             return self._handler_failed(Failure(), data, msg)
+        if result is None:  # the usual case, before the isinstance checks (Deferred is an ABC: they are slow)
+            self._handled(None, msg, started)
+            return None
         if inspect.iscoroutine(result):
             result = defer.ensureDeferred(result)
         if isinstance(result, defer.Deferred):
@@ -560,7 +560,7 @@ class Subscriber(BasicLifecycleObject):
         return None
 
     def _timed(self, started):
-        self._counters[2].observe(time.perf_counter() - started)
+        self._counts.observe(time.perf_counter() - started)
 
     def _failed_later(self, failure, data, msg, started):
         self._timed(started)
@@ -568,7 +568,7 @@ class Subscriber(BasicLifecycleObject):
 
     def _handled(self, _, msg, started):
         self._timed(started)
-        self._counters[1].inc()
+        self._counts.handled += 1
         if msg.state == Message.RECEIVED:
             msg.ack()
 
