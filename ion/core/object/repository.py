@@ -78,7 +78,7 @@ class Repository:
 
     def add_object(self, gpb, key):
         """Wrap a protobuf message as an object of this repository, reachable by links holding `key`."""
-        obj = wrapper_class(type(gpb))(gpb, self, myid=key)
+        obj = wrapper_class(type(gpb))(gpb, self, None, key)  # a root: no _root
         self._messages[key] = gpb
         self._wrappers[key] = weakref.ref(obj)
         return obj
@@ -92,7 +92,7 @@ class Repository:
             gpb = self._messages.get(key)
             if gpb is None:
                 raise RepositoryError("link to an object missing from the repository: %s" % key.hex())
-            obj = wrapper_class(type(gpb))(gpb, self, myid=key)
+            obj = wrapper_class(type(gpb))(gpb, self, None, key)  # a root: no _root
             self._wrappers[key] = weakref.ref(obj)
         return obj
 

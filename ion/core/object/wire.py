@@ -7,7 +7,7 @@ CASRef is the same first three, and a Structure is its head (1) then its items
 (2), each length-prefixed.  Filling a upb Structure field by field and
 serializing it cost several times more.  The *_parts functions give the bytes
 that are the same for every content key of one type, for a writer (event_plan)
-that makes many.  test_wire_codec checks all of it against upb's bytes.
+that makes many.  test_gpb_wire checks all of it against upb's bytes.
 """
 
 KEY_SIZE = 20  # a content key: a sha1 digest
@@ -58,7 +58,7 @@ def structure(head, items):
 
 
 def element_parts(type_bytes, isleaf):
-    """(before, middle): element(k, type_bytes, isleaf, v) is before + k + middle + varint(len(v)) + v for a content key k."""
+    """(before, middle): element(k, type_bytes, isleaf, v) is before + k + middle + varint(len(v)) + v for key k."""
     return b"\x0a" + varint(KEY_SIZE), _typed(type_bytes, isleaf) + b"\x22"
 
 

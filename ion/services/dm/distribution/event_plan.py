@@ -22,6 +22,7 @@ import functools
 
 from ion.core.object import repository, wire
 from ion.core.object.codec import Packed
+from ion.core.object.gpb.net.ooici.core.link.link_pb2 import CASRef
 from ion.core.object.gpb_wrapper import wrapper_class
 from ion.core.object.message_instance import ION_MESSAGE_TYPE, MessageInstance
 from ion.core.object.object_utils import get_gpb_class_from_type_id
@@ -44,12 +45,16 @@ class EventPlan:
         # A link's bytes are appended to its message's: it must come after every field set there.
         self.identity_tag = wire.tag(_number(self.ion_class, "identity"))
         event_bytes, payload_bytes = event_type.SerializeToString(), payload_type.SerializeToString()
-        self.event_link = wire.link_parts(_last_number(self.ion_class, "message_object", ("identity",)), event_bytes, False)
-        fields = self.event_class.DESCRIPTOR.fields_by_name
-        self.payload_link = wire.link_parts(_last_number(self.event_class, "additional_data", fields), payload_bytes, True)
+        message_object = _last_number(self.ion_class, "message_object", ("identity",))
+        additional_data = _last_number(self.event_class, "additional_data", self.event_class.DESCRIPTOR.fields_by_name)
+        self.event_link = wire.link_parts(message_object, event_bytes, False)
+        self.payload_link = wire.link_parts(additional_data, payload_bytes, True)
         self.ion_element = wire.element_parts(ION_MESSAGE_TYPE.SerializeToString(), False)
         self.event_element = wire.element_parts(event_bytes, False)
         self.payload_element = wire.element_parts(payload_bytes, True)
+        # The live links of the caller's objects, but for the object id (copied: cheaper than set field by field).
+        self.event_ref = CASRef(type=event_type.to_gpb(), isleaf=False)
+        self.payload_ref = CASRef(type=payload_type.to_gpb(), isleaf=True)
 
     def build(self, fields):
         """(MessageInstance, Packed content) for the event with `fields`; None if only the general path can make it."""
@@ -82,7 +87,10 @@ class EventPlan:
         before, after = self.event_link
         ion_value = b"".join((self.identity_tag, wire.varint(len(identity)), identity, before, event_key, after))
         head = _element(self.ion_element, content_key(ion_value, ION_MESSAGE_TYPE), ion_value)
-        items = (_element(self.payload_element, payload_key, payload_value), _element(self.event_element, event_key, event_value))
+        items = (
+            _element(self.payload_element, payload_key, payload_value),
+            _element(self.event_element, event_key, event_value),
+        )
         instance = MessageInstance.later(self.event_wrapper, functools.partial(self._objects, key, event, payload))
         return instance, Packed(wire.structure(head, items))
 
@@ -91,8 +99,8 @@ class EventPlan:
         objects = Repository(key)
         ion = self.ion_class(identity=key)
         root = objects.add_new(ion)
-        _point(ion.message_object, objects.add_new(event), False)
-        _point(event.additional_data, objects.add_new(payload), True)
+        _point(ion.message_object, self.event_ref, objects.add_new(event))
+        _point(event.additional_data, self.payload_ref, objects.add_new(payload))
         return root
 
 
@@ -132,9 +140,7 @@ def _element(parts, key, value):
     return b"".join((before, key, middle, wire.varint(len(value)), value))
 
 
-def _point(link, target, isleaf):
-    """Point a CASRef at an object by its id, as a live link is after a commit."""
+def _point(link, ref, target):
+    """Point a CASRef at an object by its id, as a live link is after a commit: `ref` gives its type and isleaf."""
+    link.CopyFrom(ref)
     link.key = target.MyId
-    link.type.object_id = target.ObjectType.object_id
-    link.type.version = target.ObjectType.version
-    link.isleaf = isleaf
