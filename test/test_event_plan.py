@@ -10,6 +10,7 @@ from twisted.trial import unittest
 
 from ion.core.messaging import envelope
 from ion.core.object import codec, repository
+from ion.core.object.message_instance import MessageInstance
 from ion.services.dm.distribution import event_plan, events
 from test.test_events import PAYLOAD_FIELDS
 
@@ -80,6 +81,18 @@ class EventPlanTest(unittest.TestCase):
         fast, _, _ = self.both(events.InfoLoggingEventPublisher, {"datetime": 1.0})
         extra = fast.CreateObject(events.LOGGING_EVENT_MESSAGE_TYPE)
         self.assertNotIn(extra.MyId, (fast.Message.MyId, fast.MessageObject.MyId, fast.additional_data.MyId))
+
+    def test_objects_made_on_first_use(self):
+        """The repository and wrappers of a planned event: made once, when the caller first uses the event."""
+        plan = event_plan.plan_for(events.EVENT_MESSAGE_TYPE, events.LOGGING_EVENT_MESSAGE_TYPE)
+        made, objects = [], plan._objects
+        self.patch(plan, "_objects", lambda *args: made.append(args) or objects(*args))
+        fast, packed = plan.build({"datetime": 1.0, "origin": "o"})
+        self.assertEqual(made, [])
+        self.assertIsInstance(fast, MessageInstance)
+        self.assertEqual((fast.origin, fast.Repository.key, len(made)), ("o", FIXED, 1))
+        self.assertEqual(codec.pack(fast.Message), packed)
+        self.assertEqual(len(made), 1)
 
     def test_left_to_the_general_path(self):
         """A message-typed field, a bad value, an unknown kwarg: no plan; the general path's result or error."""

@@ -296,5 +296,28 @@ class MessageInstanceTest(unittest.TestCase):
         self.assertIsNone(msg.MessageObject)
         self.assertFalse(hasattr(msg, "origin"))
 
+    def test_later_is_made_when_first_used(self):
+        """MessageInstance.later (event plans' results): the instance wrap gives, its message made on first use."""
+        made = []
+
+        def make():
+            made.append(True)
+            return new_message_instance(2322).Message
+
+        eager = new_message_instance(2322)
+        later = MessageInstance.later(type(eager.MessageObject), make)
+        self.assertIs(type(later), type(eager))
+        self.assertFalse(hasattr(later, "nofield"))
+        self.assertEqual(made, [])
+        later.origin = "X"
+        self.assertEqual((later.origin, later.MessageObject.origin, made), ("X", "X", [True]))
+        self.assertEqual(later.MessageIdentity, later.Repository.key)
+        self.assertIs(later.MessageObject.Repository, later.Repository)
+        self.assertEqual(made, [True])
+        for msg in (eager, later):
+            with self.assertRaises(AttributeError) as raised:
+                msg.nofield
+            self.assertEqual(str(raised.exception), "'EventMessageInstance' object has no attribute 'nofield'")
+
     def test_casref_is_type_3(self):
         self.assertIs(object_utils.get_gpb_class_from_type_id(3), CASRef)

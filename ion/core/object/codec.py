@@ -13,7 +13,7 @@ from google.protobuf.message import DecodeError, EncodeError
 
 from ion.core.exception import IonError
 from ion.core.object.message_instance import ION_MESSAGE_TYPE, MessageInstance
-from ion.core.object import object_utils
+from ion.core.object import object_utils, wire
 from ion.core.object.gpb.net.ooici.core.container.container_pb2 import Structure
 from ion.core.object.gpb_wrapper import Wrapper
 from ion.core.object.object_utils import ObjectUtilException, create_type_identifier, iter_links, may_link
@@ -63,19 +63,11 @@ def pack(root):
 
 def pack_elements(head, items):
     """The Structure of a head Element and the other Elements (children before parents, as commit gives them)."""
-    structure = Structure()
-    _fill(structure.head, head)
-    for element in items:
-        _fill(structure.items.add(), element)
-    return structure.SerializeToString()
+    return wire.structure(_element_bytes(head), [_element_bytes(element) for element in items])
 
 
-def _fill(target, element):
-    target.key = element.key
-    target.type.object_id = element.type.object_id
-    target.type.version = element.type.version
-    target.isleaf = element.isleaf
-    target.value = element.value
+def _element_bytes(element):
+    return wire.element(element.key, element.type.SerializeToString(), element.isleaf, element.value)
 
 
 def unpack(data):

@@ -30,7 +30,8 @@ def new_message_instance(content_type, name=""):
 class MessageInstance:
     """An IonMsg wrapper presenting its content: `msg.origin` is `msg.MessageObject.origin`."""
 
-    __slots__ = ("_message", "_content")
+    # An instance made by `later` has no _message/_content until first used: __getattr__ then makes them.
+    __slots__ = ("_message", "_content", "_make")
 
     ResponseCodes = enum_object(ion_message_pb2.DESCRIPTOR.enum_types_by_name["ResponseCodes"])
     _Properties = {}
@@ -39,12 +40,32 @@ class MessageInstance:
     def __init__(self, message):
         self._message = message
         self._content = message.message_object
+        self._make = None
 
     @staticmethod
     def wrap(message):
         """The MessageInstance for an IonMsg wrapper, of the class that matches its content type."""
         content = message.message_object
         return _instance_class(content and type(content))(message)
+
+    @staticmethod
+    def later(content_class, make):
+        """
+        The MessageInstance of the IonMsg wrapper `make()` returns, made when the instance is first used.
+        For a sender that has the message's bytes already (event_plan) and whose caller may never look:
+        the instance is of the class `wrap` would give for `content_class` content and reads the same.
+        """
+        instance = object.__new__(_instance_class(content_class))
+        instance._make = make
+        return instance
+
+    def __getattr__(self, name):
+        # Python calls this only when the usual lookup fails: an instance `later` made is being used for the first time.
+        if name in ("_message", "_content") and self._make is not None:
+            message, self._make = self._make(), None
+            self._message, self._content = message, message.message_object
+            return getattr(self, name)
+        raise AttributeError("%r object has no attribute %r" % (type(self).__name__, name), name=name, obj=self)
 
     @property
     def Repository(self):

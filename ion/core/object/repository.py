@@ -42,22 +42,20 @@ def content_key(value, type_id):
 # from os.urandom and again in a forked child, at a fraction of uuid.uuid4's cost per message.
 _random = random.Random()
 os.register_at_fork(after_in_child=_random.seed)
-_VERSION_MASK, _VERSION_4 = ~(0xF << 76), 4 << 76
-_VARIANT_MASK, _VARIANT_RFC_4122 = ~(0x3 << 62), 0x2 << 62
+_bits = _random.getrandbits
 
 
 def new_key():
     """A new random UUID4 in upper case, as R1 named a repository: 'E3A1...-....-4...-[89AB]...-...'."""
-    bits = (_random.getrandbits(128) & _VERSION_MASK | _VERSION_4) & _VARIANT_MASK | _VARIANT_RFC_4122
-    text = "%032X" % bits
-    return "%s-%s-%s-%s-%s" % (text[:8], text[8:12], text[12:16], text[16:20], text[20:])
+    # The version nibble (4) and the variant bits (10) are fixed; the other 122 bits are random.
+    return "%08X-%04X-4%03X-%04X-%012X" % (_bits(32), _bits(16), _bits(12), 0x8000 | _bits(14), _bits(48))
 
 
 class Repository:
     """The objects of one message. `persistent` is kept for R1 callers; nothing here caches."""
 
-    def __init__(self):
-        self._key = None
+    def __init__(self, key=None):
+        self._key = key  # None: made when first asked for
         self.persistent = False
         self._messages = {}  # object id -> its protobuf message: what the repository holds
         self._wrappers = {}  # object id -> weak reference to its wrapper, made again when it has gone
@@ -80,7 +78,7 @@ class Repository:
 
     def add_object(self, gpb, key):
         """Wrap a protobuf message as an object of this repository, reachable by links holding `key`."""
-        obj = wrapper_class(type(gpb))(gpb, self, myid=key)
+        obj = wrapper_class(type(gpb))(gpb, self, None, key)  # a root: no _root
         self._messages[key] = gpb
         self._wrappers[key] = weakref.ref(obj)
         return obj
@@ -94,7 +92,7 @@ class Repository:
             gpb = self._messages.get(key)
             if gpb is None:
                 raise RepositoryError("link to an object missing from the repository: %s" % key.hex())
-            obj = wrapper_class(type(gpb))(gpb, self, myid=key)
+            obj = wrapper_class(type(gpb))(gpb, self, None, key)  # a root: no _root
             self._wrappers[key] = weakref.ref(obj)
         return obj
 
