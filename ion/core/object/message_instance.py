@@ -37,16 +37,16 @@ class MessageInstance:
     _Properties = {}
     _Enums = {}
 
-    def __init__(self, message):
+    def __init__(self, message, content=None):
         self._message = message
-        self._content = message.message_object
+        self._content = message.message_object if content is None else content
         self._make = None
 
     @staticmethod
     def wrap(message):
         """The MessageInstance for an IonMsg wrapper, of the class that matches its content type."""
-        content = message.message_object
-        return _instance_class(content and type(content))(message)
+        content = message.message_object  # a link followed: looked up once, for the class and the instance
+        return _instance_class(content and type(content))(message, content)
 
     @staticmethod
     def later(content_class, make):
