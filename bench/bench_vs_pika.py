@@ -46,7 +46,12 @@ sys.path.insert(0, HERE)
 RABBIT = "amqp://guest:guest@127.0.0.1:5672/%2F"
 BODY_BYTES = 460  # the project's InfoLogging event body
 ORIGIN = "vspika"
-WAIT = 120
+WAIT = 120  # seconds, plus one per 1,000 events (see patience)
+
+
+def patience(events):
+    """How long a scenario of `events` may take: a slow machine needs minutes for 1,000,000."""
+    return WAIT + events / 1000
 
 
 def cpu_seconds():
@@ -252,7 +257,7 @@ def ion_subscriber(reactor, args):
                 subscriber_type=InfoLoggingEventSubscriber, origin=ORIGIN, handler=handler, **options)
         cpu, rss = cpu_seconds(), peak_rss_kib()
         say("ready")
-        last = yield done.addTimeout(WAIT, reactor)
+        last = yield done.addTimeout(patience(expected), reactor)
         say("result", last=last, deliveries=state["count"], cpu=cpu_seconds() - cpu,
             rss_growth_kib=peak_rss_kib() - rss, **latency_figures(state["latencies"]))
         yield proc.terminate()
@@ -321,8 +326,8 @@ def child(args, role, **extra):
     return subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
 
 
-def read(proc, word):
-    deadline = time.time() + WAIT
+def read(proc, word, events=0):
+    deadline = time.time() + patience(events)
     while time.time() < deadline:
         line = proc.stdout.readline()
         if not line:
@@ -340,8 +345,8 @@ def scenario(args, side, events, subs=1, paced=False):
     try:
         read(consumer, "ready")
         publisher = child(args, side + "_pub", events=events, paced=paced)
-        pub = read(publisher, "result")
-        sub = read(consumer, "result")
+        pub = read(publisher, "result", events * subs)
+        sub = read(consumer, "result", events * subs)
         publisher.wait(WAIT)
         consumer.wait(WAIT)
     finally:
