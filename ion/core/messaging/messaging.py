@@ -3,7 +3,7 @@ A received AMQP message and the R1 queue configurations (§5.4, §5.6).
 """
 
 from ion.core.exception import IonError
-from ion.core.messaging.broker.interface import PROPERTY_NAMES
+from ion.core.messaging.broker.interface import PROPERTY_SET
 from ion.core.messaging import envelope
 
 DEFAULT_EXCHANGE_SPACE = "magnet.topic"
@@ -15,9 +15,6 @@ PROCESS_EXCHANGE = {
     "exchange_durable": False,
     "exchange_auto_delete": True,
 }
-
-
-_PROPERTY_SET = frozenset(PROPERTY_NAMES)
 
 
 class MessageStateError(IonError):
@@ -45,7 +42,7 @@ class Message:
 
     def __getattr__(self, name):
         # AMQP properties (content_type, reply_to, ...) read through to the delivery.
-        if name in _PROPERTY_SET:
+        if name in PROPERTY_SET:
             return self.delivery.properties.get(name)
         raise AttributeError(name)
 

@@ -32,14 +32,12 @@ from ion.core.messaging.broker.amqp_publishing import Pipeline
 from ion.core.messaging.broker.amqp_states import ConnectionState
 from ion.core.messaging.broker.amqp_topology import Topology
 from ion.core.messaging.broker.resubscribe import redeclare_queue
-from ion.core.messaging.broker.interface import EXCHANGE_TYPES, PROPERTY_NAMES, ChannelError, IBrokerConnection
+from ion.core.messaging.broker.interface import EXCHANGE_TYPES, ChannelError, IBrokerConnection, unknown_properties
 
 __all__ = ["CLOSE_TIMEOUT", "HANDSHAKE_NOTICE", "HANDSHAKE_TIMEOUT", "SPEC_PATH", "AMQPConnection", "Consumer",
            "Delivery", "connect", "load_spec"]
 
 log = Logger()
-
-_PROPERTY_SET = frozenset(PROPERTY_NAMES)
 
 
 @implementer(IBrokerConnection)
@@ -204,9 +202,9 @@ class AMQPConnection:
             if not isinstance(body, bytes):
                 raise TypeError("message body must be bytes, not %s" % type(body).__name__)
             properties = properties or {}
-            if not _PROPERTY_SET.issuperset(properties):
-                unknown = properties.keys() - _PROPERTY_SET
-                raise ValueError("unknown AMQP properties: %s" % ", ".join(sorted(unknown)))
+            unknown = unknown_properties(properties)
+            if unknown:
+                raise ValueError("unknown AMQP properties: %s" % ", ".join(unknown))
         except Exception:
             return defer.fail()
         return self._pipeline.publish((exchange, routing_key, body, properties, mandatory))

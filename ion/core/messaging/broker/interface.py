@@ -99,6 +99,14 @@ PROPERTY_NAMES = (
     "app_id",
     "cluster_id",
 )
+PROPERTY_SET = frozenset(PROPERTY_NAMES)
+
+
+def unknown_properties(properties):
+    """The names in a properties dict that are not AMQP basic properties, sorted; empty if there are none."""
+    if PROPERTY_SET.issuperset(properties):  # the usual case, without building a set
+        return []
+    return sorted(properties.keys() - PROPERTY_SET)
 
 
 class IDelivery(Interface):

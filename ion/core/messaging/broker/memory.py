@@ -26,7 +26,6 @@ from zope.interface import implementer
 
 from ion.core.messaging.broker.interface import (
     EXCHANGE_TYPES,
-    PROPERTY_NAMES,
     ChannelError,
     ConnectionLost,
     IBrokerConnection,
@@ -34,6 +33,7 @@ from ion.core.messaging.broker.interface import (
     NotFound,
     PreconditionFailed,
     ResourceLocked,
+    unknown_properties,
 )
 from ion.core.messaging.broker.memory_pump import DeliveryPump
 from ion.core.messaging.broker.memory_queue import (
@@ -79,7 +79,6 @@ _EQUIVALENT_ARGUMENTS = (
 
 _LENGTH_ARGUMENTS = ("x-max-length", "x-max-length-bytes")
 
-_PROPERTY_SET = frozenset(PROPERTY_NAMES)
 
 _brokers = {}
 
@@ -375,9 +374,9 @@ class EmbeddedBroker:
         if not isinstance(body, bytes):
             raise TypeError("message body must be bytes, not %s" % type(body).__name__)
         properties = properties or {}
-        if not _PROPERTY_SET.issuperset(properties):
-            unknown = properties.keys() - _PROPERTY_SET
-            raise ValueError("unknown message properties: %s" % ", ".join(sorted(unknown)))
+        unknown = unknown_properties(properties)
+        if unknown:
+            raise ValueError("unknown message properties: %s" % ", ".join(unknown))
         properties = copy_properties(properties)
         exchange = self._exchange(exchange_name)
         queues = queues_reached(exchange, routing_key)
