@@ -238,10 +238,7 @@ class Delivery:
 
     def __init__(self, message, delivery_tag=None, consumer=None, headers=None):
         self.body = message.body
-        # The consumer's own copy; a queued message's properties are a broker copy already, without Nones.
-        properties = self.properties = dict(message.properties)
-        if "headers" in properties:
-            properties["headers"] = dict(properties["headers"])
+        self.properties = copy_properties(message.properties)  # the consumer's own
         if headers:
             self.properties["headers"] = dict(self.properties.get("headers") or {}, **headers)
         self.exchange = message.exchange
