@@ -173,7 +173,6 @@ class Publisher(BasicLifecycleObject):
         self.publisher_config = dict(
             EXCHANGE_FLAGS, exchange=xp_name, mandatory=True, immediate=False, warn_if_exists=False
         )
-        self._sent_config = (None, None)  # (publisher_config as it was, _exchange_config() made of it), see _send
 
     @property
     def exchange_manager(self):
@@ -228,9 +227,7 @@ class Publisher(BasicLifecycleObject):
             {"sender-name": process.proc_name},
             self.delivery_mode if delivery_mode is None else delivery_mode,
         )
-        made_of, config = self._sent_config
-        if made_of != self.publisher_config:  # first publish, or publisher_config changed since
-            made_of, config = self._sent_config = (dict(self.publisher_config), self._exchange_config())
+        config = self._exchange_config()
         if mandatory is None:
             mandatory = config.get("mandatory", False)
         return sealed, exchange_manager.publish(config, sealed, mandatory)
