@@ -49,6 +49,8 @@ class ElementTest(unittest.TestCase):
                 for value in VALUES:
                     self.assertEqual(before + KEY + middle + wire.varint(len(value)) + value,
                                      wire.element(KEY, type_bytes, isleaf, value))
+                    self.assertEqual(wire.element_from_parts((before, middle), KEY, value),
+                                     wire.element(KEY, type_bytes, isleaf, value))
 
     def test_link_parts_as_upb(self):
         for gpb_type in TYPES:

@@ -58,8 +58,14 @@ def structure(head, items):
 
 
 def element_parts(type_bytes, isleaf):
-    """(before, middle): element(k, type_bytes, isleaf, v) is before + k + middle + varint(len(v)) + v for key k."""
+    """(before, middle) for element_from_parts: the bytes around a content key in every element of that type."""
     return b"\x0a" + varint(KEY_SIZE), _typed(type_bytes, isleaf) + b"\x22"
+
+
+def element_from_parts(parts, key, value):
+    """element(key, type_bytes, isleaf, value) for a content key, from element_parts(type_bytes, isleaf)."""
+    before, middle = parts
+    return b"".join((before, key, middle, varint(len(value)), value))
 
 
 def link_parts(field_number, type_bytes, isleaf):

@@ -43,7 +43,7 @@ class EventPlan:
         # The EventMessage's entries last: a name both have is the EventMessage's (R1).
         self.fields = {**_settable(self.payload_class, _PAYLOAD), **_settable(self.event_class, _EVENT)}
         # A link's bytes are appended to its message's: it must come after every field set there.
-        self.identity_tag = wire.tag(_number(self.ion_class, "identity"))
+        self.identity_number = _number(self.ion_class, "identity")
         event_bytes, payload_bytes = event_type.SerializeToString(), payload_type.SerializeToString()
         message_object = _last_number(self.ion_class, "message_object", ("identity",))
         additional_data = _last_number(self.event_class, "additional_data", self.event_class.DESCRIPTOR.fields_by_name)
@@ -85,11 +85,11 @@ class EventPlan:
         event_key = content_key(event_value, self.event_type)
         identity = key.encode()
         before, after = self.event_link
-        ion_value = b"".join((self.identity_tag, wire.varint(len(identity)), identity, before, event_key, after))
-        head = _element(self.ion_element, content_key(ion_value, ION_MESSAGE_TYPE), ion_value)
+        ion_value = b"".join((wire.field(self.identity_number, identity), before, event_key, after))
+        head = wire.element_from_parts(self.ion_element, content_key(ion_value, ION_MESSAGE_TYPE), ion_value)
         items = (
-            _element(self.payload_element, payload_key, payload_value),
-            _element(self.event_element, event_key, event_value),
+            wire.element_from_parts(self.payload_element, payload_key, payload_value),
+            wire.element_from_parts(self.event_element, event_key, event_value),
         )
         instance = MessageInstance.later(self.event_wrapper, functools.partial(self._objects, key, event, payload))
         return instance, Packed(wire.structure(head, items))
@@ -133,11 +133,6 @@ def _last_number(message_class, name, others):
     if any(_number(message_class, other) > number for other in others):
         raise ValueError("%s.%s is not the last field set" % (message_class.DESCRIPTOR.name, name))
     return number
-
-
-def _element(parts, key, value):
-    before, middle = parts
-    return b"".join((before, key, middle, wire.varint(len(value)), value))
 
 
 def _point(link, ref, target):
