@@ -175,6 +175,14 @@ _EMPTY_TABLE = ("empty table",)  # stands for {} in a properties key: no str, in
 # -- decoding ------------------------------------------------------------------
 
 
+def shortstr_at(data, pos):
+    """(the AMQP short string at `pos` in `data`, where it ends); ValueError if it is cut off."""
+    end = pos + 1 + data[pos]
+    if end > len(data):
+        raise ValueError("truncated AMQP payload")
+    return data[pos + 1:end].decode("utf-8", "surrogateescape"), end
+
+
 class Reader:
     """Decodes AMQP types from a bytes payload, front to back."""
 
@@ -210,7 +218,8 @@ class Reader:
         return self.unpack(_Q)
 
     def shortstr(self):
-        return self.raw(self.octet()).decode("utf-8", "surrogateescape")
+        value, self.pos = shortstr_at(self.data, self.pos)
+        return value
 
     def longstr(self):
         return self.raw(self.long())

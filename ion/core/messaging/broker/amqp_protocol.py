@@ -51,6 +51,7 @@ from ion.core.messaging.broker.amqp_codec import (
     properties_key,
     put_fields,
     put_properties,
+    shortstr_at,
     shortstr_bytes,
 )
 from ion.core.messaging.broker.interface import BrokerError
@@ -448,11 +449,11 @@ class _Delivered:
     def __init__(self, reader):
         """The method's arguments, read where the class and method ids end (directly: one per delivery)."""
         data = reader.data
-        self.consumer_tag, pos = _shortstr_at(data, reader.pos)
+        self.consumer_tag, pos = shortstr_at(data, reader.pos)
         self.delivery_tag, bits = _TAG_BITS.unpack_from(data, pos)
         self.redelivered = bool(bits & 1)
-        self.exchange, pos = _shortstr_at(data, pos + _TAG_BITS.size)
-        self.routing_key, _ = _shortstr_at(data, pos)
+        self.exchange, pos = shortstr_at(data, pos + _TAG_BITS.size)
+        self.routing_key, _ = shortstr_at(data, pos)
         self.content = None  # until the header frame
         self.chunks = []
         self.missing = 0
@@ -460,14 +461,6 @@ class _Delivered:
 
 
 _TAG_BITS = struct.Struct("!QB")  # basic.deliver's delivery tag and its one bit (redelivered)
-
-
-def _shortstr_at(data, pos):
-    """(the AMQP shortstr at `pos`, where it ends), as Reader.shortstr reads it; ValueError if it is cut off."""
-    end = pos + 1 + data[pos]
-    if end > len(data):
-        raise ValueError("truncated AMQP payload")
-    return data[pos + 1:end].decode("utf-8", "surrogateescape"), end
 
 
 class _Content:
