@@ -7,7 +7,7 @@ import tracemalloc
 from twisted.trial import unittest
 
 from ion.core.messaging.message_client import MessageInstance, new_message_instance
-from ion.core.object import codec
+from ion.core.object import codec, object_utils
 from ion.core.object.codec import ION_R1_GPB, CodecError, decode_content, encode_content
 from ion.core.object.gpb.net.ooici.core.container.container_pb2 import Structure, StructureElement
 from ion.core.object.gpb.net.ooici.core.link.link_pb2 import CASRef
@@ -102,6 +102,51 @@ class WireFormatTest(unittest.TestCase):
             content = Structure(head=structure.head, items=items).SerializeToString()
             msg = decode_content(content, ION_R1_GPB)
             self.assertEqual((msg.name, msg.additional_data.state), ("TestEvent", 3))
+
+
+    def test_received_instance_is_made_when_first_used(self):
+        """Everything is checked on arrival; the repository and wrappers wait until the instance is used."""
+        msg = decode_content(event_structure().SerializeToString(), ION_R1_GPB)
+        self.assertIsInstance(msg, MessageInstance)
+        self.assertEqual(type(msg).__name__, "EventMessageInstance")
+        self.assertEqual(msg.MessageType.object_id, 2322)  # known from the class: nothing made yet
+        self.assertIsNotNone(msg._make)
+        self.assertEqual(msg.name, "TestEvent")
+        self.assertIsNone(msg._make)
+        self.assertEqual(msg.MessageIdentity, IDENTITY)
+        self.assertIs(msg.MessageObject.Repository, msg.Repository)
+        self.assertEqual(msg.MessageType.object_id, 2322)
+
+    def test_received_ionmsg_without_content(self):
+        head = element(IonMsg(identity=IDENTITY), 11, True)
+        msg = decode_content(Structure(head=head).SerializeToString(), ION_R1_GPB)
+        self.assertIs(type(msg), MessageInstance)
+        self.assertIsNone(msg.MessageType)
+        self.assertIsNone(msg.MessageObject)
+        self.assertEqual(msg.MessageIdentity, IDENTITY)
+
+
+class LinkReaderTest(unittest.TestCase):
+    """object_utils.link_reader gives what iter_links gives, for every shape of link plan."""
+
+    def test_same_links_as_iter_links(self):
+        event = fixed_event()
+        monitor = new_message_instance(2339)
+        sub = monitor.data.add()
+        sub.events.append(event.MessageObject)
+        sub.events.append(event.MessageObject)
+        # IonMsg and EventMessage: one singular link; EventMonitorSubData: a repeated one; the
+        # EventMonitorDataMessage: links inside nested messages; a payload: none.
+        objects = [event.Message, event.MessageObject, event.additional_data, monitor.MessageObject, sub]
+        ion = IonMsg(identity=IDENTITY)  # no link set
+        for gpb in [o.GPBMessage for o in objects] + [ion]:
+            reader = object_utils.link_reader(type(gpb))
+            expected = list(object_utils.iter_links(gpb))
+            if reader is None:
+                self.assertEqual(expected, [])
+                self.assertEqual(object_utils._link_plan(gpb.DESCRIPTOR), ())
+            else:
+                self.assertEqual(list(reader(gpb)), expected, type(gpb).__name__)
 
 
 class RoundTripTest(unittest.TestCase):

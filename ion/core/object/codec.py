@@ -8,6 +8,7 @@ checked, and any inconsistency is a CodecError naming the problem.
 """
 
 import functools
+from typing import NamedTuple
 
 from google.protobuf.message import DecodeError, EncodeError
 
@@ -15,9 +16,9 @@ from ion.core.exception import IonError
 from ion.core.object.message_instance import ION_MESSAGE_TYPE, MessageInstance
 from ion.core.object import object_utils, wire
 from ion.core.object.gpb.net.ooici.core.container.container_pb2 import Structure
-from ion.core.object.gpb_wrapper import Wrapper
-from ion.core.object.object_utils import ObjectUtilException, create_type_identifier, iter_links, may_link
-from ion.core.object.repository import checked_repository, content_key
+from ion.core.object.gpb_wrapper import Wrapper, wrapper_class
+from ion.core.object.object_utils import ObjectUtilException, TypeIdentifier, create_type_identifier, iter_links
+from ion.core.object.repository import checked_repository, type_key
 
 ION_R1_GPB = "ION R1 GPB"
 
@@ -76,6 +77,8 @@ def unpack(data):
     Content laid out as pack() lays it out (head first, every other element after the elements it
     links to) is a DAG by that order alone, and then everything is reachable from the head when
     every element but the head is linked to: only content in another order needs the graph walked.
+    A MessageInstance's repository and wrappers are made when it is first used (everything is
+    checked before): a handler that only counts events, or reads the headers, never pays for them.
     """
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise CodecError("'%s' content must be bytes, not %s" % (ION_R1_GPB, type(data).__name__))
@@ -87,74 +90,86 @@ def unpack(data):
     elements = (head, *structure.items)
     last = len(elements)
     messages = {}  # key -> protobuf message: what the repository will hold
-    facts = {}  # key -> (TypeIdentifier, isleaf, whether it can link, rank: items by position, the head above)
+    facts = {}  # key -> (its _Kind, isleaf, rank: items by position, the head above them all)
     for position, element in enumerate(elements):
-        key, gpb, type_id, has_links = _read(element)
-        messages[key] = gpb
-        facts[key] = type_id, element.isleaf, has_links, position or last
+        key, message, kind = _read(element)
+        messages[key] = message
+        facts[key] = kind, element.isleaf, position or last
     ordered = len(facts) == last
     linked = set()
-    for (key, gpb), (_type_id, isleaf, has_links, rank) in zip(messages.items(), facts.values()):
-        count = 0
-        if has_links:
-            for link in iter_links(gpb):
-                target_key = link.key
-                target = facts.get(target_key)
-                if target is None:
-                    raise CodecError(
-                        "element %s links to %s, which is not in the content" % (key.hex(), target_key.hex())
-                    )
-                link_type, target_type = link.type, target[0]
-                if link_type.object_id != target_type.object_id or link_type.version != target_type.version:
-                    raise CodecError(
-                        "element %s links to %s as type %d but it is type %d"
-                        % (key.hex(), target_key.hex(), link_type.object_id, target_type.object_id)
-                    )
-                if link.isleaf != target[1]:
-                    raise CodecError("element %s: link to %s has the wrong isleaf flag" % (key.hex(), target_key.hex()))
-                ordered = ordered and target[3] < rank
-                linked.add(target_key)
-                count += 1
-        if isleaf != (not count):
-            raise CodecError("element %s: isleaf is %s but it has %d links" % (key.hex(), isleaf, count))
-    if not ordered or len(linked) != last - 1:
-        _check_graph(head.key, {key: [link.key for link in iter_links(gpb)] for key, gpb in messages.items()})
+    for (key, message), (kind, isleaf, rank) in zip(messages.items(), facts.values()):
+        links = () if kind.links is None else kind.links(message)
+        for link in links:
+            target_key = link.key
+            target = facts.get(target_key)
+            if target is None:
+                raise CodecError("element %s links to %s, which is not in the content" % (key.hex(), target_key.hex()))
+            link_type, target_type = link.type, target[0].type_id
+            if link_type.object_id != target_type.object_id or link_type.version != target_type.version:
+                raise CodecError(
+                    "element %s links to %s as type %d but it is type %d"
+                    % (key.hex(), target_key.hex(), link_type.object_id, target_type.object_id)
+                )
+            if link.isleaf != target[1]:
+                raise CodecError("element %s: link to %s has the wrong isleaf flag" % (key.hex(), target_key.hex()))
+            ordered = ordered and target[2] < rank
+            linked.add(target_key)
+        if isleaf != (not links):
+            raise CodecError("element %s: isleaf is %s but it has %d links" % (key.hex(), isleaf, len(links)))
     head_key = head.key
-    root = checked_repository(messages, head_key)
-    if facts[head_key][0].object_id == ION_MESSAGE_TYPE.object_id:  # every type here is version 1
-        return MessageInstance.wrap(root)
-    return root
+    if not ordered or len(linked) != last - 1:
+        _check_graph(head_key, {key: [link.key for link in iter_links(message)] for key, message in messages.items()})
+    if facts[head_key][0].type_id.object_id != ION_MESSAGE_TYPE.object_id:  # every type here is version 1
+        return checked_repository(messages, head_key)
+    content = messages[head_key].message_object
+    content_class = facts[content.key][0].wrapper if content.key in facts else None
+    return MessageInstance.later(content_class, functools.partial(checked_repository, messages, head_key))
 
 
-@functools.cache
-def _known_type(object_id, version):
-    """(message class, TypeIdentifier, whether it can hold links) of a registered version-1 type.
+class _Kind(NamedTuple):
+    """What the codec knows of a registered type: read once per type, used for every element of it."""
 
-    ObjectUtilException or ValueError if there is none.
-    """
-    message_class = object_utils.get_gpb_class_from_type_id(object_id)
-    if version != 1:
-        raise ValueError(version)
-    return message_class, create_type_identifier(object_id), may_link(message_class)
+    message_class: type
+    wrapper: type
+    type_id: TypeIdentifier
+    links: object  # object_utils.link_reader's function, None for a type that cannot hold links
+
+
+_kinds = {}  # object id -> _Kind of its registered (version 1) type
+
+
+def _kind_of(element_type):
+    """The _Kind of an element's GPBType; ObjectUtilException or ValueError if it is not a registered type."""
+    kind = _kinds.get(element_type.object_id)
+    if kind is not None and element_type.version == 1:
+        return kind
+    if element_type.version != 1:
+        raise ValueError(element_type.version)
+    message_class = object_utils.get_gpb_class_from_type_id(element_type.object_id)
+    type_id = create_type_identifier(element_type.object_id)
+    kind = _kinds[type_id.object_id] = _Kind(
+        message_class, wrapper_class(message_class), type_id, object_utils.link_reader(message_class)
+    )
+    return kind
 
 
 def _read(element):
-    """(key, object, TypeIdentifier, whether it can link) of an element, after checking its type and key."""
+    """(key, object, _Kind) of an element, after checking its type and key."""
     key, element_type, value = element.key, element.type, element.value
     try:
-        message_class, type_id, has_links = _known_type(element_type.object_id, element_type.version)
+        kind = _kind_of(element_type)
     except ObjectUtilException as e:
         raise CodecError("element %s: %s" % (key.hex(), e)) from None
     except ValueError:
         raise CodecError(
             "element %s has type version %d; only version 1 exists" % (key.hex(), element_type.version)
         ) from None
-    if content_key(value, type_id) != key:
+    if type_key(value, kind.type_id.serialized) != key:
         raise CodecError("element %s: key does not match its content" % key.hex())
     try:
-        return key, message_class.FromString(value), type_id, has_links
+        return key, kind.message_class.FromString(value), kind
     except DecodeError as e:
-        raise CodecError("element %s is not a valid %s: %s" % (key.hex(), message_class.DESCRIPTOR.name, e)) from None
+        raise CodecError("element %s is not a valid %s: %s" % (key.hex(), kind.message_class.DESCRIPTOR.name, e)) from None
 
 
 def _parse(element):

@@ -36,6 +36,7 @@ class MessageInstance:
     ResponseCodes = enum_object(ion_message_pb2.DESCRIPTOR.enum_types_by_name["ResponseCodes"])
     _Properties = {}
     _Enums = {}
+    _ContentType = None  # the content's type, in the class of each content type (_instance_class)
 
     def __init__(self, message, content=None):
         self._message = message
@@ -81,7 +82,8 @@ class MessageInstance:
 
     @property
     def MessageType(self):
-        return self._content and self._content.ObjectType
+        # Known from the class (without making an instance from `later`), as the content is of that class.
+        return self._ContentType or (self._content and self._content.ObjectType)
 
     @property
     def MessageIdentity(self):
@@ -144,6 +146,7 @@ def _instance_class(content_class):
         "__slots__": (),
         "_Properties": content_class._Properties,
         "_Enums": content_class._Enums,
+        "_ContentType": content_class.ObjectType,
         **content_class._Enums,
     }
     namespace.update((name, _delegate(name)) for name in content_class._Properties)

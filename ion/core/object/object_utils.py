@@ -141,6 +141,30 @@ def _build_registry(module_names):
 _CLASSES = _build_registry(gpb.MODULES)
 
 
-def may_link(message_class):
-    """Whether a message of this class can hold a CASRef anywhere: the codec does not look for links in others."""
-    return bool(_link_plan(message_class.DESCRIPTOR))
+@functools.cache
+def link_reader(message_class):
+    """
+    A function giving the set CASRefs of a message of this class (a sequence, iter_links' order), or None
+    when it cannot hold any.  Links held directly by the message (every R1 event type's) are read
+    without iter_links' generators: the codec reads them for every element it receives.
+    """
+    plan = _link_plan(message_class.DESCRIPTOR)
+    if not plan:
+        return None
+    if any(sub is not None for _name, _repeated, sub in plan):
+        return lambda message: list(_iter_plan(message, plan))
+    if len(plan) == 1 and not plan[0][1]:
+        name = plan[0][0]
+        return lambda message: (getattr(message, name),) if message.HasField(name) else ()
+    fields = tuple((name, repeated) for name, repeated, _sub in plan)
+
+    def direct_links(message):
+        links = []
+        for name, repeated in fields:
+            if repeated:
+                links.extend(getattr(message, name))
+            elif message.HasField(name):
+                links.append(getattr(message, name))
+        return links
+
+    return direct_links

@@ -7,11 +7,11 @@ object has a stable id (MyId) and a link (CASRef) holds the id of its target; th
 content keys that travel on the wire are computed by `commit`.
 """
 
-import hashlib
 import itertools
 import os
 import random
 import weakref
+from hashlib import sha1
 from typing import NamedTuple
 
 from ion.core.exception import IonError
@@ -35,7 +35,12 @@ class Element(NamedTuple):
 
 def content_key(value, type_id):
     """R1's element key: sha1(sha1(value) + serialized GPBType), binary."""
-    return hashlib.sha1(hashlib.sha1(value).digest() + type_id.SerializeToString()).digest()
+    return type_key(value, type_id.SerializeToString())
+
+
+def type_key(value, type_bytes):
+    """content_key of a type given as its serialized GPBType: for callers that keep those bytes per type."""
+    return sha1(sha1(value).digest() + type_bytes).digest()
 
 
 # Repository keys are random UUIDs (version 4), as R1's; drawn from a generator of our own, seeded
