@@ -49,8 +49,6 @@ class ElementTest(unittest.TestCase):
                 for value in VALUES:
                     self.assertEqual(before + KEY + middle + wire.varint(len(value)) + value,
                                      wire.element(KEY, type_bytes, isleaf, value))
-                    self.assertEqual(wire.element_from_parts((before, middle), KEY, value),
-                                     wire.element(KEY, type_bytes, isleaf, value))
 
     def test_link_parts_as_upb(self):
         for gpb_type in TYPES:
@@ -63,10 +61,11 @@ class ElementTest(unittest.TestCase):
         before, after = wire.link_parts(300, b"\x08\x01\x10\x01", True)
         self.assertEqual(before[:2], b"\xe2\x12")  # field 300: a two-byte tag
 
-    def test_field_as_upb(self):
+    def test_tag_as_upb(self):
         for value in VALUES:
             text = value.decode()
-            self.assertEqual(wire.field(2, value), EventMessage(name=text).SerializeToString())
+            expected = EventMessage(name=text).SerializeToString()
+            self.assertEqual(wire.tag(2) + wire.varint(len(value)) + value, expected)
 
 
 class StructureTest(unittest.TestCase):
@@ -84,6 +83,13 @@ class StructureTest(unittest.TestCase):
         for count in (1, 2, 3, 8):
             head, *items = self.elements(count)
             self.assertEqual(codec.pack_elements(head, items), self.upb_structure(head, items), count)
+
+    def test_structure_from_parts_as_upb(self):
+        """The event plan's way: each element as (element_parts, key, value), the Structure in one join."""
+        for count in (1, 2, 3, 8):
+            head, *items = self.elements(count)
+            given = [(wire.element_parts(e.type.serialized, e.isleaf), e.key, e.value) for e in (head, *items)]
+            self.assertEqual(wire.structure_from_parts(*given), self.upb_structure(head, items), count)
 
     def test_a_big_head(self):
         head = Element(KEY, create_type_identifier(11), False, b"h" * 200000)

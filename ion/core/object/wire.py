@@ -34,11 +34,6 @@ def tag(field_number):
     return varint(field_number << 3 | _LENGTH_DELIMITED)
 
 
-def field(field_number, data):
-    """A length-delimited field (bytes, string, message) holding `data`."""
-    return b"".join((tag(field_number), varint(len(data)), data))
-
-
 def _typed(type_bytes, isleaf):
     """The type (2) and isleaf (3) fields an element and a CASRef share; type_bytes: the serialized GPBType."""
     return b"".join((b"\x12", varint(len(type_bytes)), type_bytes, _ISLEAF[bool(isleaf)]))
@@ -58,14 +53,23 @@ def structure(head, items):
 
 
 def element_parts(type_bytes, isleaf):
-    """(before, middle) for element_from_parts: the bytes around a content key in every element of that type."""
+    """(before, middle) for structure_from_parts: the bytes around a content key in every element of that type."""
     return b"\x0a" + varint(KEY_SIZE), _typed(type_bytes, isleaf) + b"\x22"
 
 
-def element_from_parts(parts, key, value):
-    """element(key, type_bytes, isleaf, value) for a content key, from element_parts(type_bytes, isleaf)."""
-    before, middle = parts
-    return b"".join((before, key, middle, varint(len(value)), value))
+def structure_from_parts(head, *items):
+    """
+    structure() of elements given as (element_parts, key, value) each: the head's, then the items'.
+    One join for the whole Structure (no element's bytes made on their own).
+    """
+    out = []
+    field_tag = b"\x0a"  # the head; then every item is field 2
+    for (before, middle), key, value in (head, *items):
+        size = varint(len(value))
+        out += (field_tag, varint(len(before) + len(key) + len(middle) + len(size) + len(value)),
+                before, key, middle, size, value)
+        field_tag = b"\x12"
+    return b"".join(out)
 
 
 def link_parts(field_number, type_bytes, isleaf):

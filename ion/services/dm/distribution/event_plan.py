@@ -26,7 +26,7 @@ from ion.core.object.gpb.net.ooici.core.link.link_pb2 import CASRef
 from ion.core.object.gpb_wrapper import wrapper_class
 from ion.core.object.message_instance import ION_MESSAGE_TYPE, MessageInstance
 from ion.core.object.object_utils import get_gpb_class_from_type_id
-from ion.core.object.repository import Repository, content_key
+from ion.core.object.repository import Repository, type_key
 
 _EVENT, _PAYLOAD = 0, 1  # which message a field is set on
 
@@ -43,7 +43,6 @@ class EventPlan:
         # The EventMessage's entries last: a name both have is the EventMessage's (R1).
         self.fields = {**_settable(self.payload_class, _PAYLOAD), **_settable(self.event_class, _EVENT)}
         # A link's bytes are appended to its message's: it must come after every field set there.
-        self.identity_number = _number(self.ion_class, "identity")
         event_bytes, payload_bytes = event_type.SerializeToString(), payload_type.SerializeToString()
         message_object = _last_number(self.ion_class, "message_object", ("identity",))
         additional_data = _last_number(self.event_class, "additional_data", self.event_class.DESCRIPTOR.fields_by_name)
@@ -52,6 +51,8 @@ class EventPlan:
         self.ion_element = wire.element_parts(ION_MESSAGE_TYPE.SerializeToString(), False)
         self.event_element = wire.element_parts(event_bytes, False)
         self.payload_element = wire.element_parts(payload_bytes, True)
+        self.type_bytes = ION_MESSAGE_TYPE.SerializeToString(), event_bytes, payload_bytes
+        self.identity_tag = wire.tag(_number(self.ion_class, "identity"))
         # The live links of the caller's objects, but for the object id (copied: cheaper than set field by field).
         self.event_ref = CASRef(type=event_type.to_gpb(), isleaf=False)
         self.payload_ref = CASRef(type=payload_type.to_gpb(), isleaf=True)
@@ -78,21 +79,22 @@ class EventPlan:
             else:
                 setattr(target, name, value)
         key = repository.new_key()  # looked up here: tests fix it
+        ion_bytes, event_bytes, payload_bytes = self.type_bytes
         payload_value = payload.SerializeToString()
-        payload_key = content_key(payload_value, self.payload_type)
+        payload_key = type_key(payload_value, payload_bytes)
         before, after = self.payload_link
         event_value = b"".join((event.SerializeToString(), before, payload_key, after))
-        event_key = content_key(event_value, self.event_type)
+        event_key = type_key(event_value, event_bytes)
         identity = key.encode()
         before, after = self.event_link
-        ion_value = b"".join((wire.field(self.identity_number, identity), before, event_key, after))
-        head = wire.element_from_parts(self.ion_element, content_key(ion_value, ION_MESSAGE_TYPE), ion_value)
-        items = (
-            wire.element_from_parts(self.payload_element, payload_key, payload_value),
-            wire.element_from_parts(self.event_element, event_key, event_value),
+        ion_value = b"".join((self.identity_tag, wire.varint(len(identity)), identity, before, event_key, after))
+        content = wire.structure_from_parts(
+            (self.ion_element, type_key(ion_value, ion_bytes), ion_value),
+            (self.payload_element, payload_key, payload_value),
+            (self.event_element, event_key, event_value),
         )
         instance = MessageInstance.later(self.event_wrapper, functools.partial(self._objects, key, event, payload))
-        return instance, Packed(wire.structure(head, items))
+        return instance, Packed(content)
 
     def _objects(self, key, event, payload):
         """The IonMsg object create_event leaves after packing: a repository of three, links holding object ids."""
