@@ -7,7 +7,7 @@ from twisted.trial import unittest
 from ion.core.messaging import envelope, ionmessage, serialization
 from ion.core.messaging.message_client import MessageInstance, new_message_instance
 from ion.core.messaging.messaging import Message
-from ion.core.object.codec import ION_R1_GPB, CodecError
+from ion.core.object.codec import ION_R1_GPB, CodecError, Packed, encode_content
 from ion.core.object.object_utils import create_type_identifier
 
 EVENT_MESSAGE_TYPE = create_type_identifier(object_id=2322, version=1)
@@ -46,6 +46,47 @@ class EncodeTest(unittest.TestCase):
 
     def test_unpackable_content(self):
         self.assertRaises(envelope.WireFormatError, envelope.encode, "a", "b", "op", object())
+
+
+class TemplateTest(unittest.TestCase):
+    """envelope.Template: encode()'s bytes for many messages of one sender to one recipient."""
+
+    def setUp(self):
+        self.now = 1306000000.5
+        self.patch(envelope.time, "time", lambda: self.now)
+
+    def test_same_body_as_encode(self):
+        content = Packed(encode_content(event())[0])
+        for headers in ({"sender-name": "me"}, None, {"sender-name": "me", "user-id": 7, "expiry": 30}):
+            template = envelope.Template("me.1", "3003.origin", None, headers)
+            for n in range(3):
+                self.now += n * 0.25
+                self.assertEqual(template.body(content),
+                                 envelope.encode("me.1", "3003.origin", None, content, headers).body, headers)
+
+    def test_properties_and_delivery_mode(self):
+        for mode in (1, 2):
+            template = envelope.Template("a.1", "b", delivery_mode=mode)
+            self.assertEqual(template.properties, envelope.message_properties(mode))
+
+    def test_content_of_any_size(self):
+        template = envelope.Template("a.1", "b", "op", encoding="binary")
+        for size in (0, 31, 32, 255, 256, 65535, 65536, 100000):
+            content = b"c" * size
+            sealed = envelope.encode("a.1", "b", "op", content)
+            sealed.message["encoding"] = "binary"
+            self.assertEqual(template.body(content), envelope.pack_body(sealed.message), size)
+
+    def test_the_callers_ts_stays(self):
+        headers = {"sender-name": "me", "ts": "42"}
+        template = envelope.Template("me.1", "you", None, headers)
+        content = Packed(encode_content(event())[0])
+        self.assertEqual(template.body(content), envelope.encode("me.1", "you", None, content, headers).body)
+        self.assertEqual(envelope.decode(template.body(content))["ts"], "42")
+
+    def test_recipient_is_a_routing_key(self):
+        self.assertEqual(envelope.Template("a", 42).recipient, "42")
+        self.assertRaises(ValueError, envelope.Template, "a", "k" * 256)
 
 
 class DecodeTest(unittest.TestCase):

@@ -150,6 +150,49 @@ def pack_body(message):
         raise WireFormatError("message cannot be packed: %s" % (e,)) from e
 
 
+class Template:
+    """
+    The envelope of many messages from one sender to one recipient, encoded once: the same header map
+    every time but for its timestamp and its content.  `body(content)` gives what encode() would for
+    that content, without building and packing the map again: its msgpack bytes are kept in three
+    pieces around the timestamp and the content (a msgpack map is its entries' bytes in order).
+    `properties` is one dict shared by every message: read it, do not change it.
+    """
+
+    __slots__ = ("sender", "recipient", "headers", "delivery_mode", "properties", "_before_ts", "_before_content")
+
+    def __init__(self, sender, recipient, operation=None, headers=None, encoding=ION_R1_GPB, delivery_mode=1):
+        recipient = check_routing_key(recipient if type(recipient) is str else str(recipient))
+        message = build_message(sender, recipient, operation, None, headers)
+        message["encoding"] = encoding
+        if "ts" in message and not (headers and "ts" in headers):  # the caller's ts, if any, stays as it is
+            message["ts"] = _LATER
+        message["content"] = _LATER
+        parts, piece = [], [_packer.pack_map_header(len(message))]
+        for key, value in message.items():
+            piece.append(pack_body(key))
+            if value is _LATER:
+                parts.append(b"".join(piece))
+                piece = []
+            else:
+                piece.append(pack_body(value))
+        if len(parts) == 1:  # the ts was the caller's: nothing goes before the content but fixed bytes
+            parts.insert(0, None)
+        self._before_ts, self._before_content = parts
+        self.sender, self.recipient, self.headers, self.delivery_mode = sender, recipient, headers, delivery_mode
+        self.properties = message_properties(delivery_mode)
+
+    def body(self, content):
+        """The AMQP body of a message with this content (bytes: GPB Structure bytes for 'ION R1 GPB')."""
+        if self._before_ts is None:
+            return b"".join((self._before_content, _packer.pack(content)))
+        return b"".join((self._before_ts, _packer.pack(str(int(time.time() * 1000))), self._before_content,
+                         _packer.pack(content)))
+
+
+_LATER = object()  # a header value that Template.body puts in
+
+
 # --- delivery -------------------------------------------------------------
 def decode(body, raw=False):
     """

@@ -231,36 +231,37 @@ class ExchangeManager:
             return defer.fail()
         if mandatory is None:
             mandatory = config.get("mandatory", False)
-        return self.publish(config, sealed, mandatory).addCallback(lambda _: sealed.message)
+        return self.publish(config, sealed.routing_key, sealed.body, sealed.properties, mandatory).addCallback(
+            lambda _: sealed.message)
 
-    def publish(self, config, sealed, mandatory=False):
+    def publish(self, config, routing_key, body, properties, mandatory=False):
         """
-        Publish an Envelope on the exchange `config` names, with its routing key.
+        Publish an encoded message (an Envelope's body and properties) on the exchange `config` names.
         The hot path: no declaration once the exchange is known.
         """
         if self.stopping and not self.connection.connected:
             return defer.fail(ConnectionLost("%s is not connected and the container is stopping" % (self.description,)))
         exchange = config["exchange"]
         if self._exchanges.get(exchange) == _flags(config):
-            sent = self.connection.publish(exchange, sealed.routing_key, sealed.body, sealed.properties,
-                                           mandatory=mandatory)
+            sent = self.connection.publish(exchange, routing_key, body, properties, mandatory=mandatory)
             if sent.called and not isinstance(sent.result, Failure):
                 return sent  # published already (the embedded broker): there is nothing to declare again
         else:
-            sent = self.declare_for(config).addCallback(self._publish_declared, exchange, sealed, mandatory)
+            sent = self.declare_for(config).addCallback(self._publish_declared, exchange, routing_key, body,
+                                                        properties, mandatory)
         # A bound method and its arguments: no closures made per publish.
-        return sent.addErrback(self._declare_again, config, sealed, mandatory)
+        return sent.addErrback(self._declare_again, config, routing_key, body, properties, mandatory)
 
-    def _publish_declared(self, _, exchange, sealed, mandatory):
-        return self.connection.publish(exchange, sealed.routing_key, sealed.body, sealed.properties,
-                                       mandatory=mandatory)
+    def _publish_declared(self, _, exchange, routing_key, body, properties, mandatory):
+        return self.connection.publish(exchange, routing_key, body, properties, mandatory=mandatory)
 
-    def _declare_again(self, failure, config, sealed, mandatory):
+    def _declare_again(self, failure, config, routing_key, body, properties, mandatory):
         """An auto-delete exchange went away meanwhile (NotFound): declared again, the publish sent again."""
         failure.trap(NotFound)
         exchange = config["exchange"]
         self._exchanges.pop(exchange, None)
-        return self.declare_for(config).addCallback(self._publish_declared, exchange, sealed, mandatory)
+        return self.declare_for(config).addCallback(self._publish_declared, exchange, routing_key, body, properties,
+                                                    mandatory)
 
     def publish_raw(self, exchange, routing_key, body, properties=None, mandatory=False):
         """

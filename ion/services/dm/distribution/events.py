@@ -241,7 +241,7 @@ class EventPublisher(Publisher):
             return metrics.observe_publish(self.publish(event_msg, routing_key=routing_key), self.event_id, event_msg)
         # Publisher's own publish is skipped for the packed bytes, and its header map with it.
         try:
-            sent = self._send(packed, routing_key)[1]
+            sent = self._send_packed(packed, routing_key)
         except Exception:  # no container, or one not connected yet: counted as a failed publish
             sent = defer.fail()
         # The metrics' callback is the only one this layer adds: it makes the Deferred fire with the event.
