@@ -113,6 +113,8 @@ class Client(AMQClient):
         self._heartbeat_loop = None
         self._partial = {}  # channel id -> the _Delivered being put together from its frames
         self._property_cache = {}  # (class id, properties_key) -> encoded property flags and values
+        self._last_properties = None, None, None  # (class id, a copy of the properties, their bytes) last encoded
+        self._publish_methods = {}  # (channel id, exchange, routing key, mandatory) -> basic.publish method frame
         self._header_cache = {}  # (class id, received property bytes) -> (their properties, names of empty tables)
         self._settles = None  # during dataReceived: ack/reject frames not yet written (write_settle)
         self.waiting_for = "connection.start"  # the handshake step the broker has to answer next
@@ -342,10 +344,17 @@ class Client(AMQClient):
         return self._content(self.method_frame(channel, method, args), channel, method.klass.id, body, properties)
 
     def publish_frames(self, channel, exchange, routing_key, mandatory, body, properties):
-        """A basic.publish's frames (content_frames' bytes, the method frame packed directly)."""
-        method = b"".join((_PUBLISH_HEAD, shortstr_bytes(exchange), shortstr_bytes(routing_key),
-                           b"\x01" if mandatory else b"\x00"))
-        return self._content(frame_bytes(FRAME_METHOD, channel, method), channel, _BASIC_CLASS, body, properties)
+        """A basic.publish's frames (content_frames' bytes, the method frame packed directly, once per route)."""
+        route = channel, exchange, routing_key, mandatory
+        method_frame = self._publish_methods.get(route)
+        if method_frame is None:
+            method = b"".join((_PUBLISH_HEAD, shortstr_bytes(exchange), shortstr_bytes(routing_key),
+                               b"\x01" if mandatory else b"\x00"))
+            method_frame = frame_bytes(FRAME_METHOD, channel, method)
+            if len(self._publish_methods) >= PROPERTY_CACHE_SIZE:
+                self._publish_methods.clear()
+            self._publish_methods[route] = method_frame
+        return self._content(method_frame, channel, _BASIC_CLASS, body, properties)
 
     def _content(self, method_frame, channel, class_id, body, properties):
         flags = self._property_bytes(class_id, properties)
@@ -362,11 +371,19 @@ class Client(AMQClient):
         return b"".join(parts)
 
     def _property_bytes(self, class_id, properties):
-        """The property flags and values of a content header; encoded once for properties seen before."""
+        """
+        The property flags and values of a content header; encoded once for properties seen before.
+        Properties equal to the last ones encoded (a publisher's, each message's the same) are not
+        even looked up: equal values give the same bytes.
+        """
+        last_class, last_properties, last_bytes = self._last_properties
+        if properties == last_properties and class_id == last_class:
+            return last_bytes
         key = properties_key(properties)
         if key is not None:
             cached = self._property_cache.get((class_id, key))
             if cached is not None:
+                self._last_properties = class_id, {name: _copied(value) for name, value in properties.items()}, cached
                 return cached
         out = bytearray()
         put_properties(out, self._properties[class_id], properties)
@@ -375,6 +392,8 @@ class Client(AMQClient):
             if len(self._property_cache) >= PROPERTY_CACHE_SIZE:
                 self._property_cache.clear()
             self._property_cache[class_id, key] = out
+            # A copy (its table too): the caller may change its own dict later.
+            self._last_properties = class_id, {name: _copied(value) for name, value in properties.items()}, out
         return out
 
     # -- channels
@@ -428,6 +447,11 @@ class Client(AMQClient):
                   " connection", conn=self.delegate.connection.description, silent=silent, interval=self.heartbeat)
         self._heartbeat_loop.stop()
         self.transport.abortConnection()
+
+
+def _copied(value):
+    """A property value as kept for the equality check: tables (the only mutable values cached) copied."""
+    return dict(value) if type(value) is dict else value
 
 
 class _Body:

@@ -237,13 +237,16 @@ class Pipeline:
     def _enqueue(self, turn):
         if not self._state.ready:
             turn.deadline = self._clock.seconds() + self._address.reconnect_timeout
-        self._turns.append(turn)
-        if len(self._turns) > self._address.max_in_flight and not self._warned_waiting:
+        turns = self._turns
+        turns.append(turn)
+        if len(turns) > self._address.max_in_flight and not self._warned_waiting:
             self._warned_waiting = True
             log.warn("{conn}: {count} publishes and calls are waiting to be sent ({why}); a publisher that does not"
-                     " wait for publish() to fire keeps adding to them", conn=self.description, count=len(self._turns),
+                     " wait for publish() to fire keeps adding to them", conn=self.description, count=len(turns),
                      why=self._why_waiting())
-        self._kick()
+        # A publish behind others that wait for room goes with them (the next confirm or resumed transport kicks).
+        if len(turns) == 1 or turn.call is not None or self._taking_turns or self._room():
+            self._kick()
         return turn.done
 
     def _why_waiting(self):
@@ -266,11 +269,15 @@ class Pipeline:
             return
         turns = self._turns
         # The common case, waiting publishes and room for them on an open channel, needs no _take_turns.
-        while turns and turns[0].call is None and self._open_for_publishing():
-            if not self._room():
+        if turns and turns[0].call is None and self._open_for_publishing():
+            pending = self.pending
+            room = len(turns) if pending is None else self._address.max_in_flight - len(pending.waiting)
+            while room > 0 and turns and turns[0].call is None and not self._paused and self._open_for_publishing():
+                turn = turns.popleft()
+                self.send(turn.message, turn.done)
+                room -= 1
+            if turns and turns[0].call is None and (room <= 0 or self._paused):
                 return  # the next confirm or resumed transport kicks again
-            turn = turns.popleft()
-            self.send(turn.message, turn.done)
         if turns:
             self._take_turns()
         else:
