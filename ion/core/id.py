@@ -2,19 +2,16 @@
 
 
 class Id:
-    """An identifier scoped by a container; compares equal to its string form."""
+    """An identifier scoped by a container (a value: not changed once made); compares equal to its string form."""
 
     default_container_id = "/"
 
-    __slots__ = ("local", "container")
+    __slots__ = ("local", "container", "full")
 
     def __init__(self, local, container=None):
         self.local = str(local)
         self.container = container if container is not None else Id.default_container_id
-
-    @property
-    def full(self):
-        return "%s.%s" % (self.container, self.local)
+        self.full = "%s.%s" % (self.container, self.local)  # made once: every message a process sends names it
 
     def __str__(self):
         return self.full

@@ -220,8 +220,9 @@ def _unpack(body, decode_gpb):
         raise WireFormatError("body is a msgpack %s, not a map" % (type(raw).__name__,))
     content = raw.pop(b"content", None)
     try:  # R1's headers: known names, UTF-8 texts, ints and None, converted in one go
-        message = {_HEADER_NAMES.get(key) or _header_name(key): _PLAIN[type(value)](value) for key, value in raw.items()}
-    except (KeyError, UnicodeDecodeError):  # some other value: each is looked at on its own
+        message = {_HEADER_NAMES[key]: value.decode() if type(value) is bytes else _PLAIN[type(value)](value)
+                   for key, value in raw.items()}
+    except (KeyError, UnicodeDecodeError):  # some other name or value: each is looked at on its own
         message = _headers(raw)
     encoding = message.get("encoding")
     if encoding != ION_R1_GPB:
@@ -237,9 +238,9 @@ def _same(value):
     return value
 
 
-# The header values the one-go conversion takes: UTF-8 text (strictly; bytes that are not stay bytes), None
-# (an event's op) and numbers (int and float give back the very object; so does bool: an RPC's quiet flag).
-_PLAIN = {bytes: bytes.decode, int: int, type(None): _same, bool: bool, float: float}
+# The header values the one-go conversion takes besides UTF-8 text (strictly; bytes that are not stay bytes):
+# None (an event's op) and numbers (int and float give back the very object; so does bool: an RPC's quiet flag).
+_PLAIN = {int: int, type(None): _same, bool: bool, float: float}
 
 
 def _header_name(key):

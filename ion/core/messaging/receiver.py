@@ -323,8 +323,8 @@ class Receiver(BasicLifecycleObject):
         if Receiver.rec_shutoff:
             msg.ack()
             return
-        if self.concurrency is None:
-            self._start(msg)
+        if self.concurrency is None or not (self._waiting or self._pumping or self.processing_messages):
+            self._start(msg)  # nothing waits or is being handled: this one goes at once
             return
         self._waiting.append(msg)
         self._pump()

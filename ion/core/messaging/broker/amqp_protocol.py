@@ -205,13 +205,13 @@ class Client(AMQClient):
             frame = Frame(channel, _Body(payload))
         elif kind == FRAME_METHOD:
             key = _METHOD_IDS.unpack_from(payload)
-            reader = Reader(payload)
-            reader.pos = _METHOD_IDS.size
             if key == _DELIVER:
-                self._partial[channel] = _Delivered(reader)
+                self._partial[channel] = _Delivered(payload, _METHOD_IDS.size)
                 return
             if key == _ACK or key == _NACK:  # a publisher confirm
-                return self._confirmed(channel, reader, key == _ACK)
+                return self._confirmed(channel, payload, key == _ACK)
+            reader = Reader(payload)
+            reader.pos = _METHOD_IDS.size
             method = self._methods[key]
             frame = Frame(channel, Method(method, *get_fields(reader, method.fields)))
         elif kind == FRAME_HEADER:
@@ -229,9 +229,7 @@ class Client(AMQClient):
             partial.missing -= len(payload)
         elif kind == FRAME_HEADER and partial.content is None:
             class_id, _weight, partial.missing = _HEADER_START.unpack_from(payload)
-            reader = Reader(payload)
-            reader.pos = _HEADER_START.size
-            partial.content = _Content(self._read_properties(class_id, reader))
+            partial.content = _Content(self._read_properties(class_id, payload, _HEADER_START.size))
         else:
             del self._partial[channel]
             raise ValueError("frame type %d inside the content of a basic.deliver" % kind)
@@ -252,12 +250,13 @@ class Client(AMQClient):
         except Exception:
             log.failure("delivery on channel {id} not handled", id=channel)
 
-    def _read_properties(self, class_id, reader):
+    def _read_properties(self, class_id, payload, start):
         """
-        A content header's properties, from where its flags start.  Headers seen before are decoded once:
-        each message gets its own dict (and its own empty tables); a non-empty table is always decoded.
+        A content header's properties, from where its flags start in its payload.  Headers seen before are
+        decoded once: each message gets its own dict (and its own empty tables); a non-empty table is
+        always decoded.
         """
-        key = class_id, reader.data[reader.pos:]
+        key = class_id, payload[start:]
         cached = self._header_cache.get(key)
         if cached is not None:
             properties, tables = cached
@@ -265,6 +264,8 @@ class Client(AMQClient):
             for name in tables:
                 properties[name] = {}
             return properties
+        reader = Reader(payload)
+        reader.pos = start
         properties = get_properties(reader, self._properties[class_id])
         tables = [name for name, value in properties.items() if type(value) is dict]
         if not any(properties[name] for name in tables):
@@ -273,9 +274,10 @@ class Client(AMQClient):
             self._header_cache[key] = properties.copy(), tables
         return properties
 
-    def _confirmed(self, channel, reader, ack):
+    def _confirmed(self, channel, payload, ack):
         """A confirm goes to the connection at once, not through txamqp's queue (it has no content)."""
-        tag, multiple = reader.longlong(), bool(reader.octet() & 1)
+        tag, bits = _TAG_BITS.unpack_from(payload, _METHOD_IDS.size)
+        multiple = bool(bits & 1)
         ch = self.channels.get(channel)
         if ch is None or ch.closed:
             return
@@ -470,10 +472,9 @@ class _Delivered:
     __slots__ = ("consumer_tag", "delivery_tag", "redelivered", "exchange", "routing_key", "content", "chunks",
                  "missing", "dropped")
 
-    def __init__(self, reader):
-        """The method's arguments, read where the class and method ids end (directly: one per delivery)."""
-        data = reader.data
-        self.consumer_tag, pos = shortstr_at(data, reader.pos)
+    def __init__(self, data, pos):
+        """The method's arguments, read from `pos`, where the class and method ids end (directly: one per delivery)."""
+        self.consumer_tag, pos = shortstr_at(data, pos)
         self.delivery_tag, bits = _TAG_BITS.unpack_from(data, pos)
         self.redelivered = bool(bits & 1)
         self.exchange, pos = shortstr_at(data, pos + _TAG_BITS.size)
@@ -484,7 +485,7 @@ class _Delivered:
         self.dropped = False  # its channel was closed before the last frame came
 
 
-_TAG_BITS = struct.Struct("!QB")  # basic.deliver's delivery tag and its one bit (redelivered)
+_TAG_BITS = struct.Struct("!QB")  # a delivery tag and the bit after it: basic.deliver's redelivered, basic.ack's multiple
 
 
 class _Content:

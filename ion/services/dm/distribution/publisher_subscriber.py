@@ -589,8 +589,9 @@ class Subscriber(BasicLifecycleObject):
         return self._handler_failed(failure, data, msg)
 
     def _handled(self, _, msg, started):
-        self._timed(started)
-        self._counts.handled += 1
+        counts = self._counts
+        counts.observe(time.perf_counter() - started)  # _timed, inline: once per event
+        counts.handled += 1
         if msg.state == Message.RECEIVED:
             msg.ack()
 
