@@ -391,13 +391,14 @@ class EmbeddedBroker:
         """Put the message on each of `queues` that takes it, enforcing their limits; return how many refused."""
         refused = 0
         for queue in queues:
-            if queue.refuses(body):
+            if queue.limited and queue.refuses(body):
                 refused += 1
                 if queue.overflow == "reject-publish-dlx":
                     self.dead_letter(queue, Message(body, properties, exchange_name, routing_key, 0), "maxlen")
                 continue
             queue.enqueue(body, properties, exchange_name, routing_key)
-            self._drop_overflow(queue)
+            if queue.limited:
+                self._drop_overflow(queue)
             if queue.consumers:
                 self.wake(queue)
         return refused

@@ -122,6 +122,7 @@ class Queue:
         self.max_length = arguments.get("x-max-length")
         self.max_bytes = arguments.get("x-max-length-bytes")
         self.overflow = arguments.get("x-overflow", "drop-head")
+        self.limited = self.max_length is not None or self.max_bytes is not None  # else nothing is ever refused or dropped
         self.ready = deque()
         self.ready_bytes = 0  # of the ready messages' bodies
         self.consumers = deque()  # round-robin order: the next one is at the left

@@ -29,6 +29,7 @@ class StreamQueue:
 
     type = "stream"
     overflow = "drop-head"  # never used: a stream refuses length limits
+    limited = False
     delivery_limit = None
 
     def __init__(self, name, durable, owner, auto_delete, arguments, wall_clock):
