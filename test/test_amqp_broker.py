@@ -450,6 +450,14 @@ class SpecTest(unittest.TestCase):
                                                        properties), generic(*args))
         self.assertEqual(len(client._property_cache), 5)  # not the non-empty table, not the bool
         self.assertRaises(ValueError, client.publish_frames, 1, "e" * 256, "", False, b"", {})
+        # One dict changed in place between publishes: the shortcut for the last properties encoded keeps a copy.
+        properties = message_properties(1)
+        for change in ({}, {"delivery_mode": 2}, {"headers": {"x": 1}}, {"headers": {}}, {"priority": 0}):
+            properties.update(change)
+            args = (3, "ex", "rk", True, b"b", properties)
+            self.assertEqual(client.publish_frames(*args), generic(*args), change)
+        properties["headers"]["y"] = 2  # its table changed in place
+        self.assertEqual(client.publish_frames(*args), generic(*args))
 
     def test_regenerating_gives_the_same_file(self):
         if importlib.util.find_spec("pamqp") is None:
