@@ -165,7 +165,8 @@ class Template:
         recipient = check_routing_key(recipient if type(recipient) is str else str(recipient))
         message = build_message(sender, recipient, operation, None, headers)
         message["encoding"] = encoding
-        if "ts" in message and not (headers and "ts" in headers):  # the caller's ts, if any, stays as it is
+        own_ts = bool(headers) and "ts" in headers  # the caller's ts: sent as it is, in every message
+        if not own_ts:
             message["ts"] = _LATER
         message["content"] = _LATER
         parts, piece = [], [_packer.pack_map_header(len(message))]
@@ -176,9 +177,7 @@ class Template:
                 piece = []
             else:
                 piece.append(pack_body(value))
-        if len(parts) == 1:  # the ts was the caller's: nothing goes before the content but fixed bytes
-            parts.insert(0, None)
-        self._before_ts, self._before_content = parts
+        self._before_ts, self._before_content = (None, *parts) if own_ts else parts
         self.sender, self.recipient, self.headers, self.delivery_mode = sender, recipient, headers, delivery_mode
         self.properties = message_properties(delivery_mode)
 

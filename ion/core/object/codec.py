@@ -121,8 +121,8 @@ def unpack(data):
         _check_graph(head_key, {key: [link.key for link in iter_links(message)] for key, message in messages.items()})
     if facts[head_key][0].type_id.object_id != ION_MESSAGE_TYPE.object_id:  # every type here is version 1
         return checked_repository(messages, head_key)
-    content = messages[head_key].message_object
-    content_class = facts[content.key][0].wrapper if content.key in facts else None
+    content = facts.get(messages[head_key].message_object.key)  # None: the IonMsg holds no content
+    content_class = content[0].wrapper if content is not None else None
     return MessageInstance.later(content_class, functools.partial(checked_repository, messages, head_key))
 
 

@@ -28,6 +28,14 @@ class TypeIdentifier:
     version: int
     serialized: bytes = field(compare=False, repr=False)
 
+    def __eq__(self, other):
+        # Each (object_id, version) is made once (create_type_identifier): identity nearly always answers.
+        if self is other:
+            return True
+        if other.__class__ is not self.__class__:
+            return NotImplemented
+        return self.object_id == other.object_id and self.version == other.version
+
     def SerializeToString(self):
         return self.serialized
 

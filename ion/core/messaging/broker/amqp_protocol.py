@@ -68,6 +68,7 @@ CLIENT_FRAME_MAX = 131072
 CHECKS_PER_INTERVAL = 4
 DEAD_AFTER = 1.5
 PROPERTY_CACHE_SIZE = 256  # content properties kept encoded (and decoded) per connection; past it a cache starts again
+PUBLISH_METHOD_CACHE_SIZE = 256  # basic.publish method frames kept per connection, one per route; past it, made again
 _HEADER_HEAD = struct.Struct("!BHLHHQ")  # a content header frame up to its property flags
 _HEADER_START = struct.Struct("!HHQ")  # a content header's payload up to its property flags: class, weight, size
 _METHOD_IDS = struct.Struct("!HH")  # a method frame's payload starts with its class and method ids
@@ -353,7 +354,7 @@ class Client(AMQClient):
             method = b"".join((_PUBLISH_HEAD, shortstr_bytes(exchange), shortstr_bytes(routing_key),
                                b"\x01" if mandatory else b"\x00"))
             method_frame = frame_bytes(FRAME_METHOD, channel, method)
-            if len(self._publish_methods) >= PROPERTY_CACHE_SIZE:
+            if len(self._publish_methods) >= PUBLISH_METHOD_CACHE_SIZE:
                 self._publish_methods.clear()
             self._publish_methods[route] = method_frame
         return self._content(method_frame, channel, _BASIC_CLASS, body, properties)
@@ -382,18 +383,16 @@ class Client(AMQClient):
         if properties == last_properties and class_id == last_class:
             return last_bytes
         key = properties_key(properties)
+        out = None if key is None else self._property_cache.get((class_id, key))
+        if out is None:
+            encoded = bytearray()
+            put_properties(encoded, self._properties[class_id], properties)
+            out = bytes(encoded)
+            if key is not None:
+                if len(self._property_cache) >= PROPERTY_CACHE_SIZE:
+                    self._property_cache.clear()
+                self._property_cache[class_id, key] = out
         if key is not None:
-            cached = self._property_cache.get((class_id, key))
-            if cached is not None:
-                self._last_properties = class_id, {name: _copied(value) for name, value in properties.items()}, cached
-                return cached
-        out = bytearray()
-        put_properties(out, self._properties[class_id], properties)
-        out = bytes(out)
-        if key is not None:
-            if len(self._property_cache) >= PROPERTY_CACHE_SIZE:
-                self._property_cache.clear()
-            self._property_cache[class_id, key] = out
             # A copy (its table too): the caller may change its own dict later.
             self._last_properties = class_id, {name: _copied(value) for name, value in properties.items()}, out
         return out

@@ -272,6 +272,7 @@ class Pipeline:
         if turns and turns[0].call is None and self._open_for_publishing():
             pending = self.pending
             room = len(turns) if pending is None else self._address.max_in_flight - len(pending.waiting)
+            # Checked again each time: with confirms off a send fires its Deferred, and its caller may close.
             while room > 0 and turns and turns[0].call is None and not self._paused and self._open_for_publishing():
                 turn = turns.popleft()
                 self.send(turn.message, turn.done)

@@ -186,7 +186,7 @@ class Queue:
 
     def refuses(self, body):
         """True when a reject-publish(-dlx) queue is too full to take a message with `body`."""
-        if self.overflow == "drop-head" or (self.max_length is None and self.max_bytes is None):
+        if self.overflow == "drop-head" or not self.limited:
             return False
         count, size = self._counted(self._deliverable())
         return self._over(count + 1, size + len(body))
@@ -197,7 +197,7 @@ class Queue:
         over its limits; return them (for dead-lettering with reason maxlen).
         After a requeue RabbitMQ trims before it delivers, so nothing is skipped.
         """
-        if self.overflow != "drop-head" or (self.max_length is None and self.max_bytes is None):
+        if self.overflow != "drop-head" or not self.limited:
             return []
         skip = 0 if requeued else self._deliverable()
         count, size = self._counted(skip)

@@ -43,15 +43,16 @@ class EventPlan:
         # The EventMessage's entries last: a name both have is the EventMessage's (R1).
         self.fields = {**_settable(self.payload_class, _PAYLOAD), **_settable(self.event_class, _EVENT)}
         # A link's bytes are appended to its message's: it must come after every field set there.
+        ion_bytes = ION_MESSAGE_TYPE.SerializeToString()
         event_bytes, payload_bytes = event_type.SerializeToString(), payload_type.SerializeToString()
         message_object = _last_number(self.ion_class, "message_object", ("identity",))
         additional_data = _last_number(self.event_class, "additional_data", self.event_class.DESCRIPTOR.fields_by_name)
         self.event_link = wire.link_parts(message_object, event_bytes, False)
         self.payload_link = wire.link_parts(additional_data, payload_bytes, True)
-        self.ion_element = wire.element_parts(ION_MESSAGE_TYPE.SerializeToString(), False)
+        self.ion_element = wire.element_parts(ion_bytes, False)
         self.event_element = wire.element_parts(event_bytes, False)
         self.payload_element = wire.element_parts(payload_bytes, True)
-        self.type_bytes = ION_MESSAGE_TYPE.SerializeToString(), event_bytes, payload_bytes
+        self.type_bytes = ion_bytes, event_bytes, payload_bytes
         self.identity_tag = wire.tag(_number(self.ion_class, "identity"))
         # The live links of the caller's objects, but for the object id (copied: cheaper than set field by field).
         self.event_ref = CASRef(type=event_type.to_gpb(), isleaf=False)

@@ -496,9 +496,7 @@ class EventSubscriber(Subscriber):
         if encoding != ION_R1_GPB:
             raise CodecError("not an event: encoding %s is not %r" % (_short_repr(encoding), ION_R1_GPB))
         content = data["content"]
-        if not isinstance(content, MessageInstance) or (
-            content.MessageType is not EVENT_MESSAGE_TYPE and content.MessageType != EVENT_MESSAGE_TYPE
-        ):  # type identifiers are made once each: `is` nearly always answers
+        if not isinstance(content, MessageInstance) or content.MessageType != EVENT_MESSAGE_TYPE:
             raise CodecError("not an event: the content is %s, not an IonMsg holding an EventMessage" % _kind(content))
 
     @defer.inlineCallbacks
