@@ -371,6 +371,142 @@ class DeliveryAssemblyTest(unittest.TestCase):
         self.assertEqual(self.client._partial, {})
 
 
+class _CountingTransport:
+    """A StringTransport that records each write on its own."""
+
+    def __init__(self):
+        from twisted.internet.testing import StringTransport
+
+        self.inner = StringTransport()
+        self.writes = []
+
+    def write(self, data):
+        self.writes.append(data)
+        self.inner.write(data)
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+
+def _settles(data):
+    """The basic.ack / basic.reject frames in written bytes, as (name, tag, bit)."""
+    found = []
+    while data:
+        kind, channel, size = struct.unpack_from("!BHI", data)
+        payload, data = data[7:7 + size], data[8 + size:]
+        if kind == 1:
+            class_id, method_id, tag, bit = struct.unpack("!HHQB", payload)
+            found.append(({(60, 80): "ack", (60, 90): "reject"}[class_id, method_id], tag, bit))
+    return found
+
+
+class WriteBatchTest(unittest.TestCase):
+    """
+    What a read (or a resumed write buffer) makes the client write goes to the transport in one write;
+    the acks a consumer's handlers give during a read go as one basic.ack with `multiple` when that acks
+    exactly them.
+    """
+
+    def setUp(self):
+        from twisted.internet.task import Clock
+
+        from ion.core.messaging.broker.amqp_consumer import Consumer
+        from ion.core.messaging.broker.amqp_protocol import BASIC, Client, Delegate, load_spec
+
+        self.sink = _FrameSink()
+        self.sink._deliver = lambda channel, msg: self.consumer._deliver(channel, msg)
+        self.client = Client(Delegate(self.sink), "/", load_spec(), 0, Clock())
+        self.transport = _CountingTransport()
+        self.client.makeConnection(self.transport)
+        self.transport.writes = []
+        self.deliveries, self.hold = [], set()
+
+        def handler(delivery):
+            self.deliveries.append(delivery)
+            if delivery.delivery_tag not in self.hold:
+                delivery.ack()
+
+        self.consumer = Consumer(None, "q", handler, 100, False, False, None)
+        self.consumer.on_channel(self.client.channel_now(1))
+        self.deliver = BASIC["deliver"]
+
+    def frames(self, *tags):
+        return b"".join(self.client.content_frames(1, self.deliver, ("ctag", tag, False, "ex", "rk"), b"body", {})
+                        for tag in tags)
+
+    def test_acks_of_one_read_are_one_multiple_ack(self):
+        self.client.dataReceived(self.frames(1, 2, 3, 4, 5))
+        self.assertEqual(len(self.transport.writes), 1)
+        self.assertEqual(_settles(self.transport.writes[0]), [("ack", 5, 1)])
+        self.client.dataReceived(self.frames(6))  # one alone: a plain ack
+        self.assertEqual(_settles(self.transport.writes[1]), [("ack", 6, 0)])
+
+    def test_an_unsettled_delivery_below_keeps_acks_single(self):
+        self.hold.add(2)
+        self.client.dataReceived(self.frames(1, 2, 3, 4))
+        self.assertEqual(_settles(b"".join(self.transport.writes)), [("ack", 1, 0), ("ack", 3, 0), ("ack", 4, 0)])
+        self.deliveries[1].ack()  # outside a read: written at once
+        self.assertEqual(_settles(self.transport.writes[-1]), [("ack", 2, 0)])
+        self.client.dataReceived(self.frames(5, 6))  # nothing below is open again
+        self.assertEqual(_settles(self.transport.writes[-1]), [("ack", 6, 1)])
+
+    def test_a_reject_keeps_every_settle_its_own_frame_in_order(self):
+        def reject_second(delivery):
+            self.deliveries.append(delivery)
+            if delivery.delivery_tag == 2:
+                delivery.reject(requeue=True)
+            else:
+                delivery.ack()
+
+        self.consumer._callback = reject_second
+        self.client.dataReceived(self.frames(1, 2, 3))
+        self.assertEqual(_settles(b"".join(self.transport.writes)), [("ack", 1, 0), ("reject", 2, 1), ("ack", 3, 0)])
+
+    def test_settles_of_a_lost_channel_are_not_written(self):
+        self.hold.update((1, 2))
+        self.client.dataReceived(self.frames(1, 2))
+        self.consumer.on_channel(self.client.channel_now(2))  # consuming again elsewhere: the old tags mean nothing
+        self.deliveries[0].ack()
+        self.deliveries[1].ack()
+        self.assertEqual(_settles(b"".join(self.transport.writes)), [])
+
+    def test_writes_during_a_read_are_one_transport_write_in_order(self):
+        from ion.core.messaging.broker.amqp_protocol import WRITE_BATCH_BYTES
+
+        published = []
+
+        def publish_too(delivery):
+            self.deliveries.append(delivery)
+            delivery.ack()
+            frame = self.client.publish_frames(1, "ex", "rk.%d" % delivery.delivery_tag, False, b"x", {})
+            published.append(frame)
+            self.client.write(frame)
+
+        self.consumer._callback = publish_too
+        self.client.dataReceived(self.frames(1, 2))
+        self.assertEqual(len(self.transport.writes), 1)
+        ack_1, ack_2 = (self.client.method_frame(1, self.client._methods[60, 80], (tag, False)) for tag in (1, 2))
+        self.assertEqual(self.transport.writes[0], ack_1 + published[0] + ack_2 + published[1])
+
+        # Past WRITE_BATCH_BYTES it goes at once, so that a full write buffer pauses publishing in time.
+        big = b"x" * (WRITE_BATCH_BYTES // 2 + 1)
+        seen = []
+
+        def publish_big(delivery):
+            self.client.write(big)
+            seen.append(len(self.transport.writes))
+
+        self.consumer._callback = publish_big
+        self.client.dataReceived(self.frames(3, 4, 5))
+        self.assertEqual(seen, [1, 2, 2])
+        self.assertEqual(self.transport.writes[1:], [big * 2, big])
+
+    def test_what_a_resumed_buffer_lets_go_is_one_transport_write(self):
+        self.sink._writing_paused = lambda client, paused: [client.write(b"p%d" % n) for n in range(3)]
+        self.client.resumeProducing()
+        self.assertEqual(self.transport.writes, [b"p0p1p2"])
+
+
 class SpecTest(unittest.TestCase):
     """res/amqp/amqp0-9-1.rabbitmq.xml: complete for our needs, and what the generator makes today."""
 

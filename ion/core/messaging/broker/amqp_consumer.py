@@ -94,6 +94,8 @@ class Consumer:
         self._stream = "x-stream-offset" in self._arguments
         self._stream_unsettled = {}  # (channel, delivery tag) -> stream offset
         self._stream_next = None  # the offset after the last one delivered
+        self._unsettled = {}  # delivery tag -> None: handed out on the current channel, not settled (lowest first)
+        self._batch = []  # (delivery tag, ack, requeue) settled during a read: written at its end (_settle_frames)
         self._stopping = False
         self._stopped = TwistedEvent()
         self._done = False
@@ -135,6 +137,8 @@ class Consumer:
         if self._stopping and not self._no_ack:
             return  # unacked: requeued when the channel closes
         content = msg.content
+        if not self._no_ack:
+            self._unsettled[msg.delivery_tag] = None
         if self._stream:
             self._stream_delivered(channel, msg.delivery_tag, content.properties)
         delivery = Delivery(content.body, content.properties, msg.exchange, msg.routing_key, msg.redelivered,
@@ -172,11 +176,36 @@ class Consumer:
             log.debug("consumer {tag} is cancelled: {what} of {dtag} ignored", tag=self.tag, what=what,
                       dtag=delivery_tag)
             return
-        if ack:
-            data = settle_frame(channel.id, BASIC["ack"], delivery_tag, False)
-        else:
-            data = settle_frame(channel.id, BASIC["reject"], delivery_tag, requeue)
-        channel.client.write_settle(data)
+        self._unsettled.pop(delivery_tag, None)
+        self._batch.append((delivery_tag, ack, requeue))
+        if len(self._batch) == 1:  # the first since the last frames were written: they are asked for
+            channel.client.write_settles(self._settle_frames)
+
+    def on_channel(self, channel):
+        """Consuming (again) on `channel`: the tags of an earlier channel mean nothing on it."""
+        self._channel = channel
+        self._unsettled, self._batch = {}, []
+
+    def _settle_frames(self):
+        """
+        The frames of the settles batched since the last call.  Acks only, and every delivery tag below
+        the highest of them settled: one basic.ack with `multiple` for them all.  It acks exactly those
+        (the broker acks what is outstanding up to the tag, and nothing else up to it is), each after its
+        handler finished, as single acks would.  Otherwise one frame per settle, in the order settled.
+        """
+        batch, self._batch = self._batch, []
+        channel = self._channel
+        if not batch or channel is None or channel.closed:
+            return b""  # the channel is gone: the broker redelivers what it had not been told
+        highest = max(tag for tag, _, _ in batch)
+        lowest_open = next(iter(self._unsettled), None)
+        if len(batch) > 1 and all(ack for _, ack, _ in batch) and (lowest_open is None or lowest_open > highest):
+            return settle_frame(channel.id, _ACK, highest, True)
+        return b"".join(settle_frame(channel.id, _ACK if ack else _REJECT, tag, False if ack else requeue)
+                        for tag, ack, requeue in batch)
+
+
+_ACK, _REJECT = BASIC["ack"], BASIC["reject"]
 
 
 # basic.ack and basic.reject are (delivery tag: longlong, one bit): every settled delivery writes one, so
@@ -229,7 +258,7 @@ class Consumers:
         """basic.consume on a new channel of the current connection."""
         channel = yield open_channel(self._state)
         consumer.queue = self._topology.current(consumer.queue)
-        consumer._channel = channel
+        consumer.on_channel(channel)
         self._channels[channel.id] = consumer
         try:
             yield invoke(channel, "basic_qos", prefetch_size=0, prefetch_count=consumer._prefetch_count, global_=False)

@@ -69,6 +69,7 @@ CHECKS_PER_INTERVAL = 4
 DEAD_AFTER = 1.5
 PROPERTY_CACHE_SIZE = 256  # content properties kept encoded (and decoded) per connection; past it a cache starts again
 PUBLISH_METHOD_CACHE_SIZE = 256  # basic.publish method frames kept per connection, one per route; past it, made again
+WRITE_BATCH_BYTES = 65536  # written during a read past this, it goes to the transport at once: its own pause threshold
 _HEADER_HEAD = struct.Struct("!BHLHHQ")  # a content header frame up to its property flags
 _HEADER_START = struct.Struct("!HHQ")  # a content header's payload up to its property flags: class, weight, size
 _METHOD_IDS = struct.Struct("!HH")  # a method frame's payload starts with its class and method ids
@@ -117,7 +118,9 @@ class Client(AMQClient):
         self._last_properties = None, None, None  # (class id, a copy of the properties, their bytes) last encoded
         self._publish_methods = {}  # (channel id, exchange, routing key, mandatory) -> basic.publish method frame
         self._header_cache = {}  # (class id, received property bytes) -> (their properties, names of empty tables)
-        self._settles = None  # during dataReceived: ack/reject frames not yet written (write_settle)
+        # During a read or a resume (_in_one_write; None otherwise): the bytes written meanwhile, their size,
+        # and what gives the ack/reject frames settled since the last of them (write_settles).
+        self._out, self._out_size, self._settles = None, 0, None
         self.waiting_for = "connection.start"  # the handshake step the broker has to answer next
 
     def connectionMade(self):
@@ -134,7 +137,8 @@ class Client(AMQClient):
         self.delegate.connection._writing_paused(self, True)
 
     def resumeProducing(self):
-        self.delegate.connection._writing_paused(self, False)
+        """Room in the write buffer: the publishes waiting for it go on, in one transport write (as a read's)."""
+        self._in_one_write(self.delegate.connection._writing_paused, self, False)
 
     def stopProducing(self):
         """The connection is going; connectionLost tells the AMQPConnection."""
@@ -156,17 +160,24 @@ class Client(AMQClient):
 
     def dataReceived(self, data):
         """
-        Split the stream into frames; a partial frame waits until enough bytes arrived.  The acks and
-        rejects of the deliveries handled meanwhile go to the transport in one write at the end (it sends
-        nothing before the reactor's next write pass anyway): one transport write per read, not per delivery.
+        Split the stream into frames; a partial frame waits until enough bytes arrived.  Whatever is
+        written meanwhile (the acks of the deliveries handled, the publishes their confirms let go) goes
+        to the transport in one write at the end, or as soon as WRITE_BATCH_BYTES wait, so that a full
+        write buffer still pauses publishing at once.  The transport sends nothing before the reactor's
+        next write pass anyway: one transport write per read, not one per frame.
         """
-        self._settles = []
+        self._in_one_write(self._read_frames, data)
+
+    def _in_one_write(self, work, *args):
+        """work(*args), and what it writes handed to the transport in one write at its end (see dataReceived)."""
+        if self._out is not None:  # inside another such call: its end writes
+            return work(*args)
+        self._out, self._out_size, self._settles = [], 0, []
         try:
-            self._read_frames(data)
+            return work(*args)
         finally:
-            settles, self._settles = self._settles, None
-            if settles:
-                self.write(b"".join(settles))
+            self._flush()
+            self._out = self._settles = None
 
     def _read_frames(self, data):
         self._heard_at = self.clock.seconds()
@@ -318,19 +329,38 @@ class Client(AMQClient):
     # -- writing
 
     def write(self, data):
+        out = self._out
+        if out is None:
+            self._spoke_at = self.clock.seconds()
+            self.transport.write(data)
+            return
         if self._settles:  # acks and rejects first: they were settled before this was written
             settles, self._settles = self._settles, []
-            settles.append(data)
-            data = b"".join(settles)
-        self._spoke_at = self.clock.seconds()
-        self.transport.write(data)
+            out.extend([frames() for frames in settles])
+        out.append(data)
+        self._out_size += len(data)
+        if self._out_size >= WRITE_BATCH_BYTES:
+            self._flush()
 
-    def write_settle(self, frame):
-        """A basic.ack or basic.reject frame: written with the others at the end of the read, if one is going on."""
+    def _flush(self):
+        """Hand what was written during this read to the transport (see dataReceived)."""
+        out, settles = self._out, self._settles
+        if settles:
+            out.extend([frames() for frames in settles])
+        self._out, self._out_size, self._settles = [], 0, []
+        if out:
+            self._spoke_at = self.clock.seconds()
+            self.transport.write(b"".join(out))
+
+    def write_settles(self, frames):
+        """
+        `frames()` gives basic.ack or basic.reject frames: called at the end of the read, if one is going
+        on (so a consumer can batch what its handlers settle meanwhile), else at once.
+        """
         if self._settles is None:
-            self.write(frame)
+            self.write(frames())
         else:
-            self._settles.append(frame)
+            self._settles.append(frames)
 
     def send_frame(self, frame):
         """txamqp's channel methods come through here; only method frames are used."""
