@@ -22,7 +22,9 @@ first, then the project, on the same RabbitMQ:
 Figures: publish rate (N / (last confirm - first publish)), delivered rate
 (deliveries / (last delivery - first publish)), latency p50/p99, client CPU
 (os.times user+sys) per publish and per delivery in the client processes,
-and the growth of each client's peak RSS (ru_maxrss) over the N events.
+the local RabbitMQ node's CPU per event (its beam.smp, read from /proc: on
+this 2-core machine the broker's work takes CPU from the clients), and the
+growth of each client's peak RSS (ru_maxrss) over the N events.
 Each project figure is printed with its ratio to pika's of the same run; with
 --runs R the medians of the R runs and every run's value.  --prefetch P gives
 the project subscriber prefetch_count=P instead of its default (to choose it).
@@ -57,6 +59,27 @@ def patience(events):
 def cpu_seconds():
     t = os.times()
     return t.user + t.system
+
+
+def rabbit_cpu_seconds():
+    """User+system CPU seconds of the local RabbitMQ node (its beam.smp), None if there is none to read."""
+    ticks = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    try:
+        pids = [p for p in os.listdir("/proc") if p.isdigit()]
+    except OSError:
+        return None
+    for pid in pids:
+        try:
+            with open("/proc/%s/cmdline" % pid, "rb") as f:
+                argv = f.read().split(b"\0")
+            if not argv[0].endswith(b"beam.smp") or not any(b"rabbit" in arg for arg in argv):
+                continue
+            with open("/proc/%s/stat" % pid) as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            return (int(fields[11]) + int(fields[12])) / ticks  # utime, stime
+        except (OSError, IndexError, ValueError):
+            continue
+    return None
 
 
 def peak_rss_kib():
@@ -342,11 +365,15 @@ def scenario(args, side, events, subs=1, paced=False):
     args.sysname = "vspika-%s" % uuid.uuid4().hex[:8]
     args.exchange = "%s.pika" % args.sysname
     consumer = child(args, side + "_sub", events=events, subs=subs, paced=paced)
+    broker_cpu = None
     try:
         read(consumer, "ready")
+        broker_cpu = rabbit_cpu_seconds()
         publisher = child(args, side + "_pub", events=events, paced=paced)
         pub = read(publisher, "result", events * subs)
         sub = read(consumer, "result", events * subs)
+        if broker_cpu is not None:  # the publisher's start and end are in it: noise against N events
+            broker_cpu = rabbit_cpu_seconds() - broker_cpu
         publisher.wait(WAIT)
         consumer.wait(WAIT)
     finally:
@@ -361,6 +388,8 @@ def scenario(args, side, events, subs=1, paced=False):
         "rss_growth_mib_pub": pub["rss_growth_kib"] / 1024,
         "rss_growth_mib_sub": sub["rss_growth_kib"] / 1024,
     }
+    if broker_cpu is not None:
+        figures["broker_cpu_us_per_event"] = 1e6 * broker_cpu / events
     for key in ("p50_ms", "p99_ms"):
         if key in sub:
             figures[key] = sub[key]
@@ -389,6 +418,7 @@ ROWS = [
     ("latency p99 at paced rate, ms", "latency", "p99_ms"),
     ("client CPU per publish, us", "rate", "cpu_us_per_publish"),
     ("client CPU per delivery, us", "rate", "cpu_us_per_delivery"),
+    ("RabbitMQ CPU per event (local node), us", "rate", "broker_cpu_us_per_event"),
     ("publisher peak RSS growth over N, MiB", "rate", "rss_growth_mib_pub"),
     ("subscriber peak RSS growth over N, MiB", "rate", "rss_growth_mib_sub"),
 ]
