@@ -91,9 +91,13 @@ def unpack(data):
     last = len(elements)
     messages = {}  # key -> protobuf message: what the repository will hold
     facts = {}  # key -> (its _Kind, isleaf, rank: items by position, the head above them all)
-    for position, element in enumerate(elements):
-        key, message, kind = _read(element)
-        messages[key] = message
+    kinds = _kinds
+    for position, element in enumerate(elements):  # _parse's checks, a known type's kind looked up here
+        key, element_type = element.key, element.type
+        kind = kinds.get(element_type.object_id)
+        if kind is None or element_type.version != 1:
+            kind = _kind_checked(key, element_type)
+        messages[key] = _message_of(key, kind, element.value)
         facts[key] = kind, element.isleaf, position or last
     ordered = len(facts) == last
     linked = set()
@@ -153,28 +157,32 @@ def _kind_of(element_type):
     return kind
 
 
-def _read(element):
-    """(key, object, _Kind) of an element, after checking its type and key."""
-    key, element_type, value = element.key, element.type, element.value
+def _kind_checked(key, element_type):
+    """_kind_of, its errors as CodecErrors about the element `key`."""
     try:
-        kind = _kind_of(element_type)
+        return _kind_of(element_type)
     except ObjectUtilException as e:
         raise CodecError("element %s: %s" % (key.hex(), e)) from None
     except ValueError:
         raise CodecError(
             "element %s has type version %d; only version 1 exists" % (key.hex(), element_type.version)
         ) from None
+
+
+def _message_of(key, kind, value):
+    """The object of an element of that kind, after checking its key matches its content."""
     if type_key(value, kind.type_id.serialized) != key:
         raise CodecError("element %s: key does not match its content" % key.hex())
     try:
-        return key, kind.message_class.FromString(value), kind
+        return kind.message_class.FromString(value)
     except DecodeError as e:
         raise CodecError("element %s is not a valid %s: %s" % (key.hex(), kind.message_class.DESCRIPTOR.name, e)) from None
 
 
 def _parse(element):
     """The element's object, after checking its type is known and its key matches its content."""
-    return _read(element)[1]
+    key = element.key
+    return _message_of(key, _kind_checked(key, element.type), element.value)
 
 
 def _check_graph(head, children):
