@@ -6,6 +6,7 @@ and subscribes them again when the broker cancels them (see resubscribe.py).
 """
 
 import struct
+from operator import itemgetter
 
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -197,10 +198,11 @@ class Consumer:
         channel = self._channel
         if not batch or channel is None or channel.closed:
             return b""  # the channel is gone: the broker redelivers what it had not been told
-        highest = max(tag for tag, _, _ in batch)
-        lowest_open = next(iter(self._unsettled), None)
-        if len(batch) > 1 and all(ack for _, ack, _ in batch) and (lowest_open is None or lowest_open > highest):
-            return settle_frame(channel.id, _ACK, highest, True)
+        if len(batch) > 1 and all(map(itemgetter(1), batch)):
+            highest = max(batch)[0]
+            lowest_open = next(iter(self._unsettled), None)
+            if lowest_open is None or lowest_open > highest:
+                return settle_frame(channel.id, _ACK, highest, True)
         return b"".join(settle_frame(channel.id, _ACK if ack else _REJECT, tag, False if ack else requeue)
                         for tag, ack, requeue in batch)
 
