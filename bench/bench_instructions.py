@@ -64,6 +64,7 @@ def child(root, events, deliver, broker):
         subscriber = yield SubscriberFactory(process=proc).build(
             subscriber_type=InfoLoggingEventSubscriber, origin="counted", handler=handler,
             queue_name="parked-%d" % os.getpid(), durable=False, auto_delete=False)
+        queue = subscriber.queue  # deleted at the end (a RabbitMQ one would outlive this run)
         yield subscriber._recv.deactivate()  # the queue and its binding stay: events wait in it
         publisher = InfoLoggingEventPublisher(process=proc, origin="counted")
         yield proc.register_life_cycle_object(publisher)
@@ -72,7 +73,7 @@ def child(root, events, deliver, broker):
         if deliver:
             yield subscriber._recv.activate()
             yield done
-        yield container.exchange_manager.connection.queue_delete(subscriber.queue)
+        yield container.exchange_manager.connection.queue_delete(queue)
         yield proc.terminate()
         yield stop_container(container)
 
