@@ -343,7 +343,7 @@ class Client(AMQClient):
             self._flush()
 
     def _flush(self):
-        """Hand what was written during this read to the transport (see dataReceived)."""
+        """Hand what was written during this read or resume to the transport (see _in_one_write)."""
         out, settles = self._out, self._settles
         if settles:
             out.extend([frames() for frames in settles])
