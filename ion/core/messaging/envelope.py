@@ -98,6 +98,11 @@ _DEFAULT_HEADERS = {
 }
 
 
+def _now_ts():
+    """R1's ts header: the time in milliseconds since the epoch, as text."""
+    return str(int(time.time() * 1000))
+
+
 def build_message(sender, recipient, operation, content, headers=None):
     """
     The header map that goes on the wire, content as given.
@@ -111,7 +116,7 @@ def build_message(sender, recipient, operation, content, headers=None):
     message["sender"] = sender
     message["receiver"] = recipient if type(recipient) is str else str(recipient)
     message["reply-to"] = sender
-    message["ts"] = str(int(time.time() * 1000))
+    message["ts"] = _now_ts()
     if headers:
         message.update(headers)
         if "user-id" in headers:
@@ -185,8 +190,7 @@ class Template:
         """The AMQP body of a message with this content (bytes: GPB Structure bytes for 'ION R1 GPB')."""
         if self._before_ts is None:
             return b"".join((self._before_content, _packer.pack(content)))
-        return b"".join((self._before_ts, _packer.pack(str(int(time.time() * 1000))), self._before_content,
-                         _packer.pack(content)))
+        return b"".join((self._before_ts, _packer.pack(_now_ts()), self._before_content, _packer.pack(content)))
 
 
 _LATER = object()  # a header value that Template.body puts in

@@ -334,9 +334,7 @@ class Client(AMQClient):
             self._spoke_at = self.clock.seconds()
             self.transport.write(data)
             return
-        if self._settles:  # acks and rejects first: they were settled before this was written
-            settles, self._settles = self._settles, []
-            out.extend([frames() for frames in settles])
+        self._take_settles(out)  # acks and rejects first: they were settled before this was written
         out.append(data)
         self._out_size += len(data)
         if self._out_size >= WRITE_BATCH_BYTES:
@@ -344,13 +342,18 @@ class Client(AMQClient):
 
     def _flush(self):
         """Hand what was written during this read or resume to the transport (see _in_one_write)."""
-        out, settles = self._out, self._settles
-        if settles:
-            out.extend([frames() for frames in settles])
-        self._out, self._out_size, self._settles = [], 0, []
+        out = self._out
+        self._take_settles(out)
+        self._out, self._out_size = [], 0
         if out:
             self._spoke_at = self.clock.seconds()
             self.transport.write(b"".join(out))
+
+    def _take_settles(self, out):
+        """Append the frames of what was settled since the last write (write_settles) to `out`."""
+        if self._settles:
+            settles, self._settles = self._settles, []
+            out.extend([frames() for frames in settles])
 
     def write_settles(self, frames):
         """
