@@ -2,7 +2,7 @@
 
 import os
 
-from setuptools import find_packages, setup
+from setuptools import Extension, find_packages, setup
 
 
 def resource_files():
@@ -30,6 +30,10 @@ setup(
     packages=find_packages(include=["ion", "ion.*"]) + ["twisted.plugins"],
     package_data={"twisted.plugins": ["cc.py"]},
     data_files=resource_files(),
+    # The wire format's hot loops in C (ion/core/object/speedups.py); optional: without a compiler or
+    # OpenSSL's headers the install goes on and the same work is done in Python, more slowly.
+    ext_modules=[Extension("ion.core.object._speedups", ["ion/core/object/_speedups.c"], libraries=["crypto"],
+                           extra_compile_args=["-O2"], optional=True)],
     install_requires=[
         "twisted>=24.3",
         "txamqp==0.8.2",

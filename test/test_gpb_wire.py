@@ -5,7 +5,7 @@ bytes must be upb's, for odd values too (empty, long, multi-byte varints).
 
 from twisted.trial import unittest
 
-from ion.core.object import codec, wire
+from ion.core.object import codec, speedups, wire
 from ion.core.object.gpb.net.ooici.core.container.container_pb2 import Structure, StructureElement
 from ion.core.object.gpb.net.ooici.core.link.link_pb2 import CASRef
 from ion.core.object.gpb.net.ooici.core.type.type_pb2 import GPBType
@@ -89,7 +89,8 @@ class StructureTest(unittest.TestCase):
         for count in (1, 2, 3, 8):
             head, *items = self.elements(count)
             given = [(wire.element_parts(e.type.serialized, e.isleaf), e.key, e.value) for e in (head, *items)]
-            self.assertEqual(wire.structure_from_parts(*given), self.upb_structure(head, items), count)
+            self.assertEqual(speedups.structure_from_parts(*given), self.upb_structure(head, items), count)
+            self.assertEqual(speedups.python_structure_from_parts(*given), self.upb_structure(head, items), count)
 
     def test_a_big_head(self):
         head = Element(KEY, create_type_identifier(11), False, b"h" * 200000)

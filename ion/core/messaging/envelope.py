@@ -26,6 +26,7 @@ import msgpack
 
 from ion.core.exception import IonError
 from ion.core.object.codec import ION_R1_GPB, decode_content, encode_content
+from ion.core.object.speedups import text_headers
 
 CONTENT_TYPE = "application/msgpack"
 CONTENT_ENCODING = "binary"
@@ -222,10 +223,8 @@ def _unpack(body, decode_gpb):
     if not isinstance(raw, dict):
         raise WireFormatError("body is a msgpack %s, not a map" % (type(raw).__name__,))
     content = raw.pop(b"content", None)
-    try:  # R1's headers: known names, UTF-8 texts, ints and None, converted in one go
-        message = {_HEADER_NAMES[key]: value.decode() if type(value) is bytes else _PLAIN[type(value)](value)
-                   for key, value in raw.items()}
-    except (KeyError, UnicodeDecodeError):  # some other name or value: each is looked at on its own
+    message = text_headers(raw, _HEADER_NAMES)  # R1's headers: known names, UTF-8 texts, numbers and None
+    if message is None:  # some other name or value: each is looked at on its own
         message = _headers(raw)
     encoding = message.get("encoding")
     if encoding != ION_R1_GPB:
@@ -235,15 +234,6 @@ def _unpack(body, decode_gpb):
     else:
         message["content"] = content
     return message
-
-
-def _same(value):
-    return value
-
-
-# The header values the one-go conversion takes besides UTF-8 text (strictly; bytes that are not stay bytes):
-# None (an event's op) and numbers (int and float give back the very object; so does bool: an RPC's quiet flag).
-_PLAIN = {int: int, type(None): _same, bool: bool, float: float}
 
 
 def _header_name(key):

@@ -18,7 +18,8 @@ from ion.core.object import object_utils, wire
 from ion.core.object.gpb.net.ooici.core.container.container_pb2 import Structure
 from ion.core.object.gpb_wrapper import Wrapper, wrapper_class
 from ion.core.object.object_utils import ObjectUtilException, TypeIdentifier, create_type_identifier, iter_links
-from ion.core.object.repository import checked_repository, type_key
+from ion.core.object.repository import checked_repository
+from ion.core.object.speedups import canonical_elements, type_key
 
 ION_R1_GPB = "ION R1 GPB"
 
@@ -82,23 +83,19 @@ def unpack(data):
     """
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise CodecError("'%s' content must be bytes, not %s" % (ION_R1_GPB, type(data).__name__))
-    try:
-        structure = Structure.FromString(data)
-    except DecodeError as e:
-        raise CodecError("content is not a valid Structure: %s" % e) from None
-    head = structure.head
-    elements = (head, *structure.items)
+    elements = canonical_elements(data)
+    if elements is None:  # not the layout pack() writes, or not compiled: upb reads it
+        elements = _elements(data)
     last = len(elements)
     messages = {}  # key -> protobuf message: what the repository will hold
     facts = {}  # key -> (its _Kind, isleaf, rank: items by position, the head above them all)
     kinds = _kinds
-    for position, element in enumerate(elements):  # _parse's checks, a known type's kind looked up here
-        key, element_type = element.key, element.type
-        kind = kinds.get(element_type.object_id)
-        if kind is None or element_type.version != 1:
-            kind = _kind_checked(key, element_type)
-        messages[key] = _message_of(key, kind, element.value)
-        facts[key] = kind, element.isleaf, position or last
+    for position, (key, object_id, version, isleaf, value, key_ok) in enumerate(elements):
+        kind = kinds.get(object_id)  # _parse's checks, a known type's kind looked up here
+        if kind is None or version != 1:
+            kind = _kind_checked(key, object_id, version)
+        messages[key] = _message_of(key, kind, value, key_ok)
+        facts[key] = kind, isleaf, position or last
     ordered = len(facts) == last
     linked = set()
     for (key, message), (kind, isleaf, rank) in zip(messages.items(), facts.values()):
@@ -120,7 +117,7 @@ def unpack(data):
             linked.add(target_key)
         if isleaf != (not links):
             raise CodecError("element %s: isleaf is %s but it has %d links" % (key.hex(), isleaf, len(links)))
-    head_key = head.key
+    head_key = elements[0][0]
     if not ordered or len(linked) != last - 1:
         _check_graph(head_key, {key: [link.key for link in iter_links(message)] for key, message in messages.items()})
     if facts[head_key][0].type_id.object_id != ION_MESSAGE_TYPE.object_id:  # every type here is version 1
@@ -142,36 +139,46 @@ class _Kind(NamedTuple):
 _kinds = {}  # object id -> _Kind of its registered (version 1) type
 
 
-def _kind_of(element_type):
-    """The _Kind of an element's GPBType; ObjectUtilException or ValueError if it is not a registered type."""
-    kind = _kinds.get(element_type.object_id)
-    if kind is not None and element_type.version == 1:
+def _kind_of(object_id, version):
+    """The _Kind of an element's type; ObjectUtilException or ValueError if it is not a registered type."""
+    kind = _kinds.get(object_id)
+    if kind is not None and version == 1:
         return kind
-    if element_type.version != 1:
-        raise ValueError(element_type.version)
-    message_class = object_utils.get_gpb_class_from_type_id(element_type.object_id)
-    type_id = create_type_identifier(element_type.object_id)
+    if version != 1:
+        raise ValueError(version)
+    message_class = object_utils.get_gpb_class_from_type_id(object_id)
+    type_id = create_type_identifier(object_id)
     kind = _kinds[type_id.object_id] = _Kind(
         message_class, wrapper_class(message_class), type_id, object_utils.link_reader(message_class)
     )
     return kind
 
 
-def _kind_checked(key, element_type):
+def _kind_checked(key, object_id, version):
     """_kind_of, its errors as CodecErrors about the element `key`."""
     try:
-        return _kind_of(element_type)
+        return _kind_of(object_id, version)
     except ObjectUtilException as e:
         raise CodecError("element %s: %s" % (key.hex(), e)) from None
     except ValueError:
-        raise CodecError(
-            "element %s has type version %d; only version 1 exists" % (key.hex(), element_type.version)
-        ) from None
+        raise CodecError("element %s has type version %d; only version 1 exists" % (key.hex(), version)) from None
 
 
-def _message_of(key, kind, value):
-    """The object of an element of that kind, after checking its key matches its content."""
-    if type_key(value, kind.type_id.serialized) != key:
+def _elements(data):
+    """canonical_elements' rows read through upb, for any layout; key_ok None: not checked yet."""
+    try:
+        structure = Structure.FromString(data)
+    except DecodeError as e:
+        raise CodecError("content is not a valid Structure: %s" % e) from None
+    return [(element.key, element.type.object_id, element.type.version, element.isleaf, element.value, None)
+            for element in (structure.head, *structure.items)]
+
+
+def _message_of(key, kind, value, key_ok=None):
+    """The object of an element of that kind, after checking (unless key_ok says) its key matches its content."""
+    if key_ok is None:
+        key_ok = type_key(value, kind.type_id.serialized) == key
+    if not key_ok:
         raise CodecError("element %s: key does not match its content" % key.hex())
     try:
         return kind.message_class.FromString(value)
@@ -181,8 +188,8 @@ def _message_of(key, kind, value):
 
 def _parse(element):
     """The element's object, after checking its type is known and its key matches its content."""
-    key = element.key
-    return _message_of(key, _kind_checked(key, element.type), element.value)
+    key, element_type = element.key, element.type
+    return _message_of(key, _kind_checked(key, element_type.object_id, element_type.version), element.value)
 
 
 def _check_graph(head, children):

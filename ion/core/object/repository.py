@@ -11,13 +11,13 @@ import itertools
 import os
 import random
 import weakref
-from hashlib import sha1
 from typing import NamedTuple
 
 from ion.core.exception import IonError
 from ion.core.object import object_utils
 from ion.core.object.gpb_wrapper import Wrapper, wrapper_class
 from ion.core.object.object_utils import TypeIdentifier, iter_links
+from ion.core.object.speedups import type_key  # content_key of a type given as its serialized GPBType
 
 
 class RepositoryError(IonError):
@@ -36,11 +36,6 @@ class Element(NamedTuple):
 def content_key(value, type_id):
     """R1's element key: sha1(sha1(value) + serialized GPBType), binary."""
     return type_key(value, type_id.SerializeToString())
-
-
-def type_key(value, type_bytes):
-    """content_key of a type given as its serialized GPBType: for callers that keep those bytes per type."""
-    return sha1(sha1(value).digest() + type_bytes).digest()
 
 
 # Repository keys are random UUIDs (version 4), as R1's; drawn from a generator of our own, seeded

@@ -53,23 +53,8 @@ def structure(head, items):
 
 
 def element_parts(type_bytes, isleaf):
-    """(before, middle) for structure_from_parts: the bytes around a content key in every element of that type."""
+    """(before, middle) for speedups.structure_from_parts: the bytes around a content key in every element of that type."""
     return b"\x0a" + varint(KEY_SIZE), _typed(type_bytes, isleaf) + b"\x22"
-
-
-def structure_from_parts(head, *items):
-    """
-    structure() of elements given as (element_parts, key, value) each: the head's, then the items'.
-    One join for the whole Structure (no element's bytes made on their own).
-    """
-    out = []
-    field_tag = b"\x0a"  # the head; then every item is field 2
-    for (before, middle), key, value in (head, *items):
-        size = varint(len(value))
-        out += (field_tag, varint(len(before) + len(key) + len(middle) + len(size) + len(value)),
-                before, key, middle, size, value)
-        field_tag = b"\x12"
-    return b"".join(out)
 
 
 def link_parts(field_number, type_bytes, isleaf):

@@ -26,7 +26,8 @@ from ion.core.object.gpb.net.ooici.core.link.link_pb2 import CASRef
 from ion.core.object.gpb_wrapper import wrapper_class
 from ion.core.object.message_instance import ION_MESSAGE_TYPE, MessageInstance
 from ion.core.object.object_utils import get_gpb_class_from_type_id
-from ion.core.object.repository import Repository, type_key
+from ion.core.object.repository import Repository
+from ion.core.object.speedups import structure_from_parts, type_key
 
 _EVENT, _PAYLOAD = 0, 1  # which message a field is set on
 
@@ -89,7 +90,7 @@ class EventPlan:
         identity = key.encode()
         before, after = self.event_link
         ion_value = b"".join((self.identity_tag, wire.varint(len(identity)), identity, before, event_key, after))
-        content = wire.structure_from_parts(
+        content = structure_from_parts(
             (self.ion_element, type_key(ion_value, ion_bytes), ion_value),
             (self.payload_element, payload_key, payload_value),
             (self.event_element, event_key, event_value),
