@@ -3,14 +3,16 @@
 import hashlib
 
 import msgpack
+from google.protobuf.message import DecodeError
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from twisted.trial import unittest
 
 from ion.core.messaging import envelope
-from ion.core.object import codec, speedups
+from ion.core.object import codec, object_utils, speedups
 from ion.core.object.codec import CodecError, decode_content, encode_content
 from ion.core.object.gpb.net.ooici.core.container.container_pb2 import Structure
+from ion.core.object.gpb.net.ooici.core.message.ion_message_pb2 import IonMsg
 from ion.core.object.gpb.net.ooici.core.type.type_pb2 import GPBType
 from test import test_gpb_codec
 from test.test_gpb_codec import event_structure, fixed_event
@@ -20,14 +22,38 @@ EVENT = event_structure().SerializeToString()
 SETTINGS = settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
-def upb_rows(data):
+def plans():
+    """The codec's link plans once every type of the event is known to it (object id -> direct_link_fields)."""
+    decode_content(EVENT, codec.ION_R1_GPB)
+    return codec._link_plans
+
+
+def upb_rows(data, link_plans):
     """What canonical_elements must give for `data`, read through upb and hashlib."""
     rows = []
     for element in codec._elements(data):
-        key, object_id, version, isleaf, value, _ = element
+        key, object_id, version, isleaf, value, _, _ = element
         type_bytes = GPBType(object_id=object_id, version=version).SerializeToString()
-        rows.append((key, object_id, version, isleaf, value, hashlib.sha1(hashlib.sha1(value).digest() + type_bytes).digest() == key))
+        key_ok = hashlib.sha1(hashlib.sha1(value).digest() + type_bytes).digest() == key
+        links = None
+        if version == 1 and link_plans.get(object_id) is not None:
+            try:
+                message = object_utils.get_gpb_class_from_type_id(object_id).FromString(value)
+            except DecodeError:
+                links = NOT_PARSED  # the codec stops at the parse: what the links are does not matter
+            else:
+                links = tuple((link.key, link.type.object_id, link.type.version, link.isleaf)
+                              for link in object_utils.iter_links(message))
+        rows.append((key, object_id, version, isleaf, value, key_ok, links))
     return rows
+
+
+class _NotParsed:
+    def __eq__(self, other):
+        return True
+
+
+NOT_PARSED = _NotParsed()
 
 
 def outcome(data):
@@ -54,6 +80,17 @@ def mutated(draw, base=EVENT):
     return bytes(data)
 
 
+@st.composite
+def rekeyed(draw):
+    """The event with one element's value changed and its key made to match again: the link checks are reached."""
+    structure = event_structure()
+    element = draw(st.sampled_from([structure.head, *structure.items]))
+    element.value = draw(mutated(element.value))
+    type_bytes = element.type.SerializeToString()
+    element.key = hashlib.sha1(hashlib.sha1(element.value).digest() + type_bytes).digest()
+    return structure.SerializeToString()
+
+
 class TypeKeyTest(unittest.TestCase):
     skip = NOT_BUILT
 
@@ -76,14 +113,35 @@ class CanonicalElementsTest(unittest.TestCase):
 
     def test_reads_what_pack_writes(self):
         content, _ = encode_content(fixed_event())
-        rows = speedups.canonical_elements(content)
-        self.assertEqual(rows, upb_rows(content))
+        rows = speedups.canonical_elements(content, plans())
+        self.assertEqual(rows, upb_rows(content, plans()))
         self.assertTrue(all(row[5] for row in rows))
+        self.assertEqual([len(row[6]) for row in rows], [1, 0, 1])  # IonMsg -> EventMessage, payload, -> payload
+
+    def test_links_left_to_upb_for_types_without_a_plan(self):
+        rows = speedups.canonical_elements(EVENT, {})
+        self.assertEqual([row[6] for row in rows], [None, None, None])
+        self.assertEqual([row[:6] for row in rows], [row[:6] for row in upb_rows(EVENT, {})])
+
+    def test_links_upb_might_read_otherwise_left_to_upb(self):
+        structure = event_structure()
+        head = structure.head
+        tag = bytes((IonMsg.DESCRIPTOR.fields_by_name["message_object"].number << 3 | 2,))
+        link = IonMsg.FromString(head.value).message_object.SerializeToString()
+        without = head.value[:-len(link) - 2]
+        self.assertEqual(head.value, without + tag + bytes((len(link),)) + link)
+        twice = head.value + tag + bytes((len(link),)) + link  # not repeated: upb merges the two
+        unknown_in_link = without + tag + bytes((len(link) + 2,)) + link + b"\x20\x01"  # CASRef field 4
+        wrong_wire_type = without + bytes((tag[0] & ~7,)) + b"\x01"  # message_object as a varint
+        for value in (twice, unknown_in_link, wrong_wire_type, head.value + b"\x13"):  # 0x13: a group
+            head.value = value
+            rows = speedups.canonical_elements(structure.SerializeToString(), plans())
+            self.assertIsNone(rows[0][6], value)
 
     def test_flags_a_wrong_key_without_raising(self):
         structure = event_structure()
         structure.items[0].key = b"\x00" * 20
-        rows = speedups.canonical_elements(structure.SerializeToString())
+        rows = speedups.canonical_elements(structure.SerializeToString(), plans())
         self.assertEqual([row[5] for row in rows], [True, False, True])
 
     def test_other_layouts_left_to_upb(self):
@@ -92,18 +150,22 @@ class CanonicalElementsTest(unittest.TestCase):
         unknown_field = EVENT + b"\x18\x01"  # Structure field 3
         big_isleaf = EVENT.replace(b"\x18\x01\x22", b"\x18\x02\x22", 1)  # an element's isleaf, then its value
         for data in (b"", head_last, unknown_field, big_isleaf, EVENT[:-1]):
-            self.assertIsNone(speedups.canonical_elements(data), data)
-            self.assertIsNone(speedups.python_canonical_elements(data))
+            self.assertIsNone(speedups.canonical_elements(data, plans()), data)
+            self.assertIsNone(speedups.python_canonical_elements(data, plans()))
 
     @SETTINGS
-    @given(mutated())
+    @given(st.one_of(mutated(), rekeyed()))
     def test_same_rows_as_upb_whenever_it_answers(self, data):
-        rows = speedups.canonical_elements(data)
+        rows = speedups.canonical_elements(data, plans())
         if rows is not None:
-            self.assertEqual(rows, upb_rows(data))
+            expected = upb_rows(data, plans())
+            self.assertEqual([row[:6] for row in rows], [row[:6] for row in expected])
+            for row, upb in zip(rows, expected):  # links: upb's, or None (left to upb)
+                if row[6] is not None:
+                    self.assertEqual(row[6], upb[6])
 
     @SETTINGS
-    @given(mutated())
+    @given(st.one_of(mutated(), rekeyed()))
     def test_codec_gives_the_same_outcome_either_way(self, data):
         compiled = outcome(data)
         self.patch(codec, "canonical_elements", speedups.python_canonical_elements)

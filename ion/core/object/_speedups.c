@@ -3,9 +3,11 @@
  * Python equivalent in ion/core/object/speedups.py, used when this module was not built.
  *
  *   type_key(value, type_bytes)      R1's content key: sha1(sha1(value) + type_bytes), 20 bytes.
- *   canonical_elements(data)         the elements of a Structure laid out as the codec writes it,
- *                                    their keys checked; None for any other layout (the caller then
- *                                    reads it through upb, which gives the same values for this one).
+ *   canonical_elements(data, link_plans)
+ *                                    the elements of a Structure laid out as the codec writes it,
+ *                                    their keys checked and their links read; None for any other
+ *                                    layout (the caller then reads it through upb, which gives the
+ *                                    same values for this one).
  *   text_headers(raw, names)         a received msgpack header map with its names and UTF-8 texts
  *                                    as str; None for anything else (the caller's general path).
  *   structure_from_parts(head, *items)  a Structure's bytes, each element given as ((before, middle),
@@ -129,30 +131,143 @@ put_varint(unsigned long long n, unsigned char *out)
     return size;
 }
 
+/* What a StructureElement and a CASRef begin with: key (1), type (2: object_id 1, version 2), isleaf (3). */
+typedef struct {
+    Reader key;
+    unsigned long long object_id, version, isleaf;
+} Ref;
+
+/* Those three fields, each once, in that order, canonical (isleaf 0 or 1, ids int32 >= 0); 0 otherwise. */
+static int
+read_ref(Reader *r, Ref *ref)
+{
+    Reader type;
+    unsigned long long unused;
+    return read_field(r, 1, WIRE_LENGTH, &unused, &ref->key)
+        && read_field(r, 2, WIRE_LENGTH, &unused, &type)
+        && read_field(r, 3, WIRE_VARINT, &ref->isleaf, NULL)
+        && ref->isleaf <= 1
+        && read_field(&type, 1, WIRE_VARINT, &ref->object_id, NULL)
+        && read_field(&type, 2, WIRE_VARINT, &ref->version, NULL)
+        && type.at == type.end && ref->object_id <= 0x7FFFFFFF && ref->version <= 0x7FFFFFFF;
+}
+
+/* Past one field of any wire type but groups; 0 for a group or a field cut short. */
+static int
+skip_field(Reader *r, unsigned long long tag)
+{
+    unsigned long long size;
+    switch (tag & 7) {
+    case 0:
+        return read_varint(r, &size);
+    case 1:
+        size = 8;
+        break;
+    case 5:
+        size = 4;
+        break;
+    case WIRE_LENGTH:
+        if (!read_varint(r, &size))
+            return 0;
+        break;
+    default:
+        return 0;
+    }
+    if (size > (unsigned long long)(r->end - r->at))
+        return 0;
+    r->at += size;
+    return 1;
+}
+
 /*
- * One StructureElement: key (1), type (2: object_id 1, version 2), isleaf (3), value (4), each
- * once, in that order, nothing else.  Appends (key, object_id, version, isleaf, value, key_ok) to
- * `rows`; 0 for any other layout, -1 with an exception set.
+ * The links of an element's value whose type has links only in its own fields `plan`: a tuple of
+ * (field number, repeated) in the order iter_links gives them.  A tuple of (key, object_id, version,
+ * isleaf), field by field in plan order, each field's in wire order; Py_None (new references both)
+ * when upb might read them otherwise: a link field twice that is not repeated, a field of the wrong
+ * wire type, a CASRef not canonical, the value not well formed.  NULL with an exception set.
+ */
+static PyObject *
+read_links(const Reader *value, PyObject *plan)
+{
+    PyObject *links = PyList_New(0), *result;
+    for (Py_ssize_t i = 0; links != NULL && i < PyTuple_GET_SIZE(plan); i++) {
+        PyObject *entry = PyTuple_GET_ITEM(plan, i);
+        unsigned long field_number;
+        int repeated, found = 0;
+        Reader r = *value;
+        if (!PyTuple_Check(entry) || PyTuple_GET_SIZE(entry) != 2) {
+            PyErr_SetString(PyExc_TypeError, "a link plan is a tuple of (field number, repeated)");
+            Py_CLEAR(links);
+            break;
+        }
+        field_number = PyLong_AsUnsignedLong(PyTuple_GET_ITEM(entry, 0));
+        repeated = PyObject_IsTrue(PyTuple_GET_ITEM(entry, 1));
+        if (PyErr_Occurred() || repeated < 0) {
+            Py_CLEAR(links);
+            break;
+        }
+        while (r.at < r.end) {
+            unsigned long long tag, size;
+            Reader casref;
+            Ref ref;
+            PyObject *link;
+            if (!read_varint(&r, &tag))
+                goto unreadable;
+            if (tag >> 3 != field_number) {
+                if (!skip_field(&r, tag))
+                    goto unreadable;
+                continue;
+            }
+            if ((tag & 7) != WIRE_LENGTH || (found++ && !repeated) || !read_varint(&r, &size)
+                    || size > (unsigned long long)(r.end - r.at))
+                goto unreadable;
+            casref.at = r.at;
+            casref.end = r.at + size;
+            r.at += size;
+            if (!read_ref(&casref, &ref) || casref.at != casref.end)
+                goto unreadable;
+            link = Py_BuildValue("(y#kkO)", (const char *)ref.key.at, (Py_ssize_t)(ref.key.end - ref.key.at),
+                                 (unsigned long)ref.object_id, (unsigned long)ref.version, ref.isleaf ? Py_True : Py_False);
+            if (link == NULL || PyList_Append(links, link) < 0) {
+                Py_XDECREF(link);
+                Py_CLEAR(links);
+                break;
+            }
+            Py_DECREF(link);
+        }
+    }
+    if (links == NULL)
+        return NULL;
+    result = PyList_AsTuple(links);
+    Py_DECREF(links);
+    return result;
+unreadable:
+    Py_DECREF(links);
+    Py_RETURN_NONE;
+}
+
+/*
+ * One StructureElement: key (1), type (2), isleaf (3), value (4), each once, in that order, nothing
+ * else.  Appends (key, object_id, version, isleaf, value, key_ok, links) to `rows`, links as
+ * read_links gives them for a version 1 type in `link_plans`, else None; 0 for any other layout,
+ * -1 with an exception set.
  */
 static int
-read_element(Reader *element, PyObject *rows)
+read_element(Reader *element, PyObject *link_plans, PyObject *rows)
 {
-    Reader key, type, value;
+    Ref ref;
+    Reader value;
     unsigned long long object_id, version, isleaf, unused;
     unsigned char type_bytes[12], expected[KEY_SIZE];
     size_t type_len;
     int key_ok;
-    PyObject *row;
+    PyObject *row, *plan = NULL, *links;
 
-    if (!read_field(element, 1, WIRE_LENGTH, &unused, &key)
-            || !read_field(element, 2, WIRE_LENGTH, &unused, &type)
-            || !read_field(element, 3, WIRE_VARINT, &isleaf, NULL)
-            || !read_field(element, 4, WIRE_LENGTH, &unused, &value)
-            || element->at != element->end || isleaf > 1
-            || !read_field(&type, 1, WIRE_VARINT, &object_id, NULL)
-            || !read_field(&type, 2, WIRE_VARINT, &version, NULL)
-            || type.at != type.end || object_id > 0x7FFFFFFF || version > 0x7FFFFFFF)
+    if (!read_ref(element, &ref) || !read_field(element, 4, WIRE_LENGTH, &unused, &value) || element->at != element->end)
         return 0;
+    object_id = ref.object_id;
+    version = ref.version;
+    isleaf = ref.isleaf;
     /* The key covers the type as serialized (canonical varints), whatever the sender's varints were. */
     type_bytes[0] = 0x08;
     type_len = 1 + put_varint(object_id, type_bytes + 1);
@@ -162,10 +277,24 @@ read_element(Reader *element, PyObject *rows)
         digest_failed();
         return -1;
     }
-    key_ok = key.end - key.at == KEY_SIZE && memcmp(expected, key.at, KEY_SIZE) == 0;
-    row = Py_BuildValue("(y#kkOy#O)", (const char *)key.at, (Py_ssize_t)(key.end - key.at),
+    key_ok = ref.key.end - ref.key.at == KEY_SIZE && memcmp(expected, ref.key.at, KEY_SIZE) == 0;
+    if (version == 1) {
+        PyObject *id = PyLong_FromUnsignedLongLong(object_id);
+        if (id == NULL)
+            return -1;
+        plan = PyDict_GetItemWithError(link_plans, id);   /* borrowed */
+        Py_DECREF(id);
+        if (plan == NULL && PyErr_Occurred())
+            return -1;
+    }
+    if (plan == NULL || !PyTuple_Check(plan)) {
+        links = Py_NewRef(Py_None);
+    } else if ((links = read_links(&value, plan)) == NULL) {
+        return -1;
+    }
+    row = Py_BuildValue("(y#kkOy#ON)", (const char *)ref.key.at, (Py_ssize_t)(ref.key.end - ref.key.at),
                         (unsigned long)object_id, (unsigned long)version, isleaf ? Py_True : Py_False,
-                        (const char *)value.at, (Py_ssize_t)(value.end - value.at), key_ok ? Py_True : Py_False);
+                        (const char *)value.at, (Py_ssize_t)(value.end - value.at), key_ok ? Py_True : Py_False, links);
     if (row == NULL)
         return -1;
     key_ok = PyList_Append(rows, row);
@@ -174,8 +303,9 @@ read_element(Reader *element, PyObject *rows)
 }
 
 static PyObject *
-canonical_elements(PyObject *module, PyObject *data)
+canonical_elements(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
+    PyObject *data, *link_plans;
     Py_buffer buffer;
     Reader structure, element;
     unsigned long long unused;
@@ -183,6 +313,14 @@ canonical_elements(PyObject *module, PyObject *data)
     PyObject *rows;
     int read = 1;
 
+    if (nargs != 2)
+        return wrong_arguments("canonical_elements");
+    data = args[0];
+    link_plans = args[1];
+    if (!PyDict_Check(link_plans)) {
+        PyErr_SetString(PyExc_TypeError, "canonical_elements takes a dict of link plans");
+        return NULL;
+    }
     if (PyObject_GetBuffer(data, &buffer, PyBUF_SIMPLE) < 0)
         return NULL;
     rows = PyList_New(0);
@@ -191,7 +329,7 @@ canonical_elements(PyObject *module, PyObject *data)
     while (rows != NULL && read == 1 && (field_number == 1 || structure.at < structure.end)) {
         read = read_field(&structure, field_number, WIRE_LENGTH, &unused, &element);
         if (read)
-            read = read_element(&element, rows);
+            read = read_element(&element, link_plans, rows);
         field_number = 2;
     }
     PyBuffer_Release(&buffer);
@@ -336,9 +474,9 @@ structure_from_parts(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 static PyMethodDef methods[] = {
     {"type_key", (PyCFunction)(void (*)(void))type_key, METH_FASTCALL,
      "type_key(value, type_bytes): R1's content key, sha1(sha1(value) + type_bytes)."},
-    {"canonical_elements", canonical_elements, METH_O,
-     "canonical_elements(data): [(key, object_id, version, isleaf, value, key_ok)] of a Structure in the "
-     "codec's layout, or None."},
+    {"canonical_elements", (PyCFunction)(void (*)(void))canonical_elements, METH_FASTCALL,
+     "canonical_elements(data, link_plans): [(key, object_id, version, isleaf, value, key_ok, links)] of a "
+     "Structure in the codec's layout, or None."},
     {"text_headers", (PyCFunction)(void (*)(void))text_headers, METH_FASTCALL,
      "text_headers(raw, names): the header map with names and UTF-8 texts as str, or None."},
     {"structure_from_parts", (PyCFunction)(void (*)(void))structure_from_parts, METH_FASTCALL,

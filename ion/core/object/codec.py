@@ -83,35 +83,36 @@ def unpack(data):
     """
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise CodecError("'%s' content must be bytes, not %s" % (ION_R1_GPB, type(data).__name__))
-    elements = canonical_elements(data)
+    elements = canonical_elements(data, _link_plans)
     if elements is None:  # not the layout pack() writes, or not compiled: upb reads it
         elements = _elements(data)
     last = len(elements)
     messages = {}  # key -> protobuf message: what the repository will hold
-    facts = {}  # key -> (its _Kind, isleaf, rank: items by position, the head above them all)
+    facts = {}  # key -> (its _Kind, isleaf, rank: items by position, the head above them all, links or None)
     kinds = _kinds
-    for position, (key, object_id, version, isleaf, value, key_ok) in enumerate(elements):
+    for position, (key, object_id, version, isleaf, value, key_ok, links) in enumerate(elements):
         kind = kinds.get(object_id)  # _parse's checks, a known type's kind looked up here
         if kind is None or version != 1:
             kind = _kind_checked(key, object_id, version)
         messages[key] = _message_of(key, kind, value, key_ok)
-        facts[key] = kind, isleaf, position or last
+        facts[key] = kind, isleaf, position or last, links
     ordered = len(facts) == last
     linked = set()
-    for (key, message), (kind, isleaf, rank) in zip(messages.items(), facts.values()):
-        links = () if kind.links is None else kind.links(message)
-        for link in links:
-            target_key = link.key
+    for (key, message), (kind, isleaf, rank, links) in zip(messages.items(), facts.values()):
+        if links is None:  # not read by canonical_elements: read from the object
+            links = () if kind.links is None else [
+                (link.key, link.type.object_id, link.type.version, link.isleaf) for link in kind.links(message)]
+        for target_key, object_id, version, link_isleaf in links:
             target = facts.get(target_key)
             if target is None:
                 raise CodecError("element %s links to %s, which is not in the content" % (key.hex(), target_key.hex()))
-            link_type, target_type = link.type, target[0].type_id
-            if link_type.object_id != target_type.object_id or link_type.version != target_type.version:
+            target_type = target[0].type_id
+            if object_id != target_type.object_id or version != target_type.version:
                 raise CodecError(
                     "element %s links to %s as type %d but it is type %d"
-                    % (key.hex(), target_key.hex(), link_type.object_id, target_type.object_id)
+                    % (key.hex(), target_key.hex(), object_id, target_type.object_id)
                 )
-            if link.isleaf != target[1]:
+            if link_isleaf != target[1]:
                 raise CodecError("element %s: link to %s has the wrong isleaf flag" % (key.hex(), target_key.hex()))
             ordered = ordered and target[2] < rank
             linked.add(target_key)
@@ -137,6 +138,7 @@ class _Kind(NamedTuple):
 
 
 _kinds = {}  # object id -> _Kind of its registered (version 1) type
+_link_plans = {}  # object id -> its type's direct_link_fields, for canonical_elements to read the links
 
 
 def _kind_of(object_id, version):
@@ -151,6 +153,7 @@ def _kind_of(object_id, version):
     kind = _kinds[type_id.object_id] = _Kind(
         message_class, wrapper_class(message_class), type_id, object_utils.link_reader(message_class)
     )
+    _link_plans[type_id.object_id] = object_utils.direct_link_fields(message_class)
     return kind
 
 
@@ -165,12 +168,12 @@ def _kind_checked(key, object_id, version):
 
 
 def _elements(data):
-    """canonical_elements' rows read through upb, for any layout; key_ok None: not checked yet."""
+    """canonical_elements' rows read through upb, for any layout; key_ok and links None: not read yet."""
     try:
         structure = Structure.FromString(data)
     except DecodeError as e:
         raise CodecError("content is not a valid Structure: %s" % e) from None
-    return [(element.key, element.type.object_id, element.type.version, element.isleaf, element.value, None)
+    return [(element.key, element.type.object_id, element.type.version, element.isleaf, element.value, None, None)
             for element in (structure.head, *structure.items)]
 
 

@@ -150,6 +150,19 @@ _CLASSES = _build_registry(gpb.MODULES)
 
 
 @functools.cache
+def direct_link_fields(message_class):
+    """
+    ((field number, repeated), ...) of the links a message of this class holds in its own fields, in
+    iter_links' order; () when it cannot hold any; None when some sit in nested messages.
+    """
+    plan = _link_plan(message_class.DESCRIPTOR)
+    if any(sub is not None for _name, _repeated, sub in plan):
+        return None
+    fields = message_class.DESCRIPTOR.fields_by_name
+    return tuple((fields[name].number, repeated) for name, repeated, _sub in plan)
+
+
+@functools.cache
 def link_reader(message_class):
     """
     A function giving the set CASRefs of a message of this class (a sequence, iter_links' order), or None

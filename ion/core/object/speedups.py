@@ -7,10 +7,14 @@ of the client's CPU per event (issue 11).  Both versions give the same answers, 
 test_speedups checks that they do (the python_* functions are the Python versions, whichever is in use):
 
   type_key(value, type_bytes)   R1's content key, sha1(sha1(value) + type_bytes).
-  canonical_elements(data)      [(key, object_id, version, isleaf, value, key_ok)] of a Structure laid out
-                                as the codec writes it (key_ok: the key matches the value and its type
-                                {object_id, version}), or None: the codec then reads it through upb.  The
-                                Python version always answers None.
+  canonical_elements(data, link_plans)
+                                [(key, object_id, version, isleaf, value, key_ok, links)] of a Structure laid
+                                out as the codec writes it, or None: the codec then reads it through upb.
+                                key_ok: the key matches the value and its type {object_id, version}.  links:
+                                ((key, object_id, version, isleaf), ...) of the CASRefs in the value, for a
+                                version 1 type whose link_plans entry (object id -> direct_link_fields) is a
+                                tuple and a value that upb would read the same way; else None (the codec
+                                reads them from the parsed object).  The Python version always answers None.
   text_headers(raw, names)      a msgpack header map (bytes names, `content` taken out) with each name
                                 looked up in `names` and each value UTF-8 text made str (None, ints,
                                 bools and floats as they are), or None if any name or value is other than
@@ -30,7 +34,7 @@ def python_type_key(value, type_bytes):
     return sha1(sha1(value).digest() + type_bytes).digest()
 
 
-def python_canonical_elements(data):
+def python_canonical_elements(data, link_plans):
     return None
 
 
