@@ -15,10 +15,22 @@ from ion.core.object.gpb.net.ooici.core.container.container_pb2 import Structure
 from ion.core.object.gpb.net.ooici.core.message.ion_message_pb2 import IonMsg
 from ion.core.object.gpb.net.ooici.core.type.type_pb2 import GPBType
 from test import test_gpb_codec
-from test.test_gpb_codec import event_structure, fixed_event
+from ion.core.object.gpb.net.ooici.services.dm.event_pb2 import ResourceLifecycleEventMessage
+from test.test_gpb_codec import element, event_structure, fixed_event
 
 NOT_BUILT = None if speedups.COMPILED else "ion.core.object._speedups was not built (no C compiler or OpenSSL headers)"
-EVENT = event_structure().SerializeToString()
+
+
+def packed_event_structure():
+    """event_structure() laid out as pack() does: each element after those it links to (the head first)."""
+    structure = event_structure()
+    event, payload = structure.items
+    del structure.items[:]
+    structure.items.extend([payload, event])
+    return structure
+
+
+EVENT = packed_event_structure().SerializeToString()
 SETTINGS = settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
@@ -83,7 +95,7 @@ def mutated(draw, base=EVENT):
 @st.composite
 def rekeyed(draw):
     """The event with one element's value changed and its key made to match again: the link checks are reached."""
-    structure = event_structure()
+    structure = packed_event_structure()
     element = draw(st.sampled_from([structure.head, *structure.items]))
     element.value = draw(mutated(element.value))
     type_bytes = element.type.SerializeToString()
@@ -113,13 +125,35 @@ class CanonicalElementsTest(unittest.TestCase):
 
     def test_reads_what_pack_writes(self):
         content, _ = encode_content(fixed_event())
-        rows = speedups.canonical_elements(content, plans())
+        rows, verified = speedups.canonical_elements(content, plans())
         self.assertEqual(rows, upb_rows(content, plans()))
         self.assertTrue(all(row[5] for row in rows))
         self.assertEqual([len(row[6]) for row in rows], [1, 0, 1])  # IonMsg -> EventMessage, payload, -> payload
+        self.assertIs(verified, True)
+
+    def test_links_not_verified_when_any_check_fails(self):
+        self.assertIs(speedups.canonical_elements(EVENT, plans())[1], True)
+        unlinked = element(ResourceLifecycleEventMessage(state=1), 2323, True)
+
+        def variant(change):
+            structure = packed_event_structure()
+            change(structure)
+            return structure.SerializeToString()
+
+        cases = {
+            "no such target": variant(lambda s: setattr(s.items[0], "key", b"\x00" * 20)),
+            "a leaf with links": variant(lambda s: setattr(s.items[1], "isleaf", True)),
+            "an element nothing links to": variant(lambda s: s.items.add().CopyFrom(unlinked)),
+            "a key twice": variant(lambda s: s.items.add().CopyFrom(s.items[0])),
+            "laid out after its parent": event_structure().SerializeToString(),  # the payload after the EventMessage
+        }
+        for name, data in cases.items():
+            rows, verified = speedups.canonical_elements(data, plans())
+            self.assertIs(verified, False, name)
+        self.assertIs(speedups.canonical_elements(EVENT, {})[1], False)  # links not read
 
     def test_links_left_to_upb_for_types_without_a_plan(self):
-        rows = speedups.canonical_elements(EVENT, {})
+        rows, _ = speedups.canonical_elements(EVENT, {})
         self.assertEqual([row[6] for row in rows], [None, None, None])
         self.assertEqual([row[:6] for row in rows], [row[:6] for row in upb_rows(EVENT, {})])
 
@@ -135,13 +169,14 @@ class CanonicalElementsTest(unittest.TestCase):
         wrong_wire_type = without + bytes((tag[0] & ~7,)) + b"\x01"  # message_object as a varint
         for value in (twice, unknown_in_link, wrong_wire_type, head.value + b"\x13"):  # 0x13: a group
             head.value = value
-            rows = speedups.canonical_elements(structure.SerializeToString(), plans())
+            rows, verified = speedups.canonical_elements(structure.SerializeToString(), plans())
             self.assertIsNone(rows[0][6], value)
+            self.assertIs(verified, False)
 
     def test_flags_a_wrong_key_without_raising(self):
         structure = event_structure()
         structure.items[0].key = b"\x00" * 20
-        rows = speedups.canonical_elements(structure.SerializeToString(), plans())
+        rows, _ = speedups.canonical_elements(structure.SerializeToString(), plans())
         self.assertEqual([row[5] for row in rows], [True, False, True])
 
     def test_other_layouts_left_to_upb(self):
@@ -156,9 +191,9 @@ class CanonicalElementsTest(unittest.TestCase):
     @SETTINGS
     @given(st.one_of(mutated(), rekeyed()))
     def test_same_rows_as_upb_whenever_it_answers(self, data):
-        rows = speedups.canonical_elements(data, plans())
-        if rows is not None:
-            expected = upb_rows(data, plans())
+        read = speedups.canonical_elements(data, plans())
+        if read is not None:
+            rows, expected = read[0], upb_rows(data, plans())
             self.assertEqual([row[:6] for row in rows], [row[:6] for row in expected])
             for row, upb in zip(rows, expected):  # links: upb's, or None (left to upb)
                 if row[6] is not None:

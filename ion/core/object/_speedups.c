@@ -5,9 +5,9 @@
  *   type_key(value, type_bytes)      R1's content key: sha1(sha1(value) + type_bytes), 20 bytes.
  *   canonical_elements(data, link_plans)
  *                                    the elements of a Structure laid out as the codec writes it,
- *                                    their keys checked and their links read; None for any other
- *                                    layout (the caller then reads it through upb, which gives the
- *                                    same values for this one).
+ *                                    their keys checked, their links read and checked; None for
+ *                                    any other layout (the caller then reads it through upb, which
+ *                                    gives the same values for this one).
  *   text_headers(raw, names)         a received msgpack header map with its names and UTF-8 texts
  *                                    as str; None for anything else (the caller's general path).
  *   structure_from_parts(head, *items)  a Structure's bytes, each element given as ((before, middle),
@@ -302,6 +302,65 @@ read_element(Reader *element, PyObject *link_plans, PyObject *rows)
     return key_ok < 0 ? -1 : 1;
 }
 
+/*
+ * Whether the rows' links pass every check the codec makes of them (codec._check_links), in the
+ * order pack() lays elements out: every link read, no key twice, each link's target present with
+ * the link's type and isleaf and laid out before the element linking to it (the head after all),
+ * an element a leaf exactly when it has no links, every element but the head linked to.  1 yes,
+ * 0 no (the codec then checks in Python, and names what is wrong), -1 with an exception set.
+ */
+static int
+links_verified(PyObject *rows)
+{
+    Py_ssize_t count = PyList_GET_SIZE(rows), linked = 0;
+    PyObject *positions = PyDict_New();
+    char *reached = PyMem_Calloc(count ? count : 1, 1);
+    int verified = positions != NULL && reached != NULL;
+
+    for (Py_ssize_t i = 0; verified == 1 && i < count; i++) {
+        PyObject *position = PyLong_FromSsize_t(i), *key = PyTuple_GET_ITEM(PyList_GET_ITEM(rows, i), 0);
+        int known = position == NULL ? -1 : PyDict_Contains(positions, key);
+        if (known == 0 && PyDict_SetItem(positions, key, position) < 0)
+            known = -1;
+        Py_XDECREF(position);
+        verified = known == 0 ? 1 : known == 1 ? 0 : -1;
+    }
+    for (Py_ssize_t i = 0; verified == 1 && i < count; i++) {
+        PyObject *row = PyList_GET_ITEM(rows, i), *links = PyTuple_GET_ITEM(row, 6);
+        Py_ssize_t rank = i ? i : count;
+        if (links == Py_None || (PyTuple_GET_ITEM(row, 3) == Py_True) != (PyTuple_GET_SIZE(links) == 0)) {
+            verified = 0;
+            break;
+        }
+        for (Py_ssize_t l = 0; verified == 1 && l < PyTuple_GET_SIZE(links); l++) {
+            PyObject *link = PyTuple_GET_ITEM(links, l), *position, *target;
+            Py_ssize_t j;
+            position = PyDict_GetItemWithError(positions, PyTuple_GET_ITEM(link, 0));
+            if (position == NULL) {
+                verified = PyErr_Occurred() ? -1 : 0;
+                break;
+            }
+            j = PyLong_AsSsize_t(position);
+            target = PyList_GET_ITEM(rows, j);
+            for (int field = 1; verified == 1 && field <= 2; field++)   /* object_id, version */
+                verified = PyObject_RichCompareBool(PyTuple_GET_ITEM(link, field), PyTuple_GET_ITEM(target, field), Py_EQ);
+            if (verified == 1 && (PyTuple_GET_ITEM(link, 3) != PyTuple_GET_ITEM(target, 3) || (j ? j : count) >= rank))
+                verified = 0;
+            if (verified == 1 && !reached[j]) {
+                reached[j] = 1;
+                linked++;
+            }
+        }
+    }
+    if (verified == 1 && linked != count - 1)
+        verified = 0;
+    Py_XDECREF(positions);
+    PyMem_Free(reached);
+    if (verified == 1 && (positions == NULL || reached == NULL))
+        verified = -1;
+    return verified;
+}
+
 static PyObject *
 canonical_elements(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -341,7 +400,12 @@ canonical_elements(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         Py_DECREF(rows);
         Py_RETURN_NONE;
     }
-    return rows;
+    read = links_verified(rows);
+    if (read < 0) {
+        Py_DECREF(rows);
+        return NULL;
+    }
+    return Py_BuildValue("(NO)", rows, read ? Py_True : Py_False);
 }
 
 /* --- text_headers ------------------------------------------------------------------------ */
@@ -475,8 +539,8 @@ static PyMethodDef methods[] = {
     {"type_key", (PyCFunction)(void (*)(void))type_key, METH_FASTCALL,
      "type_key(value, type_bytes): R1's content key, sha1(sha1(value) + type_bytes)."},
     {"canonical_elements", (PyCFunction)(void (*)(void))canonical_elements, METH_FASTCALL,
-     "canonical_elements(data, link_plans): [(key, object_id, version, isleaf, value, key_ok, links)] of a "
-     "Structure in the codec's layout, or None."},
+     "canonical_elements(data, link_plans): ([(key, object_id, version, isleaf, value, key_ok, links)], "
+     "links_verified) of a Structure in the codec's layout, or None."},
     {"text_headers", (PyCFunction)(void (*)(void))text_headers, METH_FASTCALL,
      "text_headers(raw, names): the header map with names and UTF-8 texts as str, or None."},
     {"structure_from_parts", (PyCFunction)(void (*)(void))structure_from_parts, METH_FASTCALL,

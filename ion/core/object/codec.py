@@ -83,9 +83,11 @@ def unpack(data):
     """
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise CodecError("'%s' content must be bytes, not %s" % (ION_R1_GPB, type(data).__name__))
-    elements = canonical_elements(data, _link_plans)
-    if elements is None:  # not the layout pack() writes, or not compiled: upb reads it
-        elements = _elements(data)
+    read = canonical_elements(data, _link_plans)
+    if read is None:  # not the layout pack() writes, or not compiled: upb reads it
+        elements, links_verified = _elements(data), False
+    else:
+        elements, links_verified = read
     last = len(elements)
     messages = {}  # key -> protobuf message: what the repository will hold
     facts = {}  # key -> (its _Kind, isleaf, rank: items by position, the head above them all, links or None)
@@ -96,6 +98,21 @@ def unpack(data):
             kind = _kind_checked(key, object_id, version)
         messages[key] = _message_of(key, kind, value, key_ok)
         facts[key] = kind, isleaf, position or last, links
+    head_key = elements[0][0]
+    if not links_verified:
+        _check_links(messages, facts, head_key, last)
+    if facts[head_key][0].type_id.object_id != ION_MESSAGE_TYPE.object_id:  # every type here is version 1
+        return checked_repository(messages, head_key)
+    content = facts.get(messages[head_key].message_object.key)  # None: the IonMsg holds no content
+    content_class = content[0].wrapper if content is not None else None
+    return MessageInstance.later(content_class, functools.partial(checked_repository, messages, head_key))
+
+
+def _check_links(messages, facts, head_key, last):
+    """
+    Every link's target present with the link's type and isleaf, isleaf flags true, the links a DAG
+    from the head that reaches every element (`last`: how many the content had, the same key twice counted).
+    """
     ordered = len(facts) == last
     linked = set()
     for (key, message), (kind, isleaf, rank, links) in zip(messages.items(), facts.values()):
@@ -118,14 +135,8 @@ def unpack(data):
             linked.add(target_key)
         if isleaf != (not links):
             raise CodecError("element %s: isleaf is %s but it has %d links" % (key.hex(), isleaf, len(links)))
-    head_key = elements[0][0]
     if not ordered or len(linked) != last - 1:
         _check_graph(head_key, {key: [link.key for link in iter_links(message)] for key, message in messages.items()})
-    if facts[head_key][0].type_id.object_id != ION_MESSAGE_TYPE.object_id:  # every type here is version 1
-        return checked_repository(messages, head_key)
-    content = facts.get(messages[head_key].message_object.key)  # None: the IonMsg holds no content
-    content_class = content[0].wrapper if content is not None else None
-    return MessageInstance.later(content_class, functools.partial(checked_repository, messages, head_key))
 
 
 class _Kind(NamedTuple):

@@ -8,13 +8,16 @@ test_speedups checks that they do (the python_* functions are the Python version
 
   type_key(value, type_bytes)   R1's content key, sha1(sha1(value) + type_bytes).
   canonical_elements(data, link_plans)
-                                [(key, object_id, version, isleaf, value, key_ok, links)] of a Structure laid
-                                out as the codec writes it, or None: the codec then reads it through upb.
-                                key_ok: the key matches the value and its type {object_id, version}.  links:
-                                ((key, object_id, version, isleaf), ...) of the CASRefs in the value, for a
-                                version 1 type whose link_plans entry (object id -> direct_link_fields) is a
-                                tuple and a value that upb would read the same way; else None (the codec
-                                reads them from the parsed object).  The Python version always answers None.
+                                (rows, links_verified) of a Structure laid out as the codec writes it, or
+                                None: the codec then reads it through upb.  A row per element: (key,
+                                object_id, version, isleaf, value, key_ok, links).  key_ok: the key matches
+                                the value and its type {object_id, version}.  links: ((key, object_id,
+                                version, isleaf), ...) of the CASRefs in the value, for a version 1 type whose
+                                link_plans entry (object id -> direct_link_fields) is a tuple and a value that
+                                upb would read the same way; else None (the codec reads them from the parsed
+                                object).  links_verified: every link was read and passes codec._check_links
+                                without a graph walk (False: the codec checks them itself and names what is
+                                wrong).  The Python version always answers None.
   text_headers(raw, names)      a msgpack header map (bytes names, `content` taken out) with each name
                                 looked up in `names` and each value UTF-8 text made str (None, ints,
                                 bools and floats as they are), or None if any name or value is other than

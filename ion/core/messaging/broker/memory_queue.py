@@ -43,6 +43,15 @@ def copy_properties(properties):
     return copied
 
 
+def _consumer_copy(stored):
+    """copy_properties of properties the broker stored (copied already, so without None values): a plain copy."""
+    copied = stored.copy()
+    headers = copied.get("headers")
+    if headers is not None:
+        copied["headers"] = dict(headers)
+    return copied
+
+
 def dead_letter_properties(queue, message, reason):
     """A copy of the message's properties with RabbitMQ's x-death headers for leaving `queue`."""
     properties = copy_properties(message.properties)
@@ -239,7 +248,7 @@ class Delivery:
 
     def __init__(self, message, delivery_tag=None, consumer=None, headers=None):
         self.body = message.body
-        self.properties = copy_properties(message.properties)  # the consumer's own
+        self.properties = _consumer_copy(message.properties)  # the consumer's own
         if headers:
             self.properties["headers"] = dict(self.properties.get("headers") or {}, **headers)
         self.exchange = message.exchange
