@@ -32,7 +32,8 @@ setup(
     data_files=resource_files(),
     # The wire format's hot loops in C (ion/core/object/speedups.py); optional: without a compiler or
     # OpenSSL's headers the install goes on and the same work is done in Python, more slowly.
-    ext_modules=[Extension("ion.core.object._speedups", ["ion/core/object/_speedups.c"], libraries=["crypto"],
+    # A top-level module: found wherever pip put it, also when `ion` is imported from this checkout.
+    ext_modules=[Extension("_ioncore_speedups", ["ion/core/object/_speedups.c"], libraries=["crypto"],
                            extra_compile_args=["-O2"], optional=True)],
     install_requires=[
         "twisted>=24.3",

@@ -1,5 +1,6 @@
 """
-Installing the project: `twistd --help` lists `cc` after `pip install -e .` and after `pip install .`.
+Installing the project: `twistd --help` lists `cc` after `pip install -e .` and after `pip install .`, and the
+wire format's compiled speedups are built (where this machine can build them) and found.
 
 Each test installs this checkout into a throwaway venv, offline (--no-index, --no-deps,
 --no-build-isolation), on top of the packages of the venv running the tests.  Those are seen
@@ -17,6 +18,8 @@ from twisted.internet import defer
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial import unittest
 
+from ion.core.object import speedups
+
 CHECKOUT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OWN = {"ion", "twisted"}  # this project's installed package, and twisted (rebuilt without plugins/cc.py)
 PRINT_CC = (
@@ -33,7 +36,7 @@ def _site_without_project(site, into):
     """A directory of symlinks to everything in `site` but this project's installed files."""
     os.makedirs(into)
     for name in os.listdir(site):
-        if name in OWN or name.startswith(("ioncore_python", "__editable__")) or name.endswith(".pth"):
+        if name in OWN or name.startswith(("ioncore_python", "__editable__", "_ioncore_speedups")) or name.endswith(".pth"):
             continue
         os.symlink(os.path.join(site, name), os.path.join(into, name))
     twisted_dir = os.path.join(site, "twisted")
@@ -58,10 +61,10 @@ class InstallTest(unittest.TestCase):
         os.makedirs(self.empty)
 
     @defer.inlineCallbacks
-    def run_in(self, python, *args):
+    def run_in(self, python, *args, cwd=None):
         env = {"PATH": os.environ.get("PATH", ""), "HOME": self.work, "PIP_DISABLE_PIP_VERSION_CHECK": "1",
                "PIP_NO_INDEX": "1"}
-        out, err, code = yield getProcessOutputAndValue(python, args, env=env, path=self.empty)
+        out, err, code = yield getProcessOutputAndValue(python, args, env=env, path=cwd or self.empty)
         text = (out + err).decode("utf-8", "replace")
         if code:
             self.fail("%s %s exited %s:\n%s" % (python, " ".join(args), code, text[-3000:]))
@@ -87,6 +90,11 @@ class InstallTest(unittest.TestCase):
         yield self.run_in(python, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", *pip_args)
         text = yield self.run_in(python, "-c", PRINT_CC)
         self.assertRegex(text, r"\n\s+cc\s+ION Capability Container")
+        if speedups.COMPILED:  # this machine builds the extension: the install must have built it too
+            for cwd in (self.empty, CHECKOUT):  # from the checkout, `ion` is the checkout's own
+                compiled = yield self.run_in(python, "-c", "from ion.core.object import speedups; print(speedups.COMPILED)",
+                                             cwd=cwd)
+                self.assertEqual(compiled.strip(), "True", cwd)
         return text.split("PLUGIN ", 1)[1].split("\n", 1)[0]
 
     @defer.inlineCallbacks

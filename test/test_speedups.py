@@ -18,7 +18,7 @@ from test import test_gpb_codec
 from ion.core.object.gpb.net.ooici.services.dm.event_pb2 import ResourceLifecycleEventMessage
 from test.test_gpb_codec import element, event_structure, fixed_event
 
-NOT_BUILT = None if speedups.COMPILED else "ion.core.object._speedups was not built (no C compiler or OpenSSL headers)"
+NOT_BUILT = None if speedups.COMPILED else "_ioncore_speedups was not built (no C compiler or OpenSSL headers)"
 
 
 def packed_event_structure():

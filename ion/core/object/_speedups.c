@@ -1,6 +1,8 @@
 /*
  * Compiled versions of the loops every ION message goes through (issue 11); each has a
- * Python equivalent in ion/core/object/speedups.py, used when this module was not built.
+ * Python equivalent in ion/core/object/speedups.py, used when this module was not built.  It is
+ * the top-level module _ioncore_speedups, not part of the ion package: run from a checkout, `ion`
+ * is the checkout's own (no build in it) while this comes from where pip installed it.
  *
  *   type_key(value, type_bytes)      R1's content key: sha1(sha1(value) + type_bytes), 20 bytes.
  *   canonical_elements(data, link_plans)
@@ -550,11 +552,12 @@ static PyMethodDef methods[] = {
 };
 
 static struct PyModuleDef module_def = {
-    PyModuleDef_HEAD_INIT, "ion.core.object._speedups", "Compiled hot loops of the ION R1 wire format.", -1, methods,
+    PyModuleDef_HEAD_INIT, "_ioncore_speedups", "Compiled hot loops of the ION R1 wire format (see ion.core.object.speedups).", -1,
+    methods,
 };
 
 PyMODINIT_FUNC
-PyInit__speedups(void)
+PyInit__ioncore_speedups(void)
 {
     return PyModule_Create(&module_def);
 }

@@ -1,5 +1,6 @@
 """
-The wire format's hot loops: compiled (_speedups.c, built by setup.py when it can be) or in Python.
+The wire format's hot loops: compiled (_speedups.c, built by setup.py when it can be, as the top-level
+module _ioncore_speedups) or in Python.
 
 Every message received goes through a Structure's SHA-1 key checks and a header map's text
 conversion, every event published through three content keys; in Python these took about a third
@@ -68,7 +69,7 @@ def _same(value):
 _PLAIN = {int: _same, type(None): _same, bool: _same, float: _same}
 
 try:
-    from ion.core.object._speedups import canonical_elements, structure_from_parts, text_headers, type_key
+    from _ioncore_speedups import canonical_elements, structure_from_parts, text_headers, type_key
 
     COMPILED = True
 except ImportError:  # not built (no compiler or no OpenSSL headers at install): the same in Python
