@@ -184,7 +184,8 @@ class CanonicalElementsTest(unittest.TestCase):
         head_last = Structure(items=structure.items).SerializePartialToString() + Structure(head=structure.head).SerializeToString()
         unknown_field = EVENT + b"\x18\x01"  # Structure field 3
         big_isleaf = EVENT.replace(b"\x18\x01\x22", b"\x18\x02\x22", 1)  # an element's isleaf, then its value
-        for data in (b"", head_last, unknown_field, big_isleaf, EVENT[:-1]):
+        strided = memoryview(EVENT + EVENT)[::2]  # not contiguous
+        for data in (b"", head_last, unknown_field, big_isleaf, EVENT[:-1], strided):
             self.assertIsNone(speedups.canonical_elements(data, plans()), data)
             self.assertIsNone(speedups.python_canonical_elements(data, plans()))
 

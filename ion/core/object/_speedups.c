@@ -383,8 +383,10 @@ canonical_elements(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         PyErr_SetString(PyExc_TypeError, "canonical_elements takes a dict of link plans");
         return NULL;
     }
-    if (PyObject_GetBuffer(data, &buffer, PyBUF_SIMPLE) < 0)
-        return NULL;
+    if (PyObject_GetBuffer(data, &buffer, PyBUF_SIMPLE) < 0) {   /* not contiguous bytes: left to upb */
+        PyErr_Clear();
+        Py_RETURN_NONE;
+    }
     rows = PyList_New(0);
     structure.at = buffer.buf;
     structure.end = structure.at + buffer.len;
