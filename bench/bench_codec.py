@@ -14,6 +14,7 @@ import timeit
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from ion.core.messaging.message_client import new_message_instance  # noqa: E402
+from ion.core.object import speedups  # noqa: E402
 from ion.core.object.codec import decode_content, encode_content  # noqa: E402
 
 
@@ -39,7 +40,7 @@ def main(rounds=20000):
     content, encoding = encode_content(event)
     pack_us = best_us(lambda: encode_content(event), rounds)
     unpack_us = best_us(lambda: decode_content(content, encoding), rounds)
-    print("event content: %d bytes, 3 objects" % len(content))
+    print("event content: %d bytes, 3 objects; compiled speedups: %s" % (len(content), speedups.COMPILED))
     print("pack:   %6.1f us per event" % pack_us)
     print("unpack: %6.1f us per event" % unpack_us)
 

@@ -425,10 +425,12 @@ ROWS = [
 
 
 def report(args, runs):
+    from ion.core.object import speedups
+
     print("RabbitMQ %s; %d run(s); N=%d events (fanout: %d x 10 deliveries); paced %d/s for %g s; window %d; "
-          "project subscriber prefetch %s"
+          "project subscriber prefetch %s; compiled speedups %s"
           % (args.broker, len(runs), args.events, args.fanout_events, args.rate, args.seconds, args.window,
-             "default" if args.prefetch is None else args.prefetch))
+             "default" if args.prefetch is None else args.prefetch, "yes" if speedups.COMPILED else "NO (Python)"))
     print("%-44s %10s %10s %7s   runs (project)" % ("", "pika", "project", "ratio"))
     for label, scenario_name, key in ROWS:
         pika = [r.get("pika_" + scenario_name, {}).get(key) for r in runs]
