@@ -75,9 +75,8 @@ def _element_bytes(element):
 def unpack(data):
     """Check a Structure and rebuild its graph: a MessageInstance for an IonMsg head, else the head object.
 
-    Content laid out as pack() lays it out (head first, every other element after the elements it
-    links to) is a DAG by that order alone, and then everything is reachable from the head when
-    every element but the head is linked to: only content in another order needs the graph walked.
+    Content in pack()'s layout is read and its keys and links checked in C where that was built
+    (speedups.canonical_elements); the element parses and type checks are the same either way.
     A MessageInstance's repository and wrappers are made when it is first used (everything is
     checked before): a handler that only counts events, or reads the headers, never pays for them.
     """
@@ -112,6 +111,9 @@ def _check_links(messages, facts, head_key, last):
     """
     Every link's target present with the link's type and isleaf, isleaf flags true, the links a DAG
     from the head that reaches every element (`last`: how many the content had, the same key twice counted).
+    Content laid out as pack() lays it out (head first, every other element after the elements it
+    links to) is a DAG by that order alone, and then everything is reachable from the head when
+    every element but the head is linked to: only content in another order needs the graph walked.
     """
     ordered = len(facts) == last
     linked = set()
