@@ -260,7 +260,7 @@ read_element(Reader *element, PyObject *link_plans, PyObject *rows)
 {
     Ref ref;
     Reader value;
-    unsigned long long object_id, version, isleaf, unused;
+    unsigned long long unused;
     unsigned char type_bytes[12], expected[KEY_SIZE];
     size_t type_len;
     int key_ok;
@@ -268,21 +268,18 @@ read_element(Reader *element, PyObject *link_plans, PyObject *rows)
 
     if (!read_ref(element, &ref) || !read_field(element, 4, WIRE_LENGTH, &unused, &value) || element->at != element->end)
         return 0;
-    object_id = ref.object_id;
-    version = ref.version;
-    isleaf = ref.isleaf;
     /* The key covers the type as serialized (canonical varints), whatever the sender's varints were. */
     type_bytes[0] = 0x08;
-    type_len = 1 + put_varint(object_id, type_bytes + 1);
+    type_len = 1 + put_varint(ref.object_id, type_bytes + 1);
     type_bytes[type_len++] = 0x10;
-    type_len += put_varint(version, type_bytes + type_len);
+    type_len += put_varint(ref.version, type_bytes + type_len);
     if (!content_key(value.at, value.end - value.at, type_bytes, type_len, expected)) {
         digest_failed();
         return -1;
     }
     key_ok = ref.key.end - ref.key.at == KEY_SIZE && memcmp(expected, ref.key.at, KEY_SIZE) == 0;
-    if (version == 1) {
-        PyObject *id = PyLong_FromUnsignedLongLong(object_id);
+    if (ref.version == 1) {
+        PyObject *id = PyLong_FromUnsignedLongLong(ref.object_id);
         if (id == NULL)
             return -1;
         plan = PyDict_GetItemWithError(link_plans, id);   /* borrowed */
@@ -296,7 +293,7 @@ read_element(Reader *element, PyObject *link_plans, PyObject *rows)
         return -1;
     }
     row = Py_BuildValue("(y#kkOy#ON)", (const char *)ref.key.at, (Py_ssize_t)(ref.key.end - ref.key.at),
-                        (unsigned long)object_id, (unsigned long)version, isleaf ? Py_True : Py_False,
+                        (unsigned long)ref.object_id, (unsigned long)ref.version, ref.isleaf ? Py_True : Py_False,
                         (const char *)value.at, (Py_ssize_t)(value.end - value.at), key_ok ? Py_True : Py_False, links);
     if (row == NULL)
         return -1;
